@@ -1,0 +1,28 @@
+"""hf-recurrentgemma: Google DeepMind's Griffin / RecurrentGemma as a Transformers model.
+
+Importing the package registers `model_type="griffin"` with `AutoConfig`, `AutoModel` and
+`AutoModelForCausalLM`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .cache_griffin import GriffinCache
+from .configuration_griffin import PRESETS, GriffinConfig
+from .modeling_griffin import GriffinForCausalLM, GriffinModel, GriffinPreTrainedModel
+
+__version__ = "0.1.0"
+
+
+def _register() -> None:
+    AutoConfig.register("griffin", GriffinConfig, exist_ok=True)
+    AutoModel.register(GriffinConfig, GriffinModel, exist_ok=True)
+    AutoModelForCausalLM.register(GriffinConfig, GriffinForCausalLM, exist_ok=True)
+    # save_pretrained writes `auto_map` and copies the model files, so folders load without this package.
+    GriffinConfig.register_for_auto_class("AutoConfig")
+    GriffinModel.register_for_auto_class("AutoModel")
+    GriffinForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+
+_register()
+
+__all__ = ["GriffinConfig", "GriffinModel", "GriffinForCausalLM", "GriffinPreTrainedModel", "GriffinCache", "PRESETS"]

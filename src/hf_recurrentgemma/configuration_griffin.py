@@ -1,0 +1,186 @@
+"""Configuration of Griffin / Hawk / RecurrentGemma (arXiv 2402.19427, 2404.07839).
+
+Field meanings follow Google DeepMind's reference `recurrentgemma.common.GriffinConfig`, under Transformers'
+usual names (`hidden_size` is the reference `width`, `intermediate_size` its `mlp_expanded_width`,
+`num_attention_heads` its `num_heads`); the reference names work as aliases.
+
+`attention_window_size=W` has the reference's meaning: a query attends to itself and the `W` previous tokens
+(`W + 1` keys). Transformers' built-in `recurrent_gemma` lets a query see only `W - 1` previous tokens.
+
+This file is shipped as Hub remote code by `save_pretrained`; it imports nothing from this package.
+"""
+
+import itertools
+import math
+
+from huggingface_hub.dataclasses import strict
+from transformers.configuration_utils import PreTrainedConfig
+
+RECURRENT = "recurrent"
+ATTENTION = "attention"
+BLOCK_TYPES = (RECURRENT, ATTENTION)
+
+
+def griffin_block_pattern(num_layers: int) -> list[str]:
+    """The Griffin layout: two recurrent blocks, then one local-attention block, repeated."""
+    cycle = itertools.cycle((RECURRENT, RECURRENT, ATTENTION))
+    return list(itertools.islice(cycle, num_layers))
+
+
+# Hyperparameters of the published models (reference `common.Preset`), vocabulary size included.
+PRESETS: dict[str, dict] = {
+    "recurrentgemma-2b": dict(
+        vocab_size=256_000, hidden_size=2560, intermediate_size=3 * 2560, num_attention_heads=10, lru_width=2560,
+        block_types=griffin_block_pattern(26), embeddings_scale_by_sqrt_dim=True, attention_window_size=2048,
+        logits_soft_cap=30.0,
+    ),
+    "recurrentgemma-9b": dict(
+        vocab_size=256_000, hidden_size=4096, intermediate_size=3 * 4096, num_attention_heads=16, lru_width=4096,
+        block_types=griffin_block_pattern(38), embeddings_scale_by_sqrt_dim=True, attention_window_size=2048,
+        logits_soft_cap=30.0,
+    ),
+    "griffin-7b": dict(
+        vocab_size=256_000, hidden_size=4096, intermediate_size=3 * 4096, num_attention_heads=32, lru_width=5632,
+        block_types=griffin_block_pattern(32), embeddings_scale_by_sqrt_dim=False, attention_window_size=1024,
+        logits_soft_cap=0.0,
+    ),
+    "hawk-7b": dict(
+        vocab_size=256_000, hidden_size=4096, intermediate_size=3 * 4096, num_attention_heads=32, lru_width=5632,
+        block_types=[RECURRENT] * 32, embeddings_scale_by_sqrt_dim=False, attention_window_size=1024,
+        logits_soft_cap=0.0,
+    ),
+}
+# Instruction-tuned releases share the architecture of their base model.
+PRESETS["recurrentgemma-2b-it"] = PRESETS["recurrentgemma-2b"]
+PRESETS["recurrentgemma-9b-it"] = PRESETS["recurrentgemma-9b"]
+
+
+@strict
+class GriffinConfig(PreTrainedConfig):
+    r"""Configuration of a Griffin (or Hawk, when every block is recurrent) language model.
+
+    Args:
+        vocab_size: Number of tokens in the vocabulary.
+        hidden_size: Model width `D` (reference: `width`).
+        intermediate_size: Hidden width of the gated MLP (reference: `mlp_expanded_width`).
+        num_attention_heads: Query heads of local attention, and number of diagonal blocks of the RG-LRU gates
+            (reference: `num_heads`). Must divide `hidden_size` and `lru_width`.
+        lru_width: Width `L` of the recurrent branch; `None` means `hidden_size`.
+        block_types: One entry per layer, `"recurrent"` or `"attention"`.
+        embeddings_scale_by_sqrt_dim: Multiply embeddings by `sqrt(hidden_size)` rounded to bfloat16, as trained.
+        attention_window_size: `W`; a query sees itself and the `W` previous tokens.
+        logits_soft_cap: `c * tanh(logits / c)`; 0 turns it off.
+        conv1d_width: Temporal width `K` of the causal depthwise convolution of recurrent blocks.
+        num_key_value_heads: Key/value heads of local attention; Griffin uses multi-query attention (1).
+        partial_rotary_factor: Fraction of each head's dimensions that RoPE rotates (Griffin: half).
+        rope_theta: RoPE maximum wavelength.
+        rms_norm_eps: Epsilon of the RMS norms (whose scale is applied as `1 + weight`).
+        w_init_variance_scale: Variance scale of the RG-LRU gate and conv1d initialisation.
+        tie_word_embeddings: Decode with the input embedding matrix (true for every released model).
+
+    Example:
+        >>> from hf_recurrentgemma import GriffinConfig
+        >>> config = GriffinConfig.from_preset("recurrentgemma-2b")
+        >>> config.num_hidden_layers, config.width, config.attention_window_size
+        (26, 2560, 2048)
+    """
+
+    model_type = "griffin"
+    keys_to_ignore_at_inference = ["cache"]
+    attribute_map = {"width": "hidden_size", "mlp_expanded_width": "intermediate_size", "num_heads": "num_attention_heads"}
+
+    vocab_size: int = 256_000
+    hidden_size: int = 2560
+    intermediate_size: int = 3 * 2560
+    num_attention_heads: int = 10
+    lru_width: int | None = None
+    block_types: list[str] | tuple[str, ...] | None = None
+    num_hidden_layers: int | None = None
+    embeddings_scale_by_sqrt_dim: bool = True
+    attention_window_size: int = 2048
+    logits_soft_cap: float = 30.0
+    conv1d_width: int = 4
+    num_key_value_heads: int = 1
+    partial_rotary_factor: float = 0.5
+    rope_theta: float = 10_000.0
+    rms_norm_eps: float = 1e-6
+    w_init_variance_scale: float = 0.01
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    pad_token_id: int | None = 0
+    eos_token_id: int | list[int] | None = 1
+    bos_token_id: int | None = 2
+
+    def __post_init__(self, **kwargs):
+        if self.block_types is None:
+            self.block_types = griffin_block_pattern(self.num_hidden_layers or 26)
+        self.block_types = list(self.block_types)
+        if self.num_hidden_layers is None:
+            self.num_hidden_layers = len(self.block_types)
+        if self.lru_width is None:
+            self.lru_width = self.hidden_size
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Part of `@strict` validation: each error names the offending field."""
+        bad = [t for t in self.block_types if t not in BLOCK_TYPES]
+        if bad:
+            raise ValueError(f"block_types: entries must be one of {BLOCK_TYPES}, got {bad[0]!r}")
+        if self.num_hidden_layers != len(self.block_types):
+            raise ValueError(
+                f"num_hidden_layers={self.num_hidden_layers} but block_types has {len(self.block_types)} entries; "
+                "give one block type per layer"
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "lru_width",
+                     "attention_window_size", "conv1d_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
+            )
+        if self.lru_width % self.num_attention_heads:
+            raise ValueError(f"lru_width={self.lru_width} is not divisible by num_attention_heads={self.num_attention_heads}")
+        if self.num_key_value_heads != 1:
+            raise ValueError(f"num_key_value_heads must be 1 (Griffin uses multi-query attention), got {self.num_key_value_heads}")
+        if (self.hidden_size // self.num_attention_heads) % 4:
+            raise ValueError(f"head_dim={self.head_dim} must be divisible by 4 for half-dimension RoPE")
+        if self.logits_soft_cap < 0:
+            raise ValueError(f"logits_soft_cap must be >= 0 (0 turns it off), got {self.logits_soft_cap}")
+        if self.rms_norm_eps <= 0:
+            raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def embedding_scale(self) -> float:
+        """`sqrt(hidden_size)` rounded to bfloat16 (the reference multiplies by a bfloat16 scalar), or 1."""
+        if not self.embeddings_scale_by_sqrt_dim:
+            return 1.0
+        return _round_to_bfloat16(math.sqrt(self.hidden_size))
+
+    @property
+    def final_w_init_variance_scale(self) -> float:
+        return 2.0 / self.num_hidden_layers
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "GriffinConfig":
+        """A config of a published model (`recurrentgemma-2b[-it]`, `recurrentgemma-9b[-it]`, `griffin-7b`,
+        `hawk-7b`), with any field overridden by keyword."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+def _round_to_bfloat16(value: float) -> float:
+    """Rounds a float to the nearest bfloat16 (round-to-nearest-even on the top 16 bits of a float32)."""
+    import struct
+
+    bits = struct.unpack("<I", struct.pack("<f", value))[0]
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+
+__all__ = ["GriffinConfig", "PRESETS", "griffin_block_pattern", "RECURRENT", "ATTENTION"]

@@ -1,0 +1,235 @@
+"""Griffin's layers: RMSNorm, gated MLP, the recurrent block (conv1d + RG-LRU) and local multi-query attention.
+
+Each temporal block is called as `block(x, seq, state) -> (y, new_state)`: `seq` describes the tokens of this call
+(positions, document starts, padding) and `state` is what the cache held before it (None: start from scratch).
+Numerics follow `recurrentgemma.torch` (the reference) step by step, including where it casts.
+"""
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .cache_griffin import AttentionState, RecurrentState, empty_attention_state, empty_recurrent_state
+from .configuration_griffin import GriffinConfig
+from .ops_griffin import SqrtBoundDerivative, apply_rope, causal_conv1d, local_attention_mask, rnn_scan
+
+# Long prompts are attended in query chunks of max(W, this) tokens: cost O(T * (W + C)), never a T x T mask.
+MIN_QUERY_CHUNK = 256
+
+
+class SequenceInfo(NamedTuple):
+    """What the temporal blocks need to know about the tokens of one forward call."""
+
+    positions: torch.Tensor  # (B, T) long: position in the document (0 starts a document)
+    reset: torch.Tensor  # (B, T) bool: a document starts here (state and attention do not look back)
+    key_valid: torch.Tensor  # (B, T) bool: a real token (false for padding, which no token may see)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation, as in JAX and the reference."""
+    return nn.functional.gelu(x, approximate="tanh")
+
+
+class GriffinRMSNorm(nn.Module):
+    """RMS norm whose scale is `1 + weight` (zero-initialised), computed in the input dtype like the reference."""
+
+    def __init__(self, width: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(width))
+
+    def reset_parameters(self, config: GriffinConfig) -> None:
+        init.zeros_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var = torch.mean(torch.square(x), dim=-1, keepdim=True)
+        return x * torch.rsqrt(var + self.eps) * (self.weight + 1)
+
+
+class GriffinMLP(nn.Module):
+    """Gated MLP: `down(gelu(gate(x)) * up(x))` (the reference's `ffw_up` holds gate and up stacked)."""
+
+    def __init__(self, config: GriffinConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def reset_parameters(self, config: GriffinConfig) -> None:
+        for proj in (self.gate_proj, self.up_proj):
+            init.normal_(proj.weight, std=math.sqrt(1.0 / config.hidden_size))
+            init.zeros_(proj.bias)
+        init.normal_(self.down_proj.weight, std=math.sqrt(config.final_w_init_variance_scale / config.intermediate_size))
+        init.zeros_(self.down_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        return self.down_proj(gelu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class BlockDiagonalLinear(nn.Module):
+    """Linear map with H independent (L/H x L/H) blocks, plus bias: the RG-LRU gates."""
+
+    def __init__(self, width: int, num_blocks: int):
+        super().__init__()
+        self.num_blocks = num_blocks
+        block_width = width // num_blocks
+        self.weight = nn.Parameter(torch.empty(num_blocks, block_width, block_width))  # (H, i, j)
+        self.bias = nn.Parameter(torch.empty(num_blocks, block_width))  # (H, j)
+
+    def reset_parameters(self, config: GriffinConfig) -> None:
+        init.normal_(self.weight, std=math.sqrt(config.w_init_variance_scale / self.weight.shape[1]))
+        init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., L) -> (..., L)
+        x = x.unflatten(-1, (self.num_blocks, -1))
+        y = torch.einsum("... h i, h i j -> ... h j", x, self.weight) + self.bias
+        return y.flatten(-2)
+
+
+class GriffinRGLRU(nn.Module):
+    """Real-Gated Linear Recurrent Unit (Griffin paper, eq. 1-4), state in float32."""
+
+    def __init__(self, config: GriffinConfig):
+        super().__init__()
+        self.a_param = nn.Parameter(torch.empty(config.lru_width))
+        self.input_gate = BlockDiagonalLinear(config.lru_width, config.num_attention_heads)
+        self.a_gate = BlockDiagonalLinear(config.lru_width, config.num_attention_heads)
+        self.scan_backend = "auto"
+
+    def reset_parameters(self, config: GriffinConfig) -> None:
+        # `a = sigmoid(-softplus(a_param))**8` starts uniform on the ring [0.9, 0.999] (area-proportional).
+        with torch.no_grad():
+            a_param = torch.empty_like(self.a_param).uniform_(0.9**2 + 1e-8, 0.999**2 + 1e-8)
+            a_param = a_param.log_().mul_(0.5).neg_().exp_().sub_(1.0).log_()
+        init.copy_(self.a_param, a_param)
+
+    def forward(self, x: torch.Tensor, reset: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, T, L); reset: (B, T) bool; h0: (B, L) float32 -> y (B, T, L), h (B, L) float32."""
+        gate_x = torch.sigmoid(self.input_gate(x))
+        gate_a = torch.sigmoid(self.a_gate(x))
+        log_a = -8.0 * gate_a * nn.functional.softplus(self.a_param)
+        a = torch.exp(log_a)
+        a_square = torch.exp(2 * log_a)
+        gated_x = x * gate_x
+        # sqrt(1 - a^2) keeps the state's scale; its gradient is clipped so bfloat16 training stays finite.
+        multiplier = SqrtBoundDerivative.apply(1 - a_square)
+        multiplier = reset[..., None] + ~reset[..., None] * multiplier
+        normalized_x = gated_x * multiplier.to(x.dtype)
+        a = a * ~reset[..., None]  # a document start forgets the state
+        return rnn_scan(normalized_x, a, h0, backend=self.scan_backend)
+
+
+class GriffinConv1d(nn.Module):
+    """Causal depthwise temporal convolution of width K (weight (K, L): `weight[K-1]` multiplies the current
+    token), with the reference's document mask."""
+
+    def __init__(self, config: GriffinConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(config.conv1d_width, config.lru_width))
+        self.bias = nn.Parameter(torch.empty(config.lru_width))
+
+    def reset_parameters(self, config: GriffinConfig) -> None:
+        init.normal_(self.weight, std=math.sqrt(config.w_init_variance_scale / config.conv1d_width))
+        init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor, reset: torch.Tensor, tail: torch.Tensor):
+        return causal_conv1d(x, tail, self.weight, self.bias, reset)
+
+
+class GriffinRecurrentBlock(nn.Module):
+    """`linear_out(rg_lru(conv1d(linear_x(x))) * gelu(linear_y(x)))`."""
+
+    def __init__(self, config: GriffinConfig):
+        super().__init__()
+        self.config = config
+        self.linear_y = nn.Linear(config.hidden_size, config.lru_width)
+        self.linear_x = nn.Linear(config.hidden_size, config.lru_width)
+        self.linear_out = nn.Linear(config.lru_width, config.hidden_size)
+        self.conv_1d = GriffinConv1d(config)
+        self.rg_lru = GriffinRGLRU(config)
+
+    def reset_parameters(self, config: GriffinConfig) -> None:
+        for proj in (self.linear_x, self.linear_y):
+            init.normal_(proj.weight, std=math.sqrt(1.0 / config.hidden_size))
+            init.zeros_(proj.bias)
+        init.normal_(self.linear_out.weight, std=math.sqrt(config.final_w_init_variance_scale / config.lru_width))
+        init.zeros_(self.linear_out.bias)
+
+    def forward(self, x: torch.Tensor, seq: SequenceInfo, state: RecurrentState | None):
+        """x: (B, T, D) -> (B, T, D), new RecurrentState."""
+        if state is None:
+            state = empty_recurrent_state(self.config, x.shape[0], x.dtype, x.device)
+        y = gelu(self.linear_y(x))
+        x = self.linear_x(x)
+        x, conv_state = self.conv_1d(x, seq.reset, state.conv)
+        x, rg_lru_state = self.rg_lru(x, seq.reset, state.rg_lru)
+        return self.linear_out(x * y), RecurrentState(conv=conv_state, rg_lru=rg_lru_state)
+
+
+def eager_local_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain attention: logits in the input dtype, softmax in float32 (as the reference)."""
+    key = key.expand(-1, query.shape[1], -1, -1)
+    value = value.expand(-1, query.shape[1], -1, -1)
+    logits = torch.matmul(query, key.transpose(2, 3)) * scaling
+    logits = logits.masked_fill(~attention_mask, torch.finfo(logits.dtype).min)
+    probs = nn.functional.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+class GriffinLocalAttention(nn.Module):
+    """Local multi-query attention over the W previous tokens, with RoPE on half of each head."""
+
+    is_causal = True
+
+    def __init__(self, config: GriffinConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = config.num_attention_heads  # one shared key/value head
+        self.scaling = self.head_dim**-0.5
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
+
+    def reset_parameters(self, config: GriffinConfig) -> None:
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            init.normal_(proj.weight, std=math.sqrt(1.0 / config.hidden_size))
+        init.normal_(self.o_proj.weight, std=math.sqrt(config.final_w_init_variance_scale / config.hidden_size))
+        init.zeros_(self.o_proj.bias)
+
+    def forward(self, x: torch.Tensor, seq: SequenceInfo, state: AttentionState | None):
+        """x: (B, T, D) -> (B, T, D), new AttentionState."""
+        batch, seq_len, _ = x.shape
+        window = self.config.attention_window_size
+        if state is None:
+            state = empty_attention_state(self.config, batch, x.dtype, x.device)
+        q = self.q_proj(x).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = self.k_proj(x).view(batch, seq_len, 1, self.head_dim).transpose(1, 2)  # (B, 1, T, Dh)
+        v = self.v_proj(x).view(batch, seq_len, 1, self.head_dim).transpose(1, 2)
+        rope = dict(positions=seq.positions, rope_fraction=self.config.partial_rotary_factor, theta=self.config.rope_theta)
+        q, k = apply_rope(q, **rope), apply_rope(k, **rope)
+
+        implementation = self.config._attn_implementation or "sdpa"
+        attend = eager_local_attention if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+        chunk = max(window, MIN_QUERY_CHUNK)
+        outputs = []
+        for start in range(0, seq_len, chunk):
+            part = slice(start, start + chunk)
+            keys = torch.cat([state.keys, k[:, :, part]], dim=2)  # (B, 1, W + C, Dh)
+            values = torch.cat([state.values, v[:, :, part]], dim=2)
+            mask, doc = local_attention_mask(state.valid, seq.key_valid[:, part], seq.reset[:, part], window)
+            out, _ = attend(self, q[:, :, part], keys, values, mask, scaling=self.scaling, dropout=0.0)
+            outputs.append(out)
+            # Keep the last W keys; those before the chunk's last document start become invisible for good.
+            valid = torch.cat([state.valid, seq.key_valid[:, part]], dim=1) & (doc == doc[:, -1:])
+            state = AttentionState(keys[:, :, -window:], values[:, :, -window:], valid[:, -window:])
+        out = torch.cat(outputs, dim=1).reshape(batch, seq_len, -1)
+        return self.o_proj(out), state

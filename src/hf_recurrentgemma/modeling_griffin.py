@@ -1,0 +1,296 @@
+"""Griffin / Hawk / RecurrentGemma as a Transformers model (arXiv 2402.19427, 2404.07839).
+
+`GriffinModel` embeds tokens, runs residual blocks (temporal block: RG-LRU recurrence or local attention, then a
+gated MLP) and a final norm; `GriffinForCausalLM` adds the tied LM head and the logit soft cap. All inference state
+lives in a `GriffinCache`, so `generate()` works in every mode, memory stays flat and generations can interleave.
+
+Document semantics (those of the reference): a position id of 0 starts a document; the RG-LRU resets there, the
+conv1d does not look back across it and attention does not cross it. Padding (attention_mask 0) is visible to
+no token. Without position ids, each row's first real token (per the attention mask) starts a document.
+"""
+
+import torch
+from torch import nn
+from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils.generic import can_return_tuple
+
+from .cache_griffin import GriffinCache
+from .configuration_griffin import ATTENTION, GriffinConfig
+from .layers_griffin import (
+    BlockDiagonalLinear,
+    GriffinConv1d,
+    GriffinLocalAttention,
+    GriffinMLP,
+    GriffinRecurrentBlock,
+    GriffinRGLRU,
+    GriffinRMSNorm,
+    SequenceInfo,
+)
+
+
+class GriffinDecoderLayer(GradientCheckpointingLayer):
+    """Residual block: `x + temporal(norm(x))`, then `+ mlp(norm(.))`."""
+
+    def __init__(self, config: GriffinConfig, layer_idx: int):
+        super().__init__()
+        self.block_type = config.block_types[layer_idx]
+        self.temporal_pre_norm = GriffinRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        if self.block_type == ATTENTION:
+            self.temporal_block = GriffinLocalAttention(config, layer_idx)
+        else:
+            self.temporal_block = GriffinRecurrentBlock(config)
+        self.channel_pre_norm = GriffinRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = GriffinMLP(config)
+
+    def forward(self, x: torch.Tensor, seq: SequenceInfo, state):
+        """x: (B, T, D) -> (B, T, D), the temporal block's new state."""
+        y, new_state = self.temporal_block(self.temporal_pre_norm(x), seq, state)
+        residual = y + x
+        return self.mlp(self.channel_pre_norm(residual)) + residual, new_state
+
+
+class GriffinPreTrainedModel(PreTrainedModel):
+    config_class = GriffinConfig
+    config: GriffinConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GriffinDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+    _can_compile_fullgraph = True
+    # The RG-LRU state cannot be rolled back, so assisted/speculative decoding must be refused by `generate`.
+    _is_stateful = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Each Griffin module knows its own initialisation (the reference's variance scales); plain Linear layers
+        # are initialised by the block that owns them.
+        if isinstance(module, (GriffinRMSNorm, GriffinMLP, BlockDiagonalLinear, GriffinRGLRU, GriffinConv1d,
+                               GriffinRecurrentBlock, GriffinLocalAttention)):
+            module.reset_parameters(self.config)
+        elif isinstance(module, GriffinModel):
+            from transformers import initialization as init
+
+            init.normal_(module.embed_tokens.weight, std=(1.0 / self.config.hidden_size) ** 0.5)
+
+
+class GriffinModel(GriffinPreTrainedModel):
+    """The Griffin trunk: embeddings, residual blocks, final norm. Returns hidden states (B, T, D)."""
+
+    def __init__(self, config: GriffinConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=None)
+        self.layers = nn.ModuleList(GriffinDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.final_norm = GriffinRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: GriffinCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """
+        Args:
+            input_ids: (B, T) token ids, or `inputs_embeds` (B, T, D) instead.
+            attention_mask: (B, T_total) padding mask, 1 for real tokens; its last T columns belong to this call
+                (generate passes the whole history).
+            position_ids: (B, T) positions within each document; 0 starts a document. Derived when omitted.
+            cache: a `GriffinCache` to continue from and update (created when `use_cache` and none is given).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if "past_key_values" in kwargs:
+            raise TypeError("past_key_values is not a Griffin argument: pass the GriffinCache as `cache=`")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            use_cache = False
+        if cache is not None and not isinstance(cache, GriffinCache):
+            raise TypeError(f"cache must be a GriffinCache, got {type(cache).__name__}")
+        if use_cache and cache is None:
+            cache = GriffinCache(self.config)
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+
+        batch, seq_len = inputs_embeds.shape[:2]
+        if cache is not None and not cache.is_initialized:
+            cache.allocate(batch, inputs_embeds.dtype, inputs_embeds.device)
+        if cache is not None and cache.batch_size != batch:
+            raise ValueError(f"cache holds {cache.batch_size} sequences but the inputs have batch size {batch}")
+        seq = self._sequence_info(batch, seq_len, attention_mask, position_ids, cache, inputs_embeds.device)
+
+        # The reference multiplies by sqrt(D) rounded to bfloat16, as in training.
+        x = inputs_embeds * self.config.embedding_scale if self.config.embeddings_scale_by_sqrt_dim else inputs_embeds
+        all_hidden = [] if output_hidden_states else None
+        for idx, layer in enumerate(self.layers):
+            if all_hidden is not None:
+                all_hidden.append(x)
+            state = cache.layer_state(idx) if cache is not None else None
+            x, new_state = layer(x, seq, state)
+            if cache is not None:
+                cache.update_state(idx, new_state)
+        x = self.final_norm(x)
+        if all_hidden is not None:
+            all_hidden.append(x)
+        if cache is not None:
+            cache.advance(seq.positions[:, -1], seq_len)
+        return BaseModelOutputWithPast(
+            last_hidden_state=x, cache=cache if use_cache else None,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+        )
+
+    @staticmethod
+    def _sequence_info(batch, seq_len, attention_mask, position_ids, cache, device) -> SequenceInfo:
+        """Positions, document starts and padding of the T tokens of this call."""
+        has_history = cache is not None and cache.has_previous_state
+        mask = None
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim != 2:
+                raise ValueError(
+                    "attention_mask must be a 2D (batch, sequence) padding mask of 0/1, got "
+                    f"{type(attention_mask).__name__} with shape {getattr(attention_mask, 'shape', None)}"
+                )
+            if attention_mask.shape[0] != batch or attention_mask.shape[1] < seq_len:
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({batch}, >= {seq_len})"
+                )
+            full = attention_mask.to(device=device, dtype=torch.bool)
+            mask = full[:, -seq_len:]
+            if full.shape[1] > seq_len:
+                before = full[:, -seq_len - 1]
+            else:
+                before = torch.full((batch,), has_history, dtype=torch.bool, device=device)
+            after_padding = mask & ~torch.cat([before[:, None], mask[:, :-1]], dim=1)
+
+        start = cache.next_position if has_history else torch.zeros(batch, dtype=torch.long, device=device)
+        if position_ids is None:
+            if mask is not None:
+                positions = start[:, None] + mask.long().cumsum(1) - 1
+                positions = positions.masked_fill(~mask, -1)
+            else:
+                positions = start[:, None] + torch.arange(seq_len, device=device)
+        else:
+            if position_ids.shape[-1] != seq_len:
+                raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected (B, {seq_len})")
+            positions = position_ids.to(device=device, dtype=torch.long).expand(batch, seq_len)
+        reset = positions == 0
+        if mask is not None:
+            reset = reset | after_padding  # the first real token after padding starts a document
+        key_valid = mask if mask is not None else torch.ones(batch, seq_len, dtype=torch.bool, device=device)
+        return SequenceInfo(positions=positions, reset=reset, key_valid=key_valid)
+
+
+class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
+    """Griffin with the (tied) LM head and the logit soft cap `c * tanh(logits / c)`."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: GriffinConfig):
+        super().__init__(config)
+        self.model = GriffinModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: GriffinCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Same arguments as `GriffinModel.forward`, plus `labels` (B, T) for the shifted LM loss (-100 ignored)
+        and `logits_to_keep` (keep the last N positions' logits, or those indexed by a tensor)."""
+        kwargs.pop("return_dict", None)
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
+            return_dict=True, **{k: v for k, v in kwargs.items() if k == "past_key_values"},
+        )
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        cap = self.config.logits_soft_cap
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
+                                      num_items_in_batch=kwargs.get("num_items_in_batch"))
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
+                                      hidden_states=outputs.hidden_states)
+
+    # --- generate() integration -----------------------------------------------------------------------------
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
+                                      max_cache_length):
+        """Every generation uses a `GriffinCache`: it is fixed-size already, so `cache_implementation` "static"
+        (compiled decoding) and "dynamic" both get one."""
+        user_cache = model_kwargs.get("cache")
+        if user_cache is not None:
+            if not isinstance(user_cache, GriffinCache):
+                raise TypeError(f"cache must be a GriffinCache, got {type(user_cache).__name__}")
+            if generation_config.cache_implementation is not None:
+                raise ValueError("pass either `cache` or `cache_implementation`, not both")
+            user_cache._is_user_defined = True
+            return
+        if generation_config.use_cache is False:
+            return
+        implementation = generation_config.cache_implementation
+        if implementation not in (None, "dynamic", "static"):
+            raise ValueError(
+                f"cache_implementation={implementation!r} is not supported by Griffin; use 'static' or 'dynamic' "
+                "(both give the fixed-size GriffinCache)"
+            )
+        model_kwargs["cache"] = GriffinCache(self.config)
+
+    def create_masks_for_generate(self, config=None, inputs_embeds=None, attention_mask=None, **kwargs):
+        """Griffin builds its local masks itself from the 2D padding mask, so `generate` passes that on."""
+        return attention_mask
+
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, attention_mask=None,
+                                      **kwargs):
+        inputs = super().prepare_inputs_for_generation(
+            input_ids, next_sequence_length=next_sequence_length, cache=cache, attention_mask=attention_mask,
+            **kwargs,
+        )
+        # Only the mask of this call's tokens and the one before them is read: a fixed shape while decoding.
+        mask = inputs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+            num_tokens = inputs["input_ids"].shape[1] if inputs.get("input_ids") is not None else inputs["inputs_embeds"].shape[1]
+            inputs["attention_mask"] = mask[:, -(num_tokens + 1):]
+        return inputs
+
+
+__all__ = ["GriffinModel", "GriffinForCausalLM", "GriffinPreTrainedModel"]

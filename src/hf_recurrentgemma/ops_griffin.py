@@ -1,0 +1,161 @@
+"""Stateless tensor operations of Griffin: the RG-LRU linear scan, the causal conv1d with document resets,
+half-dimension RoPE and the local-attention mask.
+
+Shape letters used throughout the package:
+    B batch, T time (tokens in this call), D model width, L RG-LRU width, H query heads, Dh head dim,
+    W attention window (previous tokens a query may see), K conv1d temporal width, C query chunk.
+
+Every function here takes the state it needs and returns the new one; nothing is stored between calls.
+"""
+
+import torch
+
+# The reference clips the gradient of sqrt(1 - a^2) at this value so that bfloat16 training never sees inf/NaN.
+MAX_SQRT_GRADIENT = 1000.0
+
+
+class SqrtBoundDerivative(torch.autograd.Function):
+    """`sqrt(x)` whose gradient is clipped at `MAX_SQRT_GRADIENT` (at x -> 0 the true gradient is infinite)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.sqrt(x)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        clipped_x_times_4 = torch.clip(4.0 * x, min=1 / (MAX_SQRT_GRADIENT**2))
+        return grad_output / torch.sqrt(clipped_x_times_4)
+
+
+def rnn_scan_sequential(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear recurrence `h_t = a_t * h_{t-1} + x_t`, one step at a time, accumulated in float32.
+
+    This is the slow, obviously-correct reference; faster scans must match it (outputs, final state, gradients).
+
+    Args:
+        x: (B, T, L) inputs, any float dtype.
+        a: (B, T, L) decay, same dtype as `x`; document resets are already folded in as `a_t = 0`.
+        h0: (B, L) float32 state before the first step.
+
+    Returns:
+        y: (B, T, L) every state, cast to `x.dtype`.
+        h: (B, L) float32 state after the last step.
+    """
+    h = h0
+    ys = []
+    for t in range(x.shape[1]):
+        h = a[:, t].float() * h + x[:, t].float()
+        ys.append(h.to(x.dtype))
+    return torch.stack(ys, dim=1), h
+
+
+SCAN_BACKENDS = {"sequential": rnn_scan_sequential}
+
+
+def rnn_scan(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor, backend: str = "auto"):
+    """Dispatches the RG-LRU scan to a backend (`auto` picks the best available one); same contract as
+    `rnn_scan_sequential`."""
+    if backend == "auto":
+        backend = "sequential"
+    if backend not in SCAN_BACKENDS:
+        raise ValueError(f"unknown scan backend {backend!r}; available: {['auto', *SCAN_BACKENDS]}")
+    return SCAN_BACKENDS[backend](x, a, h0)
+
+
+def causal_conv1d(
+    x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, reset: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal convolution that never looks back across a document start.
+
+    `y_t = b + sum_{s=0}^{K-1} weight[K-1-s] * x_{t-s}`, where `x_{t-s}` is left out when a document starts in
+    `(t-s, t]` (the reference's document mask). The accumulation order matches the reference.
+
+    Args:
+        x: (B, T, L) inputs.
+        tail: (B, K-1, L) the previous K-1 inputs, zeros where unknown or before a document start.
+        weight: (K, L); bias: (L,).
+        reset: (B, T) bool, true where a document starts.
+
+    Returns:
+        y: (B, T, L) in `x.dtype`.
+        new_tail: (B, K-1, L) the last K-1 inputs, zeroed where a later document start hides them.
+    """
+    width = weight.shape[0]
+    seq_len = x.shape[1]
+    x_ext = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, K-1+T, L)
+    y = x * weight[width - 1]
+    keep = torch.ones_like(reset)
+    for shift in range(1, width):
+        # x_{t-shift} survives only if no document starts at t, t-1, ..., t-shift+1.
+        keep = keep & ~_shift_right(reset, shift - 1)
+        window = x_ext[:, width - 1 - shift : width - 1 - shift + seq_len]
+        y = y + window * keep[..., None].to(x.dtype) * weight[width - 1 - shift]
+    y = y + bias
+
+    # Entries of the new tail that a later document start hides are zeroed, so decoding never looks past it.
+    reset_ext = torch.cat([torch.zeros_like(reset[:, :1]).expand(-1, width - 1), reset], dim=1)
+    starts_after = reset_ext.flip(1).int().cumsum(1).flip(1) - reset_ext.int()  # resets in (m, end]
+    visible = (starts_after == 0)[:, -(width - 1) :, None]
+    new_tail = x_ext[:, -(width - 1) :] * visible.to(x.dtype)
+    return y, new_tail
+
+
+def _shift_right(mask: torch.Tensor, shift: int) -> torch.Tensor:
+    """(B, T) bool -> the same mask delayed by `shift` steps along T, padded with False."""
+    if shift == 0:
+        return mask
+    return torch.cat([torch.zeros_like(mask[:, :shift]), mask[:, :-shift]], dim=1)
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, rope_fraction: float, theta: float) -> torch.Tensor:
+    """Rotary embedding of the first `rope_fraction` of each head's dimensions, as in the reference.
+
+    Args:
+        x: (B, H, T, Dh) queries or keys.
+        positions: (B, T) integer position of each token in its document.
+
+    Returns:
+        (B, H, T, Dh) in `x.dtype`; the rotated part comes first, the rest is unchanged.
+    """
+    rope_dim = int(x.shape[-1] * rope_fraction)
+    x_rope, x_pass = x[..., :rope_dim], x[..., rope_dim:]
+    freq = torch.arange(rope_dim // 2, device=x.device)
+    timescale = theta ** (2 * freq / rope_dim)  # float32, as in the reference
+    inv_frequencies = 1.0 / timescale
+    sinusoid = positions[:, None, :, None] * inv_frequencies  # (B, 1, T, rope_dim/2) float32
+    sin, cos = torch.sin(sinusoid).to(x.dtype), torch.cos(sinusoid).to(x.dtype)
+    first, second = x_rope.chunk(2, dim=-1)
+    return torch.cat([first * cos - second * sin, second * cos + first * sin, x_pass], dim=-1)
+
+
+def local_attention_mask(
+    past_valid: torch.Tensor, key_valid: torch.Tensor, reset: torch.Tensor, window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which keys each query of a chunk may see, given the `W` keys held from before the chunk.
+
+    Keys are laid out as `[W past slots | C chunk tokens]`, oldest first. Query `i` (key index `W + i`) sees key
+    `j` when `i <= j <= W + i` (itself and the `W` previous tokens), the key is valid (a real token of the
+    current document) and no document starts between them. A query always sees itself, so rows of padding
+    never become all-masked.
+
+    Args:
+        past_valid: (B, W) bool, which past slots hold tokens of the document current at the chunk start.
+        key_valid: (B, C) bool, which chunk tokens are real (not padding).
+        reset: (B, C) bool, where a document starts.
+
+    Returns:
+        mask: (B, 1, C, W + C) bool, true where attention is allowed.
+        doc: (B, W + C) long, document index of each key relative to the chunk start (0 = current at start).
+    """
+    chunk = key_valid.shape[1]
+    q_doc = reset.long().cumsum(1)  # (B, C)
+    doc = torch.cat([torch.zeros_like(past_valid, dtype=torch.long), q_doc], dim=1)  # (B, W + C)
+    valid = torch.cat([past_valid, key_valid], dim=1)
+    q_idx = torch.arange(chunk, device=reset.device)[:, None] + window
+    k_idx = torch.arange(window + chunk, device=reset.device)[None, :]
+    in_window = (k_idx <= q_idx) & (k_idx >= q_idx - window)  # (C, W + C)
+    mask = in_window & valid[:, None, :] & (q_doc[:, :, None] == doc[:, None, :])
+    mask = mask | (k_idx == q_idx)
+    return mask[:, None], doc
