@@ -1,0 +1,193 @@
+"""`generate()` with GriffinCache: every decoding mode equals the uncached / unbatched computation."""
+
+import pytest
+import torch
+from reference_helpers import CASES, assert_close, reference_and_ours
+from transformers.generation.streamers import BaseStreamer
+
+from hf_recurrentgemma import GriffinCache
+
+PROMPT = 9
+NEW = 8
+
+
+@pytest.fixture(scope="module")
+def model():
+    # The Griffin case with a window (6) shorter than prompt + generation, so generation crosses the window.
+    _, ours = reference_and_ours(CASES[0], seed=3)
+    return ours
+
+
+def _prompt(length, seed):
+    return torch.randint(4, 97, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _left_pad(rows, pad_id=0):
+    width = max(r.shape[1] for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - r.shape[1] :] = r[0]
+        mask[i, width - r.shape[1] :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def _uncached_greedy(model, ids, steps):
+    for _ in range(steps):
+        next_id = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, next_id], dim=1)
+    return ids
+
+
+def test_greedy_equals_uncached_argmax(model):
+    prompt = _prompt(PROMPT, 0)
+    out = model.generate(prompt, max_new_tokens=NEW, do_sample=False)
+    assert torch.equal(out, _uncached_greedy(model, prompt, NEW))
+
+
+def test_left_padded_batch_equals_each_prompt_alone(model):
+    rows = [_prompt(n, seed) for n, seed in [(PROMPT, 1), (3, 2), (1, 3), (7, 4)]]
+    ids, mask = _left_pad(rows)
+    batched = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True)
+    for i, row in enumerate(rows):
+        alone = model.generate(row, max_new_tokens=NEW, do_sample=False, output_scores=True,
+                               return_dict_in_generate=True)
+        assert torch.equal(batched.sequences[i, ids.shape[1] :], alone.sequences[0, row.shape[1] :]), f"row {i}"
+        for step, (b, a) in enumerate(zip(batched.scores, alone.scores)):
+            assert_close(b[i : i + 1], a, what=f"row {i} step {step} scores")
+
+
+def test_sampling_with_cache_equals_without(model):
+    prompt = _prompt(PROMPT, 5)
+    torch.manual_seed(123)
+    cached = model.generate(prompt, max_new_tokens=NEW, do_sample=True, top_k=20)
+    torch.manual_seed(123)
+    uncached = model.generate(prompt, max_new_tokens=NEW, do_sample=True, top_k=20, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_beam_search_cached_equals_uncached(model):
+    rows = [_prompt(PROMPT, 6), _prompt(4, 7)]
+    ids, mask = _left_pad(rows)
+    kwargs = dict(attention_mask=mask, max_new_tokens=NEW, num_beams=3, num_return_sequences=2, do_sample=False,
+                  output_scores=True, return_dict_in_generate=True)
+    cached = model.generate(ids, **kwargs)
+    uncached = model.generate(ids, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert_close(cached.sequences_scores, uncached.sequences_scores, what="beam scores")
+
+
+def test_chunked_prefill_equals_one_prefill(model):
+    prompt = _prompt(20, 8)
+    one = model.generate(prompt, max_new_tokens=NEW, do_sample=False, output_scores=True,
+                         return_dict_in_generate=True)
+    chunked = model.generate(prompt, max_new_tokens=NEW, do_sample=False, prefill_chunk_size=6, output_scores=True,
+                             return_dict_in_generate=True)
+    assert torch.equal(one.sequences, chunked.sequences)
+    for a, b in zip(one.scores, chunked.scores):
+        assert_close(b, a, what="scores")
+
+
+def test_continue_from_returned_cache(model):
+    prompt = _prompt(PROMPT, 9)
+    first = model.generate(prompt, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+    assert isinstance(first.cache, GriffinCache)
+    follow_up = torch.cat([first.sequences, _prompt(3, 10)], dim=1)
+    continued = model.generate(follow_up, cache=first.cache, max_new_tokens=NEW, do_sample=False)
+    from_scratch = model.generate(follow_up, max_new_tokens=NEW, do_sample=False)
+    assert torch.equal(continued, from_scratch)
+
+
+def test_interleaved_generations_on_one_model(model):
+    """Two caches advanced in turns give what each gives alone: no state is kept on the model."""
+    a, b = _prompt(PROMPT, 11), _prompt(5, 12)
+    with torch.no_grad():
+        out_a, out_b = model(a, use_cache=True), model(b, use_cache=True)
+        cache_a, cache_b = out_a.cache, out_b.cache
+        seq_a, seq_b = a, b
+        for _ in range(NEW):
+            next_a = out_a.logits[:, -1].argmax(-1, keepdim=True)
+            next_b = out_b.logits[:, -1].argmax(-1, keepdim=True)
+            seq_a, seq_b = torch.cat([seq_a, next_a], 1), torch.cat([seq_b, next_b], 1)
+            out_a = model(next_a, cache=cache_a, use_cache=True)
+            out_b = model(next_b, cache=cache_b, use_cache=True)
+    assert torch.equal(seq_a, _uncached_greedy(model, a, NEW))
+    assert torch.equal(seq_b, _uncached_greedy(model, b, NEW))
+
+
+def test_eos_stops_generation(model):
+    prompt = _prompt(PROMPT, 13)
+    free = model.generate(prompt, max_new_tokens=NEW, do_sample=False)
+    generated = free[0, PROMPT:].tolist()
+    eos = generated[-1]
+    first = generated.index(eos)  # generation stops at the first occurrence
+    stopped = model.generate(prompt, max_new_tokens=NEW, do_sample=False, eos_token_id=eos)
+    assert stopped[0, PROMPT:].tolist() == generated[: first + 1]
+
+
+class _Collect(BaseStreamer):
+    def __init__(self):
+        self.chunks = []
+        self.ended = False
+
+    def put(self, value):
+        self.chunks.append(value.clone())
+
+    def end(self):
+        self.ended = True
+
+
+def test_streaming_yields_each_token(model):
+    prompt = _prompt(PROMPT, 14)
+    streamer = _Collect()
+    out = model.generate(prompt, max_new_tokens=NEW, do_sample=False, streamer=streamer)
+    assert streamer.ended
+    streamed = torch.cat([c.reshape(-1) for c in streamer.chunks[1:]])
+    assert torch.equal(streamed, out[0, PROMPT:])
+
+
+def test_prompt_longer_than_window_and_cache_is_fixed_size(model):
+    window = model.config.attention_window_size
+    short, long = _prompt(window - 2, 15), _prompt(5 * window, 16)
+    sizes = []
+    for prompt in (short, long):
+        out = model.generate(prompt, max_new_tokens=NEW, do_sample=False, return_dict_in_generate=True)
+        assert torch.equal(out.sequences, _uncached_greedy(model, prompt, NEW))
+        sizes.append(out.cache.nbytes())
+    assert sizes[0] == sizes[1]
+
+
+def test_static_cache_implementation_and_compiled_decode_step(model):
+    prompt = _prompt(PROMPT, 17)
+    static = model.generate(prompt, max_new_tokens=NEW, do_sample=False, cache_implementation="static")
+    assert torch.equal(static, _uncached_greedy(model, prompt, NEW))
+
+    # The decode step traces into one graph (no graph breaks) and updates the cache buffers in place.
+    with torch.no_grad():
+        out = model(prompt, use_cache=True)
+        cache = out.cache
+        buffers = [t.data_ptr() for layer in cache.layers for t in layer.state]
+        step = torch.compile(model, backend="eager", fullgraph=True)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([prompt, token], 1)
+        for _ in range(3):
+            logits = step(token, cache=cache, use_cache=True).logits
+            token = logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, token], 1)
+    assert torch.equal(seq, _uncached_greedy(model, prompt, 4))
+    assert buffers == [t.data_ptr() for layer in cache.layers for t in layer.state]
+
+
+def test_assisted_decoding_is_refused(model):
+    prompt = _prompt(PROMPT, 18)
+    with pytest.raises(ValueError, match="stateful"):
+        model.generate(prompt, max_new_tokens=2, assistant_model=model)
+
+
+def test_wrong_cache_type_is_refused(model):
+    from transformers import DynamicCache
+
+    with pytest.raises(TypeError, match="GriffinCache"):
+        model(_prompt(3, 0), cache=DynamicCache(), use_cache=True)

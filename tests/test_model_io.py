@@ -1,0 +1,120 @@
+"""Saving, loading (with and without the package installed), Auto classes and pipelines."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from reference_helpers import CASES, assert_close, our_config
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, pipeline
+
+from hf_recurrentgemma import GriffinConfig, GriffinForCausalLM, GriffinModel
+from hf_recurrentgemma.demo import build_demo_tokenizer
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(0)
+    model = GriffinForCausalLM(our_config(CASES[0])).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    folder = tmp_path_factory.mktemp("griffin")
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def _ids(n=11):
+    return torch.randint(0, 97, (2, n), generator=torch.Generator().manual_seed(0))
+
+
+def test_save_load_round_trip(saved):
+    model, folder = saved
+    loaded = GriffinForCausalLM.from_pretrained(folder).eval()
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr(), "embeddings not tied"
+    with torch.no_grad():
+        assert torch.equal(model(_ids()).logits, loaded(_ids()).logits)
+    strip = lambda d: {k: v for k, v in d.items() if k != "_name_or_path"}  # noqa: E731
+    assert strip(loaded.config.to_dict()) == strip(model.config.to_dict())
+
+
+def test_saved_folder_has_remote_code_and_auto_map(saved):
+    _, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "griffin"
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_griffin.GriffinForCausalLM"
+    assert config["auto_map"]["AutoConfig"] == "configuration_griffin.GriffinConfig"
+    for name in ("configuration_griffin.py", "modeling_griffin.py", "layers_griffin.py", "cache_griffin.py",
+                 "ops_griffin.py"):
+        assert (folder / name).exists(), name
+
+
+def test_auto_classes(saved):
+    model, folder = saved
+    assert isinstance(AutoConfig.from_pretrained(folder), GriffinConfig)
+    assert isinstance(AutoModel.from_pretrained(folder), GriffinModel)
+    auto = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert type(auto) is GriffinForCausalLM
+    with torch.no_grad():
+        assert torch.equal(auto(_ids()).logits, model(_ids()).logits)
+
+
+def test_remote_code_without_the_package(saved, tmp_path):
+    """A saved folder loads with trust_remote_code where hf_recurrentgemma cannot be imported."""
+    model, folder = saved
+    with torch.no_grad():
+        expected = model(_ids()).logits
+    torch.save({"ids": _ids(), "expected": expected}, tmp_path / "io.pt")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["hf_recurrentgemma"] = None  # any import of the package now fails
+        import torch
+        from transformers import AutoModelForCausalLM
+        data = torch.load({str(tmp_path / "io.pt")!r})
+        model = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        with torch.no_grad():
+            err = (model(data["ids"]).logits - data["expected"]).abs().max().item()
+        out = model.generate(data["ids"][:1], max_new_tokens=4, do_sample=False)
+        print("ERR", err, out.shape[1])
+    """)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [ln for ln in result.stdout.splitlines() if ln.startswith("ERR")][-1]
+    err, length = float(line.split()[1]), int(line.split()[2])
+    assert err == 0.0 and length == 15
+
+
+def test_text_generation_pipeline_with_left_padding(saved):
+    _, folder = saved
+    tokenizer = build_demo_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    prompts = ["the river is long", "a small red ship of the old city in the night"]
+    batched = generator(prompts, max_new_tokens=6, do_sample=False, batch_size=2)
+    alone = [generator(p, max_new_tokens=6, do_sample=False) for p in prompts]
+    assert [b[0]["generated_text"] for b in batched] == [a[0]["generated_text"] for a in alone]
+    assert all(b[0]["generated_text"].startswith(p) for b, p in zip(batched, prompts))
+
+
+def test_hidden_states_and_tuple_outputs(saved):
+    model, _ = saved
+    with torch.no_grad():
+        out = model(_ids(), output_hidden_states=True)
+        as_tuple = model(_ids(), return_dict=False, use_cache=False)
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    assert torch.equal(as_tuple[0], out.logits)
+
+
+def test_logits_to_keep(saved):
+    model, _ = saved
+    with torch.no_grad():
+        full = model(_ids()).logits
+        last = model(_ids(), logits_to_keep=1).logits
+    assert_close(last, full[:, -1:])
