@@ -193,3 +193,29 @@ def test_bfloat16_close_to_reference():
         actual = ours(tokens).logits.float()
     # bf16 has 8 mantissa bits; logits of size ~30 round at ~0.125.
     assert_close(actual, expected, tol=0.25, what="bfloat16 logits")
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=[CASES[0].name, CASES[2].name])
+def test_flax_parameters_match_the_jax_reference(case):
+    """The JAX reference with its own (perturbed) Flax parameters gives our logits, packed documents included."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from recurrentgemma.jax import griffin as jax_griffin
+
+    from hf_recurrentgemma.convert import griffin_from_reference
+
+    tokens = _tokens(case)
+    positions = _packed_positions(2, SEQ, PACKED_STARTS)
+    module = jax_griffin.Griffin(case.reference_config())
+    params = module.init(jax.random.PRNGKey(0), jnp.asarray(tokens.numpy()), jnp.asarray(positions.numpy()))["params"]
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    params = jax.tree_util.tree_unflatten(
+        tree, [leaf + 0.2 * jax.random.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)]
+    )
+    expected, _ = module.apply({"params": params}, jnp.asarray(tokens.numpy()), jnp.asarray(positions.numpy()))
+    ours = griffin_from_reference({"params": params}, **case.uninferable())
+    with torch.no_grad():
+        actual = ours(tokens, position_ids=positions).logits
+    assert_close(actual, torch.from_numpy(np.asarray(expected)))

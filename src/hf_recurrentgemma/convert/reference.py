@@ -25,6 +25,8 @@ def _to_torch(value: Any) -> torch.Tensor:
     array = np.asarray(value)
     if array.dtype.name == "bfloat16":  # ml_dtypes bfloat16 has no torch counterpart in from_numpy
         return torch.from_numpy(array.astype(np.float32)).to(torch.bfloat16)
+    if not array.flags.writeable:  # e.g. read-only views of JAX buffers; torch wants writable memory
+        array = array.copy()
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
