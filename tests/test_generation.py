@@ -191,3 +191,37 @@ def test_wrong_cache_type_is_refused(model):
 
     with pytest.raises(TypeError, match="GriffinCache"):
         model(_prompt(3, 0), cache=DynamicCache(), use_cache=True)
+
+
+def test_generate_compiles_the_decode_step_with_a_static_cache(model):
+    """generate()'s own compile path (forced on CPU, eager backend, one graph) gives the uncompiled tokens."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(backend="eager", fullgraph=True, mode=None)
+    config._compile_all_devices = True
+    prompt = _prompt(PROMPT, 19)
+    compiled = model.generate(prompt, max_new_tokens=NEW, do_sample=False, cache_implementation="static",
+                              compile_config=config)
+    assert torch.equal(compiled, _uncached_greedy(model, prompt, NEW))
+
+
+def test_stop_strings():
+    import dataclasses
+
+    from reference_helpers import our_config
+
+    from hf_recurrentgemma import GriffinForCausalLM
+    from hf_recurrentgemma.demo import build_demo_tokenizer
+
+    tokenizer = build_demo_tokenizer()
+    torch.manual_seed(1)
+    model = GriffinForCausalLM(our_config(dataclasses.replace(CASES[0], vocab_size=len(tokenizer)))).eval()
+    inputs = tokenizer("the old ship", return_tensors="pt")
+    # Random tied embeddings mostly repeat the last word; forbidding repeats makes every step a new word.
+    kwargs = dict(max_new_tokens=NEW, do_sample=False, pad_token_id=0, no_repeat_ngram_size=1)
+    free = model.generate(**inputs, **kwargs)
+    new = free[0, inputs["input_ids"].shape[1] :].tolist()
+    stop_at = next(i for i, t in enumerate(new) if i >= 2 and t not in new[:i] and len(tokenizer.decode([t])) > 1)
+    stop = tokenizer.decode([new[stop_at]])
+    stopped = model.generate(**inputs, **kwargs, stop_strings=[stop], tokenizer=tokenizer)
+    assert stopped[0, inputs["input_ids"].shape[1] :].tolist() == new[: stop_at + 1]

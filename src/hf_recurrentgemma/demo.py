@@ -26,12 +26,17 @@ WORDS = (
 ).split()
 
 
+LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+
+
 def build_demo_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over a small built-in vocabulary, with Gemma's special-token ids."""
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    """A WordPiece tokenizer over a small built-in vocabulary (whole words, plus letters so that any lowercase
+    word can be spelled), with Gemma's special-token ids."""
+    pieces = SPECIAL_TOKENS + WORDS + [c for c in LETTERS if c not in WORDS] + ["##" + c for c in LETTERS]
+    vocab = {token: i for i, token in enumerate(pieces)}
+    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces and pieces without
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
         padding_side="left",
