@@ -118,3 +118,30 @@ def test_logits_to_keep(saved):
         full = model(_ids()).logits
         last = model(_ids(), logits_to_keep=1).logits
     assert_close(last, full[:, -1:])
+
+
+def test_fresh_model_initialisation_follows_the_reference():
+    torch.manual_seed(0)
+    config = our_config(CASES[1])
+    model = GriffinForCausalLM(config)
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p).all(), name
+        if name.endswith("norm.weight") or (name.endswith(".bias") and "gate_proj" not in name and "up_proj" not in name):
+            assert torch.count_nonzero(p) == 0, f"{name} should start at zero"
+    for layer in model.model.layers:
+        if layer.block_type == "recurrent":
+            base_decay = torch.exp(-torch.nn.functional.softplus(layer.temporal_block.rg_lru.a_param))
+            assert base_decay.min() >= 0.9 - 1e-6 and base_decay.max() <= 0.999 + 1e-6
+    assert abs(model.model.embed_tokens.weight.std().item() - config.hidden_size**-0.5) < 0.05
+
+
+def test_eager_and_sdpa_attention_agree(saved):
+    _, folder = saved
+    sdpa = GriffinForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
+    eager = GriffinForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    assert eager.config._attn_implementation == "eager"
+    ids = _ids(23)
+    mask = torch.ones_like(ids)
+    mask[1, :9] = 0
+    with torch.no_grad():
+        assert_close(eager(ids, attention_mask=mask).logits, sdpa(ids, attention_mask=mask).logits, tol=1e-5)

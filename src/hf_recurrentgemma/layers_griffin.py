@@ -29,6 +29,14 @@ class SequenceInfo(NamedTuple):
     key_valid: torch.Tensor  # (B, T) bool: a real token (false for padding, which no token may see)
 
 
+def linear(in_features: int, out_features: int, std: float, bias: bool = True) -> nn.Linear:
+    """An `nn.Linear` that records the normal std it is initialised with (the reference's scale for its role);
+    `GriffinPreTrainedModel._init_weights` reads it. Biases start at zero."""
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    layer.init_std = std
+    return layer
+
+
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """GELU with the tanh approximation, as in JAX and the reference."""
     return nn.functional.gelu(x, approximate="tanh")
@@ -55,16 +63,10 @@ class GriffinMLP(nn.Module):
 
     def __init__(self, config: GriffinConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
-
-    def reset_parameters(self, config: GriffinConfig) -> None:
-        for proj in (self.gate_proj, self.up_proj):
-            init.normal_(proj.weight, std=math.sqrt(1.0 / config.hidden_size))
-            init.zeros_(proj.bias)
-        init.normal_(self.down_proj.weight, std=math.sqrt(config.final_w_init_variance_scale / config.intermediate_size))
-        init.zeros_(self.down_proj.bias)
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = linear(d, f, std=math.sqrt(1.0 / d))
+        self.up_proj = linear(d, f, std=math.sqrt(1.0 / d))
+        self.down_proj = linear(f, d, std=math.sqrt(config.final_w_init_variance_scale / f))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         return self.down_proj(gelu(self.gate_proj(x)) * self.up_proj(x))
@@ -146,18 +148,12 @@ class GriffinRecurrentBlock(nn.Module):
     def __init__(self, config: GriffinConfig):
         super().__init__()
         self.config = config
-        self.linear_y = nn.Linear(config.hidden_size, config.lru_width)
-        self.linear_x = nn.Linear(config.hidden_size, config.lru_width)
-        self.linear_out = nn.Linear(config.lru_width, config.hidden_size)
+        d, l = config.hidden_size, config.lru_width
+        self.linear_y = linear(d, l, std=math.sqrt(1.0 / d))
+        self.linear_x = linear(d, l, std=math.sqrt(1.0 / d))
+        self.linear_out = linear(l, d, std=math.sqrt(config.final_w_init_variance_scale / l))
         self.conv_1d = GriffinConv1d(config)
         self.rg_lru = GriffinRGLRU(config)
-
-    def reset_parameters(self, config: GriffinConfig) -> None:
-        for proj in (self.linear_x, self.linear_y):
-            init.normal_(proj.weight, std=math.sqrt(1.0 / config.hidden_size))
-            init.zeros_(proj.bias)
-        init.normal_(self.linear_out.weight, std=math.sqrt(config.final_w_init_variance_scale / config.lru_width))
-        init.zeros_(self.linear_out.bias)
 
     def forward(self, x: torch.Tensor, seq: SequenceInfo, state: RecurrentState | None):
         """x: (B, T, D) -> (B, T, D), new RecurrentState."""
@@ -194,16 +190,11 @@ class GriffinLocalAttention(nn.Module):
         self.head_dim = config.head_dim
         self.num_key_value_groups = config.num_attention_heads  # one shared key/value head
         self.scaling = self.head_dim**-0.5
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, self.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, self.head_dim, bias=False)
-        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
-
-    def reset_parameters(self, config: GriffinConfig) -> None:
-        for proj in (self.q_proj, self.k_proj, self.v_proj):
-            init.normal_(proj.weight, std=math.sqrt(1.0 / config.hidden_size))
-        init.normal_(self.o_proj.weight, std=math.sqrt(config.final_w_init_variance_scale / config.hidden_size))
-        init.zeros_(self.o_proj.bias)
+        d = config.hidden_size
+        self.q_proj = linear(d, d, std=math.sqrt(1.0 / d), bias=False)
+        self.k_proj = linear(d, self.head_dim, std=math.sqrt(1.0 / d), bias=False)
+        self.v_proj = linear(d, self.head_dim, std=math.sqrt(1.0 / d), bias=False)
+        self.o_proj = linear(d, d, std=math.sqrt(config.final_w_init_variance_scale / d))
 
     def forward(self, x: torch.Tensor, seq: SequenceInfo, state: AttentionState | None):
         """x: (B, T, D) -> (B, T, D), new AttentionState."""

@@ -9,8 +9,11 @@ conv1d does not look back across it and attention does not cross it. Padding (at
 no token. Without position ids, each row's first real token (per the attention mask) starts a document.
 """
 
+import math
+
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -67,15 +70,14 @@ class GriffinPreTrainedModel(PreTrainedModel):
     _is_stateful = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        # Each Griffin module knows its own initialisation (the reference's variance scales); plain Linear layers
-        # are initialised by the block that owns them.
-        if isinstance(module, (GriffinRMSNorm, GriffinMLP, BlockDiagonalLinear, GriffinRGLRU, GriffinConv1d,
-                               GriffinRecurrentBlock, GriffinLocalAttention)):
+        # The reference's initialisation. Transformers visits modules that hold parameters directly, so each one
+        # initialises itself; Linear and Embedding layers carry the std their owner chose (`init_std`).
+        if isinstance(module, (GriffinRMSNorm, BlockDiagonalLinear, GriffinRGLRU, GriffinConv1d)):
             module.reset_parameters(self.config)
-        elif isinstance(module, GriffinModel):
-            from transformers import initialization as init
-
-            init.normal_(module.embed_tokens.weight, std=(1.0 / self.config.hidden_size) ** 0.5)
+        elif isinstance(module, (nn.Linear, nn.Embedding)) and hasattr(module, "init_std"):
+            init.normal_(module.weight, std=module.init_std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
 
 
 class GriffinModel(GriffinPreTrainedModel):
@@ -84,6 +86,7 @@ class GriffinModel(GriffinPreTrainedModel):
     def __init__(self, config: GriffinConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=None)
+        self.embed_tokens.init_std = math.sqrt(1.0 / config.hidden_size)
         self.layers = nn.ModuleList(GriffinDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.final_norm = GriffinRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False
