@@ -220,8 +220,15 @@ def test_stop_strings():
     # Random tied embeddings mostly repeat the last word; forbidding repeats makes every step a new word.
     kwargs = dict(max_new_tokens=NEW, do_sample=False, pad_token_id=0, no_repeat_ngram_size=1)
     free = model.generate(**inputs, **kwargs)
-    new = free[0, inputs["input_ids"].shape[1] :].tolist()
-    stop_at = next(i for i, t in enumerate(new) if i >= 2 and t not in new[:i] and len(tokenizer.decode([t])) > 1)
+    prompt_ids = inputs["input_ids"][0].tolist()
+    new = free[0, len(prompt_ids) :].tolist()
+
+    def first_hit(i):  # a whole word whose text first appears in the output at step i
+        word = tokenizer.decode([new[i]])
+        return (new[i] > 3 and not word.startswith("##") and word not in tokenizer.decode(prompt_ids + new[:i])
+                and word in tokenizer.decode(prompt_ids + new[: i + 1]))
+
+    stop_at = next(i for i in range(2, len(new)) if first_hit(i))
     stop = tokenizer.decode([new[stop_at]])
     stopped = model.generate(**inputs, **kwargs, stop_strings=[stop], tokenizer=tokenizer)
     assert stopped[0, inputs["input_ids"].shape[1] :].tolist() == new[: stop_at + 1]
