@@ -166,6 +166,17 @@ class GriffinConfig(PreTrainedConfig):
         return 2.0 / self.num_hidden_layers
 
     @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """Also reads configs of Transformers' built-in `recurrent_gemma` (the Hub's google/recurrentgemma-*
+        repos), translated with the reference's window meaning (see builtin_format.py)."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == "recurrent_gemma":
+            from .builtin_format import griffin_dict_from_builtin
+
+            config_dict = griffin_dict_from_builtin(config_dict)
+        return config_dict, kwargs
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> "GriffinConfig":
         """A config of a published model (`recurrentgemma-2b[-it]`, `recurrentgemma-9b[-it]`, `griffin-7b`,
         `hawk-7b`), with any field overridden by keyword."""

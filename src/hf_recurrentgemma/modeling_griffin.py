@@ -214,6 +214,17 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Also loads folders and Hub repos of Transformers' built-in `recurrent_gemma` (keys renamed through
+        Transformers' conversion mapping, config translated; see builtin_format.py). Saving writes our format."""
+        from .builtin_format import load_builtin_if_builtin
+
+        model = load_builtin_if_builtin(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+        if model is None:
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return model
+
     def get_input_embeddings(self):
         return self.model.embed_tokens
 
