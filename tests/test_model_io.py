@@ -145,3 +145,22 @@ def test_eager_and_sdpa_attention_agree(saved):
     mask[1, :9] = 0
     with torch.no_grad():
         assert_close(eager(ids, attention_mask=mask).logits, sdpa(ids, attention_mask=mask).logits, tol=1e-5)
+
+
+def test_unsupported_arguments_are_named(saved):
+    model, _ = saved
+    with pytest.raises(TypeError, match="past_key_values"):
+        model(_ids(), past_key_values=None)
+    with pytest.raises(ValueError, match="output_attentions"):
+        model(_ids(), output_attentions=True)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(_ids(), attention_mask=torch.ones(2, 3, 11, 11))
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        model()
+
+
+def test_inputs_embeds_equal_input_ids(saved):
+    model, _ = saved
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(_ids())
+        assert torch.equal(model(inputs_embeds=embeds).logits, model(_ids()).logits)

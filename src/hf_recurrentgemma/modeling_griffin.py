@@ -122,6 +122,8 @@ class GriffinModel(GriffinPreTrainedModel):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if "past_key_values" in kwargs:
             raise TypeError("past_key_values is not a Griffin argument: pass the GriffinCache as `cache=`")
+        if kwargs.get("output_attentions"):
+            raise ValueError("output_attentions=True is not supported: Griffin's local attention returns no weights")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -251,7 +253,7 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
-            return_dict=True, **{k: v for k, v in kwargs.items() if k == "past_key_values"},
+            return_dict=True, **kwargs,
         )
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
