@@ -218,4 +218,4 @@ def test_flax_parameters_match_the_jax_reference(case):
     ours = griffin_from_reference({"params": params}, **case.uninferable())
     with torch.no_grad():
         actual = ours(tokens, position_ids=positions).logits
-    assert_close(actual, torch.from_numpy(np.asarray(expected)))
+    assert_close(actual, torch.from_numpy(np.array(expected)))

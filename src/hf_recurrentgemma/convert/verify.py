@@ -1,0 +1,98 @@
+"""`--verify`: run a few tokens through the converted folder and through the source, compare the logits.
+
+The source runs in Google DeepMind's reference torch model (`recurrentgemma.torch.Griffin`) when the package is
+installed, else in our model built in memory from the source tensors (that still checks the written files). Both
+run in float32. The source weights are first rounded to the stored dtype, so that the comparison measures the
+conversion, not the precision chosen with `--dtype`: a bfloat16 folder from a float32 source is held to the same
+5e-5 bound (the rounding itself changes logits by far more; it is a choice, not an error).
+
+Memory: the source and the converted model are both held in float32 (about 8 bytes per parameter).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..configuration_griffin import ATTENTION, GriffinConfig
+from .keymap import ours_to_reference, rules_for
+
+TOLERANCE = 5e-5  # float32; the reference's own JAX-vs-torch difference is ~7e-6
+
+
+@dataclass
+class Verification:
+    max_diff: float
+    tolerance: float
+    against: str  # what the converted model was compared with
+
+    @property
+    def ok(self) -> bool:
+        return self.max_diff <= self.tolerance
+
+    def summary(self) -> str:
+        return (f"max |logit diff| = {self.max_diff:.3g} against {self.against} "
+                f"(tolerance {self.tolerance:g}): {'OK' if self.ok else 'FAILED'}")
+
+
+def reference_state(source, config: GriffinConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The source's reference state dict in float32, rounded through the stored `dtype`."""
+    if getattr(source, "format", None) == "builtin":
+        ours = dict(source.tensors())
+        return {k: v.to(dtype).float() for k, v in ours_to_reference(ours, config).items()}
+    return {rule.source: source.load(rule.source).to(dtype).float() for rule in rules_for(config)}
+
+
+def _reference_model(config: GriffinConfig, state: dict[str, torch.Tensor]):
+    from recurrentgemma import common
+    from recurrentgemma.torch import griffin
+
+    block_types = tuple(common.TemporalBlockType.ATTENTION if t == ATTENTION
+                        else common.TemporalBlockType.RECURRENT for t in config.block_types)
+    ref_config = common.GriffinConfig(
+        vocab_size=config.vocab_size, width=config.hidden_size, mlp_expanded_width=config.intermediate_size,
+        num_heads=config.num_attention_heads, block_types=block_types, lru_width=config.lru_width,
+        embeddings_scale_by_sqrt_dim=config.embeddings_scale_by_sqrt_dim,
+        attention_window_size=config.attention_window_size, logits_soft_cap=config.logits_soft_cap,
+    )
+    model = griffin.Griffin(ref_config, gradient_checkpointing=False, device="meta")
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def _have_reference() -> bool:
+    try:
+        import recurrentgemma.torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@torch.no_grad()
+def verify_folder(folder: Path, source, config: GriffinConfig, dtype: torch.dtype, num_tokens: int = 12,
+                  tolerance: float = TOLERANCE, seed: int = 0) -> Verification:
+    """Compares the logits of the converted `folder` with those of `source` on `num_tokens` random tokens."""
+    from ..modeling_griffin import GriffinForCausalLM
+
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, config.vocab_size, (1, num_tokens), generator=generator)
+    positions = torch.arange(num_tokens)[None]
+    state = reference_state(source, config, dtype)
+    if _have_reference():
+        reference = _reference_model(config, state)
+        expected, _ = reference(tokens, positions, return_cache=False)
+        against = "the reference (recurrentgemma.torch)"
+    else:
+        from .reference import griffin_from_reference
+
+        reference = griffin_from_reference(state, config=config, dtype=torch.float32)
+        expected = reference(input_ids=tokens, position_ids=positions, use_cache=False).logits
+        against = "the source loaded in memory (recurrentgemma not installed)"
+    del reference, state
+    converted = GriffinForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    logits = converted(input_ids=tokens, position_ids=positions, use_cache=False).logits
+    max_diff = (logits.float() - expected.float()).abs().max().item()
+    return Verification(max_diff=max_diff, tolerance=tolerance, against=against)
+
+
+__all__ = ["verify_folder", "Verification", "TOLERANCE"]

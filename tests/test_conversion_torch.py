@@ -1,0 +1,245 @@
+"""`hf-recurrentgemma convert` from the PyTorch release's format: a `recurrentgemma.torch.Griffin` state dict."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from reference_helpers import CASE_IDS, CASES, LOGIT_TOL
+from safetensors import safe_open
+from test_conversion_common import (
+    assert_folder_matches_reference,
+    assert_nothing_left,
+    hyper_flags,
+    run_cli,
+    save_torch_checkpoint,
+)
+
+from hf_recurrentgemma import PRESETS
+from hf_recurrentgemma.convert.keymap import expected_shapes
+from hf_recurrentgemma.convert.sources import TorchSource, _drop_mapped_pages
+
+
+def folder_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            with safe_open(folder / name, framework="pt") as f:
+                tensors.update({k: f.get_tensor(k) for k in f.keys()})
+    return tensors
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_converted_folder_matches_reference(case, tmp_path):
+    ref = save_torch_checkpoint(case, tmp_path / "griffin.pt")
+    out = tmp_path / "out"
+    status, _, err = run_cli("convert", tmp_path / "griffin.pt", out, *hyper_flags(case), "--max-shard-size", "30KB")
+    assert status == 0, err
+    error = assert_folder_matches_reference(out, ref, case)
+    assert error <= LOGIT_TOL
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    from hf_recurrentgemma import GriffinConfig
+
+    assert set(index["weight_map"]) == set(expected_shapes(GriffinConfig.from_pretrained(out)))
+    assert len(set(index["weight_map"].values())) > 1
+    assert all((out / name).is_file() for name in index["weight_map"].values())
+    assert config["model_type"] == "griffin" and config["dtype"] == "float32"
+    assert config["attention_window_size"] == case.window and config["logits_soft_cap"] == case.soft_cap
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_griffin.GriffinForCausalLM"
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert (generation["pad_token_id"], generation["eos_token_id"], generation["bos_token_id"]) == (0, 1, 2)
+
+
+@pytest.mark.parametrize("source_dtype, flag, stored", [
+    (torch.float32, "bfloat16", torch.bfloat16),  # rounded on request
+    (torch.bfloat16, "auto", torch.bfloat16),  # as released: kept bit for bit
+    (torch.bfloat16, "float32", torch.float32),  # widened exactly
+])
+def test_dtypes(source_dtype, flag, stored, tmp_path):
+    case = CASES[0]
+    save_torch_checkpoint(case, tmp_path / "src.pt", dtype=source_dtype)
+    out = tmp_path / "out"
+    status, stdout, err = run_cli("convert", tmp_path / "src.pt", out, *hyper_flags(case), "--dtype", flag,
+                                  "--verify", "--quiet")
+    assert status == 0, err
+    # The reference is fed the source rounded to the stored dtype, so the conversion is held to 5e-5 either way.
+    assert "max |logit diff| = " in stdout and "OK" in stdout
+    source = torch.load(tmp_path / "src.pt", weights_only=True)
+    from hf_recurrentgemma.convert.keymap import reference_to_ours
+    from reference_helpers import our_config
+
+    expected = reference_to_ours(source, our_config(case))
+    written = folder_tensors(out)
+    assert set(written) == set(expected)
+    for key, tensor in written.items():
+        assert tensor.dtype == stored, key
+        assert torch.equal(tensor, expected[key].to(stored)), key
+    assert json.loads((out / "config.json").read_text())["dtype"] == str(stored).removeprefix("torch.")
+    assert "Verified at conversion: max |logit diff|" in (out / "README.md").read_text()
+
+
+def test_preset_gives_hyperparameters_and_model_card(tmp_path, monkeypatch):
+    case = CASES[0]
+    # A preset with this tiny architecture (the published ones are billions of parameters).
+    monkeypatch.setitem(PRESETS, "tiny-test", dict(
+        vocab_size=case.vocab_size, hidden_size=case.width, intermediate_size=case.mlp_width,
+        num_attention_heads=case.num_heads, lru_width=case.width,
+        block_types=["attention" if "ATTENTION" in str(t) else "recurrent" for t in case.block_types],
+        embeddings_scale_by_sqrt_dim=case.scale_embeddings, attention_window_size=case.window,
+        logits_soft_cap=case.soft_cap))
+    ref = save_torch_checkpoint(case, tmp_path / "2b.pt")
+    out = tmp_path / "out"
+    status, _, err = run_cli("convert", tmp_path / "2b.pt", out, "--preset", "tiny-test")
+    assert status == 0, err
+    assert "converting" in err and "tensors" in err  # the progress bar (tensors and bytes)
+    assert_folder_matches_reference(out, ref, case)
+    card = (out / "README.md").read_text()
+    for needle in ("`2b.pt`", "torch", "`tiny-test`", "float32", "hf-recurrentgemma convert", "--preset tiny-test",
+                   "library_name: transformers", "trust_remote_code=True"):
+        assert needle in card, needle
+    assert str(tmp_path) not in card  # no local directories in a card meant for the Hub
+
+
+def test_explicit_flags_override_preset(tmp_path, monkeypatch):
+    case = CASES[2]  # hawk: no scaling, no soft cap
+    monkeypatch.setitem(PRESETS, "tiny-hawk", dict(
+        vocab_size=case.vocab_size, hidden_size=case.width, intermediate_size=case.mlp_width,
+        num_attention_heads=case.num_heads, lru_width=case.width, block_types=["recurrent"] * 3,
+        embeddings_scale_by_sqrt_dim=True, attention_window_size=99, logits_soft_cap=5.0))
+    ref = save_torch_checkpoint(case, tmp_path / "hawk.pt")
+    out = tmp_path / "out"
+    status, _, err = run_cli("convert", tmp_path / "hawk.pt", out, "--preset", "tiny-hawk", "--quiet",
+                             "--embeddings-scale-by-sqrt-dim", "false", "--logits-soft-cap", "0")
+    assert status == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert (config["embeddings_scale_by_sqrt_dim"], config["logits_soft_cap"], config["attention_window_size"]) == (
+        False, 0.0, 99)
+    assert_folder_matches_reference(out, ref, case)
+
+
+def test_loads_with_trust_remote_code_without_the_package(tmp_path):
+    """The folder alone is enough: AutoModelForCausalLM with trust_remote_code, hf_recurrentgemma not importable."""
+    case = CASES[0]
+    ref = save_torch_checkpoint(case, tmp_path / "src.pt")
+    out = tmp_path / "out"
+    assert run_cli("convert", tmp_path / "src.pt", out, *hyper_flags(case), "--quiet")[0] == 0
+    from test_conversion_common import random_tokens
+    from reference_helpers import reference_logits
+
+    tokens, positions = random_tokens(case)
+    torch.save({"tokens": tokens, "positions": positions}, tmp_path / "inputs.pt")
+    script = r"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "hf_recurrentgemma":
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True, dtype=torch.float32)
+inputs = torch.load(sys.argv[2])
+with torch.no_grad():
+    logits = model(input_ids=inputs["tokens"], position_ids=inputs["positions"], use_cache=False).logits
+assert "hf_recurrentgemma" not in sys.modules
+torch.save({"logits": logits, "module": type(model).__module__}, sys.argv[3])
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
+           "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-I", "-c", script, str(out), str(tmp_path / "inputs.pt"),
+                             str(tmp_path / "result.pt")], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = torch.load(tmp_path / "result.pt")
+    assert got["module"].startswith("transformers_modules.")
+    expected = reference_logits(ref, tokens, positions)
+    assert (got["logits"] - expected).abs().max().item() <= LOGIT_TOL
+
+
+def test_verify_failure_exits_1_and_writes_nothing(tmp_path, monkeypatch):
+    case = CASES[0]
+    save_torch_checkpoint(case, tmp_path / "src.pt")
+    import hf_recurrentgemma.cli as cli
+
+    original = cli.our_tensors
+
+    def corrupted(source, config, dtype):  # a conversion bug: one norm scale off by 0.01
+        for name, tensor in original(source, config, dtype):
+            yield name, tensor + 0.01 if name == "model.final_norm.weight" else tensor
+
+    monkeypatch.setattr(cli, "our_tensors", corrupted)
+    out = tmp_path / "out"
+    status, stdout, err = run_cli("convert", tmp_path / "src.pt", out, *hyper_flags(case), "--verify", "--quiet")
+    assert status == 1
+    assert "FAILED" in stdout and "verification failed" in err
+    assert_nothing_left(out)
+
+
+def test_mapped_pages_are_released_without_changing_values(tmp_path):
+    """The streaming reader gives back the pages of tensors already written (resident memory stays near one
+    shard); the values stay readable and unchanged."""
+    big = torch.randn(4096, 4096)  # 64 MiB
+    torch.save({"embedder.input_embedding": big}, tmp_path / "big.pt")
+    source = TorchSource(tmp_path / "big.pt")
+    tensor = source.load("embedder.input_embedding")
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    before = rss()
+    assert float(tensor.sum()) == pytest.approx(float(big.sum()), rel=1e-4)  # touches every page
+    touched = rss()
+    _drop_mapped_pages(tensor)
+    released = rss()
+    assert touched - before > 48 * 2**20
+    assert touched - released > 48 * 2**20
+    assert torch.equal(tensor, big)
+    source.release()
+    source.close()
+
+
+def test_conversion_scripts_are_thin_wrappers(tmp_path, monkeypatch):
+    import runpy
+
+    case = CASES[2]
+    save_torch_checkpoint(case, tmp_path / "src.pt")
+    script = Path(__file__).parents[1] / "conversion" / "convert_checkpoint.py"
+    monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "src.pt"), str(tmp_path / "out"),
+                                      *hyper_flags(case), "--quiet"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_verify_without_the_reference_package(tmp_path, monkeypatch):
+    """Without `recurrentgemma`, --verify compares with our model built in memory from the source."""
+    import hf_recurrentgemma.convert.verify as verify
+
+    monkeypatch.setattr(verify, "_have_reference", lambda: False)
+    case = CASES[1]
+    save_torch_checkpoint(case, tmp_path / "src.pt")
+    status, stdout, err = run_cli("convert", tmp_path / "src.pt", tmp_path / "out", *hyper_flags(case), "--verify",
+                                  "--quiet")
+    assert status == 0, err
+    assert "against the source loaded in memory" in stdout and "OK" in stdout
+
+
+def test_it_preset_without_tokenizer(tmp_path, monkeypatch):
+    case = CASES[2]
+    monkeypatch.setitem(PRESETS, "tiny-hawk-it", dict(
+        vocab_size=case.vocab_size, hidden_size=case.width, intermediate_size=case.mlp_width,
+        num_attention_heads=case.num_heads, lru_width=case.width, block_types=["recurrent"] * 3,
+        embeddings_scale_by_sqrt_dim=False, attention_window_size=case.window, logits_soft_cap=0.0))
+    save_torch_checkpoint(case, tmp_path / "src.pt")
+    status, _, err = run_cli("convert", tmp_path / "src.pt", tmp_path / "out", "--preset", "tiny-hawk-it", "--quiet")
+    assert status == 0, err
+    assert not (tmp_path / "out" / "tokenizer.json").exists()
+    status, _, err = run_cli("convert", tmp_path / "src.pt", tmp_path / "out2", "--preset", "tiny-hawk-it",
+                             "--chat-template", "--quiet")
+    assert status == 2 and "--chat-template needs --tokenizer" in err
