@@ -164,3 +164,11 @@ def test_inputs_embeds_equal_input_ids(saved):
     with torch.no_grad():
         embeds = model.get_input_embeddings()(_ids())
         assert torch.equal(model(inputs_embeds=embeds).logits, model(_ids()).logits)
+
+
+def test_demo_main_job_runs_and_says_weights_are_random(capsys):
+    from hf_recurrentgemma import demo
+
+    assert demo.main(["--max-new-tokens", "5", "--prompt", "the old ship"]) == 0
+    out = capsys.readouterr().out
+    assert "RANDOM weights" in out and "5 tokens" in out
