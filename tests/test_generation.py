@@ -232,3 +232,11 @@ def test_stop_strings():
     stop = tokenizer.decode([new[stop_at]])
     stopped = model.generate(**inputs, **kwargs, stop_strings=[stop], tokenizer=tokenizer)
     assert stopped[0, inputs["input_ids"].shape[1] :].tolist() == new[: stop_at + 1]
+
+
+def test_cache_of_another_architecture_is_refused(model):
+    other = model.config.to_dict()
+    other["attention_window_size"] += 1
+    cache = GriffinCache(type(model.config).from_dict(other))
+    with pytest.raises(ValueError, match="another architecture"):
+        model(_prompt(3, 0), cache=cache, use_cache=True)

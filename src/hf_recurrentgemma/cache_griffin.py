@@ -120,6 +120,11 @@ class GriffinCache(Cache):
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.seen_tokens = 0
 
+    def fits(self, config: GriffinConfig) -> bool:
+        """Whether this cache's buffers have the shapes a model with `config` needs."""
+        fields = ("block_types", "lru_width", "conv1d_width", "attention_window_size", "head_dim")
+        return all(getattr(self.config, f) == getattr(config, f) for f in fields)
+
     def early_initialization(self, batch_size: int, num_heads=None, head_dim=None, dtype=None, device=None, **_):
         self.allocate(batch_size, dtype, device)
 

@@ -131,6 +131,11 @@ class GriffinModel(GriffinPreTrainedModel):
             use_cache = False
         if cache is not None and not isinstance(cache, GriffinCache):
             raise TypeError(f"cache must be a GriffinCache, got {type(cache).__name__}")
+        if cache is not None and not cache.fits(self.config):
+            raise ValueError(
+                "cache was made for another architecture (block_types, widths or attention_window_size differ); "
+                "make it with GriffinCache(model.config)"
+            )
         if use_cache and cache is None:
             cache = GriffinCache(self.config)
         output_hidden_states = (
