@@ -5,7 +5,7 @@ For each architecture: full forward, prefill + token-by-token decode, a left-pad
 
 import pytest
 import torch
-from reference_helpers import CASE_IDS, CASES, assert_close, reference_and_ours, reference_logits
+from reference_helpers import CASE_IDS, CASES, assert_close, max_error, reference_and_ours, reference_logits
 
 import hf_recurrentgemma.layers_griffin as layers_griffin
 
@@ -180,19 +180,21 @@ def test_chunked_prefill_equals_one_prefill(models):
     assert cache.get_seq_length() == SEQ
 
 
-def test_bfloat16_close_to_reference():
-    """In bfloat16 our casts follow the reference's; differences stay at bfloat16 rounding level."""
-    case = CASES[0]
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_bfloat16_differs_from_the_reference_by_bfloat16_noise_only(case):
+    """In bfloat16 our casts follow the reference's; what remains is rounding in a different order, so the gap to
+    the bfloat16 reference stays within twice the reference's own bfloat16-vs-float32 error (a real mistake
+    moves logits by O(1))."""
     ref, ours = reference_and_ours(case)
-    ref = ref.to(torch.bfloat16)
-    ours = ours.to(torch.bfloat16)
     tokens = _tokens(case)
     positions = torch.arange(SEQ)[None].expand(2, -1)
     with torch.no_grad():
-        expected = reference_logits(ref, tokens, positions).float()
-        actual = ours(tokens).logits.float()
-    # bf16 has 8 mantissa bits; logits of size ~30 round at ~0.125.
-    assert_close(actual, expected, tol=0.25, what="bfloat16 logits")
+        exact = reference_logits(ref, tokens, positions)
+        ref_bf16 = reference_logits(ref.to(torch.bfloat16), tokens, positions).float()
+        ours_bf16 = ours.to(torch.bfloat16)(tokens).logits
+    assert ours_bf16.dtype == torch.bfloat16
+    noise = max_error(ref_bf16, exact)
+    assert_close(ours_bf16.float(), ref_bf16, tol=2 * noise, what=f"bfloat16 logits (reference noise {noise:.3f})")
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=[CASES[0].name, CASES[2].name])
