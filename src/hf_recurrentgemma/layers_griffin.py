@@ -100,7 +100,6 @@ class GriffinRGLRU(nn.Module):
         self.a_param = nn.Parameter(torch.empty(config.lru_width))
         self.input_gate = BlockDiagonalLinear(config.lru_width, config.num_attention_heads)
         self.a_gate = BlockDiagonalLinear(config.lru_width, config.num_attention_heads)
-        self.scan_backend = "auto"
 
     def reset_parameters(self, config: GriffinConfig) -> None:
         # `a = sigmoid(-softplus(a_param))**8` starts uniform on the ring [0.9, 0.999] (area-proportional).
@@ -122,7 +121,7 @@ class GriffinRGLRU(nn.Module):
         multiplier = reset[..., None] + ~reset[..., None] * multiplier
         normalized_x = gated_x * multiplier.to(x.dtype)
         a = a * ~reset[..., None]  # a document start forgets the state
-        return rnn_scan(normalized_x, a, h0, backend=self.scan_backend)
+        return rnn_scan(normalized_x, a, h0)
 
 
 class GriffinConv1d(nn.Module):
