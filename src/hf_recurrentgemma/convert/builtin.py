@@ -26,8 +26,8 @@ from ..builtin_format import (
     conv_kernel_to_griffin,
     is_builtin_config,
 )
-from ..configuration_griffin import ATTENTION, GriffinConfig
-from .keymap import KeyMismatchError, Rule, expected_shapes
+from ..configuration_griffin import GriffinConfig
+from .keymap import KeyMismatchError, Rule, expected_shapes, rename, rules_by_layer
 
 logger = logging.getLogger(__name__)
 
@@ -36,30 +36,18 @@ SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 
 
-def _same(t):
-    return (t,)
-
-
-def _same_back(t):
-    return t
-
-
 def _conv_forward(w):  # built-in (L, 1, K) -> ours (K, L)
     return (conv_kernel_to_griffin(w),)
-
-
-def _rename(source: str, target: str) -> Rule:
-    return Rule(source, (target,), _same, _same_back)
 
 
 # Built-in key (`{}` = layer index) -> our key, with the per-tensor transform. Checked against
 # `builtin_format.BUILTIN_RENAMES` (what `from_pretrained` uses) by the tests.
 BUILTIN_TOP_RULES = (
-    _rename("model.embed_tokens.weight", "model.embed_tokens.weight"),
-    _rename("model.final_norm.weight", "model.final_norm.weight"),
+    rename("model.embed_tokens.weight", "model.embed_tokens.weight"),
+    rename("model.final_norm.weight", "model.final_norm.weight"),
 )
 BUILTIN_COMMON_RULES = tuple(
-    _rename(f"model.layers.{{}}.{builtin}", f"model.layers.{{}}.{ours}")
+    rename(f"model.layers.{{}}.{builtin}", f"model.layers.{{}}.{ours}")
     for builtin, ours in [
         ("temporal_pre_norm.weight", "temporal_pre_norm.weight"),
         ("channel_pre_norm.weight", "channel_pre_norm.weight"),
@@ -69,7 +57,7 @@ BUILTIN_COMMON_RULES = tuple(
     ]
 )
 BUILTIN_RECURRENT_RULES = tuple(
-    _rename(f"model.layers.{{}}.temporal_block.{builtin}", f"model.layers.{{}}.temporal_block.{ours}")
+    rename(f"model.layers.{{}}.temporal_block.{builtin}", f"model.layers.{{}}.temporal_block.{ours}")
     for builtin, ours in [
         ("linear_x.weight", "linear_x.weight"), ("linear_x.bias", "linear_x.bias"),
         ("linear_y.weight", "linear_y.weight"), ("linear_y.bias", "linear_y.bias"),
@@ -86,7 +74,7 @@ BUILTIN_RECURRENT_RULES = tuple(
          _conv_forward, conv_kernel_to_builtin),
 )
 BUILTIN_ATTENTION_RULES = tuple(
-    _rename(f"model.layers.{{}}.temporal_block.{name}", f"model.layers.{{}}.temporal_block.{name}")
+    rename(f"model.layers.{{}}.temporal_block.{name}", f"model.layers.{{}}.temporal_block.{name}")
     for name in ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "o_proj.bias")
 )
 BUILTIN_RULES = BUILTIN_TOP_RULES + BUILTIN_COMMON_RULES + BUILTIN_RECURRENT_RULES + BUILTIN_ATTENTION_RULES
@@ -95,14 +83,10 @@ LM_HEAD = "lm_head.weight"
 
 def rules_for_builtin(config: GriffinConfig) -> list[Rule]:
     """The rules of a model with this config, layer index filled in (plus `lm_head.weight` when untied)."""
-    rules = list(BUILTIN_TOP_RULES)
-    for i, block_type in enumerate(config.block_types):
-        block = BUILTIN_ATTENTION_RULES if block_type == ATTENTION else BUILTIN_RECURRENT_RULES
-        for rule in BUILTIN_COMMON_RULES + block:
-            rules.append(Rule(rule.source.format(i), tuple(t.format(i) for t in rule.targets), rule.forward,
-                              rule.backward))
+    rules = list(rules_by_layer(config, BUILTIN_TOP_RULES, BUILTIN_COMMON_RULES, BUILTIN_RECURRENT_RULES,
+                                BUILTIN_ATTENTION_RULES))
     if not config.tie_word_embeddings:
-        rules.append(_rename(LM_HEAD, LM_HEAD))
+        rules.append(rename(LM_HEAD, LM_HEAD))
     return rules
 
 

@@ -45,28 +45,29 @@ def _join_ffw_up_b(gate, up):
     return torch.stack([gate, up]).reshape(2, 1, 1, -1).contiguous()
 
 
-def _rename(source: str, target: str) -> Rule:
+def rename(source: str, target: str) -> Rule:
+    """A rule that only renames: one tensor in, the same tensor out."""
     return Rule(source, (target,), _same, _same_back)
 
 
 TOP_RULES = (
-    _rename("embedder.input_embedding", "model.embed_tokens.weight"),
-    _rename("final_norm.scale", "model.final_norm.weight"),
+    rename("embedder.input_embedding", "model.embed_tokens.weight"),
+    rename("final_norm.scale", "model.final_norm.weight"),
 )
 
 COMMON_BLOCK_RULES = (
-    _rename("blocks.{}.temporal_pre_norm.scale", "model.layers.{}.temporal_pre_norm.weight"),
-    _rename("blocks.{}.channel_pre_norm.scale", "model.layers.{}.channel_pre_norm.weight"),
+    rename("blocks.{}.temporal_pre_norm.scale", "model.layers.{}.temporal_pre_norm.weight"),
+    rename("blocks.{}.channel_pre_norm.scale", "model.layers.{}.channel_pre_norm.weight"),
     Rule("blocks.{}.mlp_block.ffw_up.w", ("model.layers.{}.mlp.gate_proj.weight", "model.layers.{}.mlp.up_proj.weight"),
          _split_ffw_up_w, _join_ffw_up_w),
     Rule("blocks.{}.mlp_block.ffw_up.b", ("model.layers.{}.mlp.gate_proj.bias", "model.layers.{}.mlp.up_proj.bias"),
          _split_ffw_up_b, _join_ffw_up_b),
-    _rename("blocks.{}.mlp_block.ffw_down.weight", "model.layers.{}.mlp.down_proj.weight"),
-    _rename("blocks.{}.mlp_block.ffw_down.bias", "model.layers.{}.mlp.down_proj.bias"),
+    rename("blocks.{}.mlp_block.ffw_down.weight", "model.layers.{}.mlp.down_proj.weight"),
+    rename("blocks.{}.mlp_block.ffw_down.bias", "model.layers.{}.mlp.down_proj.bias"),
 )
 
 RECURRENT_RULES = tuple(
-    _rename(f"blocks.{{}}.recurrent_block.{name}", f"model.layers.{{}}.temporal_block.{ours}")
+    rename(f"blocks.{{}}.recurrent_block.{name}", f"model.layers.{{}}.temporal_block.{ours}")
     for name, ours in [
         ("linear_x.weight", "linear_x.weight"), ("linear_x.bias", "linear_x.bias"),
         ("linear_y.weight", "linear_y.weight"), ("linear_y.bias", "linear_y.bias"),
@@ -79,7 +80,7 @@ RECURRENT_RULES = tuple(
 )
 
 ATTENTION_RULES = tuple(
-    _rename(f"blocks.{{}}.attention_block.{name}", f"model.layers.{{}}.temporal_block.{ours}")
+    rename(f"blocks.{{}}.attention_block.{name}", f"model.layers.{{}}.temporal_block.{ours}")
     for name, ours in [
         ("proj_q.weight", "q_proj.weight"), ("proj_k.weight", "k_proj.weight"), ("proj_v.weight", "v_proj.weight"),
         ("proj_final.weight", "o_proj.weight"), ("proj_final.bias", "o_proj.bias"),
@@ -87,13 +88,17 @@ ATTENTION_RULES = tuple(
 )
 
 
-def rules_for(config: GriffinConfig) -> Iterator[Rule]:
-    """The rules of a model with this config, layer index filled in."""
-    yield from TOP_RULES
+def rules_by_layer(config: GriffinConfig, top, common, recurrent, attention) -> Iterator[Rule]:
+    """`top` rules, then for each layer `common` plus its block type's rules, with the layer index filled in."""
+    yield from top
     for i, block_type in enumerate(config.block_types):
-        block_rules = ATTENTION_RULES if block_type == ATTENTION else RECURRENT_RULES
-        for rule in COMMON_BLOCK_RULES + block_rules:
+        for rule in common + (attention if block_type == ATTENTION else recurrent):
             yield Rule(rule.source.format(i), tuple(t.format(i) for t in rule.targets), rule.forward, rule.backward)
+
+
+def rules_for(config: GriffinConfig) -> Iterator[Rule]:
+    """The reference-format rules of a model with this config, layer index filled in."""
+    return rules_by_layer(config, TOP_RULES, COMMON_BLOCK_RULES, RECURRENT_RULES, ATTENTION_RULES)
 
 
 def expected_shapes(config: GriffinConfig) -> dict[str, tuple[int, ...]]:
