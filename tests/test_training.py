@@ -69,3 +69,32 @@ def test_a_few_optimizer_steps_lower_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_trainer_fine_tunes_with_gradient_checkpointing_and_padding(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from hf_recurrentgemma import GriffinForCausalLM
+
+    case = CASES[0]
+    _, model = reference_and_ours(case)
+    g = torch.Generator().manual_seed(0)
+    examples = []
+    for i in range(16):
+        ids = torch.randint(4, case.vocab_size, (12,), generator=g)
+        mask = torch.ones(12, dtype=torch.long)
+        mask[: i % 4] = 0  # left padding, ignored by the loss
+        labels = ids.masked_fill(mask == 0, -100)
+        examples.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=3,
+                             learning_rate=3e-3, logging_steps=4, report_to=[], save_strategy="no", use_cpu=True,
+                             activation_checkpointing=True, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=examples)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[-1] < 0.8 * losses[0], losses
+    trainer.save_model(str(tmp_path / "final"))
+    reloaded = GriffinForCausalLM.from_pretrained(tmp_path / "final").eval()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(examples[0]["input_ids"][None]).logits, model(examples[0]["input_ids"][None]).logits)
