@@ -14,9 +14,10 @@ __version__ = "0.1.0"
 
 
 def _register() -> None:
-    AutoConfig.register("griffin", GriffinConfig, exist_ok=True)
-    AutoModel.register(GriffinConfig, GriffinModel, exist_ok=True)
-    AutoModelForCausalLM.register(GriffinConfig, GriffinForCausalLM, exist_ok=True)
+    # No exist_ok: if Transformers ever ships its own "griffin", registering fails loudly instead of hijacking it.
+    AutoConfig.register("griffin", GriffinConfig)
+    AutoModel.register(GriffinConfig, GriffinModel)
+    AutoModelForCausalLM.register(GriffinConfig, GriffinForCausalLM)
     # save_pretrained writes `auto_map` and copies the model files, so folders load without this package.
     GriffinConfig.register_for_auto_class("AutoConfig")
     GriffinModel.register_for_auto_class("AutoModel")
