@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, RecurrentGemmaConfig, RecurrentGemmaForCausalLM
 from transformers.utils import logging as hf_logging
 
-from hf_recurrentgemma import GriffinConfig, GriffinForCausalLM
+from hf_recurrentgemma import GriffinConfig, GriffinForCausalLM, GriffinModel
 from hf_recurrentgemma.builtin_format import (
     BUILTIN_RENAMES,
     EXPORT_MARKER,
@@ -280,6 +280,11 @@ def test_from_pretrained_builtin_equals_reference(tmp_path):
         assert f.get_slice("model.layers.0.temporal_block.conv_1d.weight").get_shape() == [4, case.width]
     assert json.load(open(tmp_path / "resaved" / "config.json"))["model_type"] == "griffin"
     assert_close(logits(GriffinForCausalLM.from_pretrained(tmp_path / "resaved"), ids), expected)
+    # The trunk alone loads from the same folder (the built-in's "model." prefix is the base-model prefix).
+    trunk = GriffinModel.from_pretrained(tmp_path / "bi").eval()
+    assert type(trunk) is GriffinModel
+    with torch.no_grad():
+        assert torch.equal(trunk(ids).last_hidden_state, loaded.model(ids).last_hidden_state)
 
 
 # --- bad inputs ------------------------------------------------------------------------------------------------------

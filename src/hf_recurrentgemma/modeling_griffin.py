@@ -69,6 +69,17 @@ class GriffinPreTrainedModel(PreTrainedModel):
     # The RG-LRU state cannot be rolled back, so assisted/speculative decoding must be refused by `generate`.
     _is_stateful = True
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Also loads folders and Hub repos of Transformers' built-in `recurrent_gemma` (keys renamed through
+        Transformers' conversion mapping, config translated; see builtin_format.py). Saving writes our format."""
+        from .builtin_format import load_builtin_if_builtin
+
+        model = load_builtin_if_builtin(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+        if model is None:
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return model
+
     def _init_weights(self, module: nn.Module) -> None:
         # The reference's initialisation. Transformers visits modules that hold parameters directly, so each one
         # initialises itself; Linear and Embedding layers carry the std their owner chose (`init_std`).
@@ -220,17 +231,6 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         self.model = GriffinModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Also loads folders and Hub repos of Transformers' built-in `recurrent_gemma` (keys renamed through
-        Transformers' conversion mapping, config translated; see builtin_format.py). Saving writes our format."""
-        from .builtin_format import load_builtin_if_builtin
-
-        model = load_builtin_if_builtin(cls, pretrained_model_name_or_path, *model_args, **kwargs)
-        if model is None:
-            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        return model
 
     def get_input_embeddings(self):
         return self.model.embed_tokens
