@@ -13,6 +13,7 @@ from hf_recurrentgemma.ops_griffin import (
     local_attention_mask,
     rnn_scan,
     rnn_scan_sequential,
+    sqrt_bound_derivative,
 )
 
 
@@ -99,3 +100,11 @@ def test_attention_mask_matches_reference_forward_mask(window):
     mask, _ = local_attention_mask(past_valid, torch.ones(2, length, dtype=torch.bool), segment_pos == 0, window)
     assert torch.equal(mask[:, 0, :, window:], expected)
     assert not mask[:, 0, :, :window].any()
+
+
+def test_sqrt_bound_derivative_is_plain_sqrt_without_autograd():
+    x = torch.tensor([0.0, 0.25, 1.0], requires_grad=True)
+    with torch.no_grad():
+        assert torch.equal(sqrt_bound_derivative(x), torch.sqrt(x))
+    sqrt_bound_derivative(x).sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([1000.0, 1.0, 0.5]))

@@ -15,7 +15,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .cache_griffin import AttentionState, RecurrentState, empty_attention_state, empty_recurrent_state
 from .configuration_griffin import GriffinConfig
-from .ops_griffin import SqrtBoundDerivative, apply_rope, causal_conv1d, local_attention_mask, rnn_scan
+from .ops_griffin import apply_rope, causal_conv1d, local_attention_mask, rnn_scan, sqrt_bound_derivative
 
 # Long prompts are attended in query chunks of max(W, this) tokens: cost O(T * (W + C)), never a T x T mask.
 MIN_QUERY_CHUNK = 256
@@ -117,7 +117,7 @@ class GriffinRGLRU(nn.Module):
         a_square = torch.exp(2 * log_a)
         gated_x = x * gate_x
         # sqrt(1 - a^2) keeps the state's scale; its gradient is clipped so bfloat16 training stays finite.
-        multiplier = SqrtBoundDerivative.apply(1 - a_square)
+        multiplier = sqrt_bound_derivative(1 - a_square)
         multiplier = reset[..., None] + ~reset[..., None] * multiplier
         normalized_x = gated_x * multiplier.to(x.dtype)
         a = a * ~reset[..., None]  # a document start forgets the state

@@ -29,6 +29,14 @@ class SqrtBoundDerivative(torch.autograd.Function):
         return grad_output / torch.sqrt(clipped_x_times_4)
 
 
+def sqrt_bound_derivative(x: torch.Tensor) -> torch.Tensor:
+    """`sqrt(x)` with the clipped gradient when autograd records, plain `sqrt` otherwise (same values; the custom
+    Function only costs time at inference)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return SqrtBoundDerivative.apply(x)
+    return torch.sqrt(x)
+
+
 def rnn_scan_sequential(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The linear recurrence `h_t = a_t * h_{t-1} + x_t`, one step at a time, accumulated in float32.
 
