@@ -10,12 +10,10 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import safe_open
 from transformers import RecurrentGemmaConfig
 from transformers.utils.hub import convert_file_size_to_int
 
@@ -28,12 +26,11 @@ from ..builtin_format import (
 )
 from ..configuration_griffin import GriffinConfig
 from .keymap import KeyMismatchError, Rule, expected_shapes, rename, rules_by_layer
+from .safetensors_folder import INDEX, FolderReader, safetensors_headers
 
 logger = logging.getLogger(__name__)
 
 CONFIG = "config.json"
-SINGLE = "model.safetensors"
-INDEX = "model.safetensors.index.json"
 
 
 def _conv_forward(w):  # built-in (L, 1, K) -> ours (K, L)
@@ -170,42 +167,6 @@ def is_builtin_folder(path: str) -> bool:
         return False
 
 
-def _headers(folder: str) -> dict[str, tuple[str, tuple[int, ...], str]]:
-    """{key: (file, shape, dtype)} from the safetensors headers of a folder (single file or sharded with an index);
-    each file is opened, so a truncated or foreign file is reported here, by name."""
-    index_path, single = os.path.join(folder, INDEX), os.path.join(folder, SINGLE)
-    if os.path.isfile(index_path):
-        try:
-            with open(index_path, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{index_path}: not a safetensors index ({err!r})") from None
-        files = sorted(set(weight_map.values()))
-    elif os.path.isfile(single):
-        weight_map, files = None, [SINGLE]
-    else:
-        raise FileNotFoundError(f"{folder}: no {SINGLE} or {INDEX}; not a safetensors checkpoint folder")
-    found = {}
-    for name in files:
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: listed in {INDEX} but missing")
-        try:
-            with safe_open(path, framework="pt") as f:
-                for key in f.keys():
-                    sl = f.get_slice(key)
-                    if key in found:
-                        raise KeyMismatchError(f"{key!r} is in both {found[key][0]} and {name}")
-                    found[key] = (name, tuple(sl.get_shape()), sl.get_dtype())
-        except SafetensorError as err:
-            raise ValueError(f"{path}: corrupt or not a safetensors file ({err})") from None
-    if weight_map is not None:
-        for key, name in weight_map.items():
-            if key not in found or found[key][0] != name:
-                raise KeyMismatchError(f"{INDEX} puts {key!r} in {name}, but that file does not hold it")
-    return found
-
-
 def read_builtin_folder(path: str) -> tuple[GriffinConfig, Iterator[tuple[str, torch.Tensor]]]:
     """A built-in `recurrent_gemma` folder -> (our config, iterator of (our key, tensor)).
 
@@ -218,7 +179,7 @@ def read_builtin_folder(path: str) -> tuple[GriffinConfig, Iterator[tuple[str, t
         raise ValueError(f"{os.path.join(path, CONFIG)}: model_type is {raw.get('model_type')!r}, "
                          "not 'recurrent_gemma'")
     config = config_from_builtin(raw, where=os.path.join(path, CONFIG))
-    found = _headers(path)
+    found = safetensors_headers(path)
     _check({k: v[1] for k, v in found.items()}, builtin_shapes(config), config, path,
            {k: v[0] for k, v in found.items()})
     rules = {rule.source: rule for rule in rules_for_builtin(config)}
@@ -240,18 +201,6 @@ def read_builtin_folder(path: str) -> tuple[GriffinConfig, Iterator[tuple[str, t
     return config, tensors()
 
 
-def _plan_shards(sizes: list[tuple[str, int]], max_bytes: int) -> list[list[str]]:
-    shards, current, used = [], [], 0
-    for key, size in sizes:
-        if current and used + size > max_bytes:
-            shards.append(current)
-            current, used = [], 0
-        current.append(key)
-        used += size
-    return shards + [current] if current else shards
-
-
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 _NOT_COPIED = {CONFIG, INDEX}
 _NOT_COPIED_SUFFIXES = (".py", ".safetensors", ".bin", ".pt", ".pth")  # weights, and our remote code
 
@@ -279,49 +228,25 @@ def export_to_builtin(src_folder: str, out_folder: str, force: bool = False, max
         raise ValueError(f"{os.path.join(src_folder, CONFIG)}: model_type is {raw.get('model_type')!r}, not 'griffin'")
     config = GriffinConfig.from_dict(raw)
     builtin_config = RecurrentGemmaConfig.from_dict(builtin_dict_from_griffin(config))  # fails here, not at load
-    found = _headers(src_folder)
+    found = safetensors_headers(src_folder)
     _check({k: v[1] for k, v in found.items()}, _our_shapes(config), config, src_folder,
            {k: v[0] for k, v in found.items()})
-    max_bytes = convert_file_size_to_int(max_shard_size)
+    from .writer import OutputFolder, ShardWriter  # here: writer -> sources -> builtin would be circular
 
-    rules = rules_for_builtin(config)
-    sizes = [(r.source, sum(_numel(found[t][1]) * _DTYPE_BYTES.get(found[t][2], 4) for t in r.targets)) for r in rules]
-    by_source = {r.source: r for r in rules}
-    shards = _plan_shards(sizes, max_bytes)
-    names = [SINGLE] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
-    ]
-
-    parent = os.path.dirname(out_folder)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_folder)}.partial-", dir=parent)
-    try:
-        handles: dict[str, object] = {}
-        weight_map, total = {}, 0
-        for keys, name in zip(shards, names):
-            tensors = {}
-            for key in keys:
-                rule = by_source[key]
-                ours = [_get(handles, src_folder, found[t][0], t) for t in rule.targets]
-                tensors[key] = rule.backward(*ours).contiguous()
-                total += tensors[key].numel() * tensors[key].element_size()
-                weight_map[key] = name
-            save_file(tensors, os.path.join(tmp, name), metadata={"format": "pt"})
-            del tensors
-        handles.clear()
-        if len(shards) > 1:
-            with open(os.path.join(tmp, INDEX), "w", encoding="utf-8") as f:
-                json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f,
-                          indent=2)
-        builtin_config.save_pretrained(tmp)
+    reader = FolderReader(src_folder, found)
+    with OutputFolder(out_folder, force) as staged:
+        staged.mkdir()
+        writer = ShardWriter(staged, convert_file_size_to_int(max_shard_size))
+        for rule in rules_for_builtin(config):
+            ours = [reader.get(t) for t in rule.targets]
+            writer.add(rule.source, rule.backward(*ours).contiguous())
+        writer.close()
+        reader.close()
+        builtin_config.save_pretrained(staged)
         for entry in sorted(os.listdir(src_folder)):  # tokenizer, generation config, README, ...
             src = os.path.join(src_folder, entry)
             if os.path.isfile(src) and entry not in _NOT_COPIED and not entry.endswith(_NOT_COPIED_SUFFIXES):
-                shutil.copy2(src, os.path.join(tmp, entry))
-        _move_into_place(tmp, out_folder, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                shutil.copy2(src, staged / entry)
     logger.warning(
         "Exported %s for Transformers' recurrent_gemma with attention_window_size=%d (our window %d + 1). The "
         "built-in port computes the same logits only for unpadded sequences: its recurrent blocks ignore the "
@@ -330,38 +255,6 @@ def export_to_builtin(src_folder: str, out_folder: str, force: bool = False, max
         out_folder, config.attention_window_size + 1, config.attention_window_size,
     )
     return out_folder
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def _get(handles: dict, folder: str, name: str, key: str) -> torch.Tensor:
-    if name not in handles:
-        handles[name] = safe_open(os.path.join(folder, name), framework="pt")
-    return handles[name].get_tensor(key)
-
-
-def _move_into_place(tmp: str, out: str, force: bool) -> None:
-    """Renames the finished folder to OUT; an existing OUT (force) is moved aside first and deleted last."""
-    old = None
-    if os.path.exists(out):
-        if not force:
-            raise FileExistsError(f"{out}: already exists; pass force=True to replace it")
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
-        os.rename(out, os.path.join(old, "out"))
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.rename(os.path.join(old, "out"), out)
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["BUILTIN_RULES", "rules_for_builtin", "builtin_shapes", "builtin_to_ours", "ours_to_builtin",

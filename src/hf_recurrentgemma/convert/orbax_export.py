@@ -13,6 +13,7 @@ import torch
 
 from ..configuration_griffin import GriffinConfig
 from .keymap import KeyMismatchError, expected_shapes, rules_for
+from .safetensors_folder import FolderReader, safetensors_headers
 from .sources import ConversionError, _import_orbax
 from .writer import OutputFolder
 
@@ -39,39 +40,6 @@ def reference_key_to_flax(key: str) -> tuple[tuple[str, ...], bool]:
     return tuple(parts), transpose
 
 
-class FolderTensors:
-    """Lazy access to the tensors of a safetensors folder (sharded or not)."""
-
-    def __init__(self, folder: Path):
-        from safetensors import safe_open
-
-        index = folder / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-        elif (folder / "model.safetensors").is_file():
-            weight_map = None
-        else:
-            raise ConversionError(f"{folder}: no model.safetensors or model.safetensors.index.json")
-        self.folder, self.handles, self.where = folder, {}, {}
-        files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
-        for name in files:
-            try:
-                handle = safe_open(str(folder / name), framework="pt")
-            except Exception as err:
-                raise ConversionError(f"{folder / name}: cannot read ({str(err).splitlines()[0]})") from None
-            self.handles[name] = handle
-            for key in handle.keys():
-                self.where[key] = name
-
-    def keys(self) -> set[str]:
-        return set(self.where)
-
-    def get(self, key: str) -> torch.Tensor:
-        if key not in self.where:
-            raise KeyMismatchError(f"{self.folder}: missing key {key!r}")
-        return self.handles[self.where[key]].get_tensor(key)
-
-
 def flax_params_from_folder(folder: Path) -> tuple[GriffinConfig, dict]:
     """(config, nested Flax params as JAX arrays) of one of our folders, every key checked."""
     import jax.numpy as jnp
@@ -83,8 +51,9 @@ def flax_params_from_folder(folder: Path) -> tuple[GriffinConfig, dict]:
         raise ConversionError(f"{config_path}: not a griffin model (convert it with `hf-recurrentgemma convert` first)")
     config = GriffinConfig.from_pretrained(folder)
     shapes = expected_shapes(config)
-    tensors = FolderTensors(folder)
-    unexpected = tensors.keys() - set(shapes) - {"lm_head.weight"}
+    headers = safetensors_headers(folder)
+    tensors = FolderReader(folder, headers)
+    unexpected = set(headers) - set(shapes) - {"lm_head.weight"}
     if unexpected:
         raise KeyMismatchError(f"{folder}: unexpected key {sorted(unexpected)[0]!r}")
     params: dict = {}
