@@ -98,3 +98,36 @@ def test_trainer_fine_tunes_with_gradient_checkpointing_and_padding(tmp_path):
     model.eval()
     with torch.no_grad():
         assert torch.equal(reloaded(examples[0]["input_ids"][None]).logits, model(examples[0]["input_ids"][None]).logits)
+
+
+def test_peft_lora_trains_generates_and_merges():
+    """Every projection is an nn.Linear, so LoRA can target them; the merged model computes the adapted one."""
+    from peft import LoraConfig, get_peft_model
+
+    _, model = reference_and_ours(CASES[0])
+    ids = torch.randint(0, CASES[0].vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = model(ids).logits
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "linear_x", "linear_y", "linear_out", "gate_proj", "up_proj",
+               "down_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        assert torch.equal(peft_model(input_ids=ids).logits, base)  # LoRA's B starts at zero
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    peft_model.train()
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = peft_model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+    peft_model.eval()
+    with torch.no_grad():
+        adapted = peft_model(input_ids=ids).logits
+    generated = peft_model.generate(input_ids=ids[:1], max_new_tokens=4, do_sample=False)
+    merged = peft_model.merge_and_unload()
+    with torch.no_grad():
+        assert_close(merged(ids).logits, adapted, tol=5e-5, what="merged LoRA logits")
+    assert torch.equal(merged.generate(ids[:1], max_new_tokens=4, do_sample=False), generated)
