@@ -18,30 +18,17 @@ from recurrentgemma import conversion
 from recurrentgemma.jax import griffin as jax_griffin
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from reference_helpers import CASES, max_error, reference_and_ours, reference_logits  # noqa: E402
+from reference_helpers import (  # noqa: E402
+    CASES,
+    document_positions,
+    max_error,
+    prefill_then_decode,
+    reference_and_ours,
+    reference_logits,
+)
 
 SEQ = 19
 STARTS = [(0, 5, 6, 14), (0, 3, 17)]
-
-
-def packed_positions():
-    positions = torch.zeros(2, SEQ, dtype=torch.long)
-    for b, starts in enumerate(STARTS):
-        pos = 0
-        for t in range(SEQ):
-            pos = 0 if t in starts else pos + 1
-            positions[b, t] = pos
-    return positions
-
-
-@torch.no_grad()
-def decode(model, tokens, positions, prefill):
-    out = model(tokens[:, :prefill], position_ids=positions[:, :prefill], use_cache=True)
-    logits, cache = [out.logits], out.cache
-    for t in range(prefill, tokens.shape[1]):
-        out = model(tokens[:, t : t + 1], position_ids=positions[:, t : t + 1], cache=cache, use_cache=True)
-        logits.append(out.logits)
-    return torch.cat(logits, dim=1)
 
 
 @torch.no_grad()
@@ -49,13 +36,13 @@ def report(case):
     ref, ours = reference_and_ours(case)
     tokens = torch.randint(0, case.vocab_size, (2, SEQ), generator=torch.Generator().manual_seed(1))
     arange = torch.arange(SEQ)[None].expand(2, -1)
-    packed = packed_positions()
+    packed = torch.stack([document_positions(SEQ, starts) for starts in STARTS])
     expected, expected_packed = reference_logits(ref, tokens, arange), reference_logits(ref, tokens, packed)
     rows = {
         "full forward": max_error(ours(tokens).logits, expected),
-        "prefill+decode": max_error(decode(ours, tokens, arange, 4), expected),
+        "prefill+decode": max_error(prefill_then_decode(ours, tokens, arange, 4), expected),
         "packed documents": max_error(ours(tokens, position_ids=packed).logits, expected_packed),
-        "packed, decoded": max_error(decode(ours, tokens, packed, 7), expected_packed),
+        "packed, decoded": max_error(prefill_then_decode(ours, tokens, packed, 7), expected_packed),
     }
     lengths = [SEQ, 7, 2]
     batch = torch.full((3, SEQ), 5, dtype=torch.long)

@@ -86,6 +86,31 @@ def reference_logits(ref, tokens: torch.Tensor, segment_pos: torch.Tensor) -> to
     return logits
 
 
+def document_positions(length: int, starts) -> torch.Tensor:
+    """(length,) position of each token in its document; a document starts at 0 and at each index in `starts`."""
+    positions, pos = [], 0
+    for t in range(length):
+        pos = 0 if t == 0 or t in starts else pos + 1
+        positions.append(pos)
+    return torch.tensor(positions)
+
+
+@torch.no_grad()
+def prefill_then_decode(model, tokens: torch.Tensor, positions: torch.Tensor | None, prefill: int) -> torch.Tensor:
+    """Logits of `tokens` computed by one cached forward over the first `prefill` tokens, then one token at a time.
+    With `positions=None` the model derives positions itself (from the cache while decoding)."""
+
+    def at(part):
+        return None if positions is None else positions[:, part]
+
+    out = model(tokens[:, :prefill], position_ids=at(slice(None, prefill)), use_cache=True)
+    logits, cache = [out.logits], out.cache
+    for t in range(prefill, tokens.shape[1]):
+        out = model(tokens[:, t : t + 1], position_ids=at(slice(t, t + 1)), cache=cache, use_cache=True)
+        logits.append(out.logits)
+    return torch.cat(logits, dim=1)
+
+
 def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 

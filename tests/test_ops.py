@@ -4,7 +4,7 @@ import pytest
 import torch
 from recurrentgemma.torch import layers as ref_layers
 from recurrentgemma.torch import modules as ref_modules
-from reference_helpers import assert_close
+from reference_helpers import assert_close, document_positions
 
 from hf_recurrentgemma.ops_griffin import (
     SqrtBoundDerivative,
@@ -17,14 +17,6 @@ from hf_recurrentgemma.ops_griffin import (
 )
 
 
-def _segment_pos(length, starts):
-    pos, out = 0, []
-    for t in range(length):
-        pos = 0 if t == 0 or t in starts else pos + 1
-        out.append(pos)
-    return torch.tensor(out)
-
-
 @pytest.mark.parametrize("starts", [(), (3,), (1, 2, 9), (10, 11)])
 def test_conv1d_matches_reference_document_mask(starts):
     torch.manual_seed(0)
@@ -33,7 +25,7 @@ def test_conv1d_matches_reference_document_mask(starts):
     with torch.no_grad():
         ref.b.normal_()
     x = torch.randn(batch, length, width)
-    segment_pos = _segment_pos(length, starts)[None].expand(batch, -1)
+    segment_pos = document_positions(length, starts)[None].expand(batch, -1)
     expected, _ = ref(x.clone(), segment_pos)  # the reference masks its input in place
     tail = torch.zeros(batch, k - 1, width)
     actual, new_tail = causal_conv1d(x, tail, ref.w, ref.b, segment_pos == 0)
@@ -94,7 +86,7 @@ def test_rope_matches_reference():
 @pytest.mark.parametrize("window", [1, 3, 20])
 def test_attention_mask_matches_reference_forward_mask(window):
     length = 12
-    segment_pos = torch.stack([_segment_pos(length, ()), _segment_pos(length, (4, 5, 9))])
+    segment_pos = torch.stack([document_positions(length, ()), document_positions(length, (4, 5, 9))])
     expected = ref_modules._compute_forward_pass_mask(segment_pos, window)  # (B, T, T)
     past_valid = torch.zeros(2, window, dtype=torch.bool)
     mask, _ = local_attention_mask(past_valid, torch.ones(2, length, dtype=torch.bool), segment_pos == 0, window)

@@ -5,7 +5,16 @@ For each architecture: full forward, prefill + token-by-token decode, a left-pad
 
 import pytest
 import torch
-from reference_helpers import CASE_IDS, CASES, assert_close, max_error, reference_and_ours, reference_logits
+from reference_helpers import (
+    CASE_IDS,
+    CASES,
+    assert_close,
+    document_positions,
+    max_error,
+    prefill_then_decode,
+    reference_and_ours,
+    reference_logits,
+)
 
 import hf_recurrentgemma.layers_griffin as layers_griffin
 
@@ -52,14 +61,7 @@ def test_prefill_then_decode(models, prefill):
     positions = torch.arange(SEQ)[None].expand(2, -1)
     expected = reference_logits(ref, tokens, positions)
 
-    out = ours(tokens[:, :prefill], use_cache=True)
-    logits = [out.logits]
-    cache = out.cache
-    for t in range(prefill, SEQ):
-        out = ours(tokens[:, t : t + 1], cache=cache, use_cache=True)
-        cache = out.cache
-        logits.append(out.logits)
-    assert_close(torch.cat(logits, dim=1), expected)
+    assert_close(prefill_then_decode(ours, tokens, None, prefill), expected)  # positions from the cache
 
     # The reference's own cached decoding gives the same numbers.
     _, ref_cache = ref(tokens[:, :prefill], positions[:, :prefill])
@@ -118,16 +120,6 @@ def test_left_padded_prefill_then_decode(models):
         assert_close(logits[i : i + 1], alone[:, n - 1 : n - 1 + steps], what=f"row {i}")
 
 
-def _packed_positions(batch, length, starts):
-    positions = torch.zeros(batch, length, dtype=torch.long)
-    for b, row_starts in enumerate(starts):
-        pos = 0
-        for t in range(length):
-            pos = 0 if t in row_starts or t == 0 else pos + 1
-            positions[b, t] = pos
-    return positions
-
-
 PACKED_STARTS = [(0, 5, 6, 14), (0, 3, 17)]
 
 
@@ -135,7 +127,7 @@ PACKED_STARTS = [(0, 5, 6, 14), (0, 3, 17)]
 def test_packed_documents(models):
     case, ref, ours = models
     tokens = _tokens(case)
-    positions = _packed_positions(2, SEQ, PACKED_STARTS)
+    positions = torch.stack([document_positions(SEQ, starts) for starts in PACKED_STARTS])
     expected = reference_logits(ref, tokens, positions)
     assert_close(ours(tokens, position_ids=positions).logits, expected)
     # Each document alone gives the same logits as inside the pack.
@@ -155,14 +147,9 @@ def test_packed_documents_decode(models, prefill):
     its last K-1 inputs; its full forward does not. We equal its full forward.)"""
     case, ref, ours = models
     tokens = _tokens(case)
-    positions = _packed_positions(2, SEQ, PACKED_STARTS)
+    positions = torch.stack([document_positions(SEQ, starts) for starts in PACKED_STARTS])
     expected = reference_logits(ref, tokens, positions)
-    out = ours(tokens[:, :prefill], position_ids=positions[:, :prefill], use_cache=True)
-    logits, cache = [out.logits], out.cache
-    for t in range(prefill, SEQ):
-        out = ours(tokens[:, t : t + 1], position_ids=positions[:, t : t + 1], cache=cache, use_cache=True)
-        logits.append(out.logits)
-    assert_close(torch.cat(logits, dim=1), expected)
+    assert_close(prefill_then_decode(ours, tokens, positions, prefill), expected)
 
 
 @torch.no_grad()
@@ -208,7 +195,7 @@ def test_flax_parameters_match_the_jax_reference(case):
     from hf_recurrentgemma.convert import griffin_from_reference
 
     tokens = _tokens(case)
-    positions = _packed_positions(2, SEQ, PACKED_STARTS)
+    positions = torch.stack([document_positions(SEQ, starts) for starts in PACKED_STARTS])
     module = jax_griffin.Griffin(case.reference_config())
     params = module.init(jax.random.PRNGKey(0), jnp.asarray(tokens.numpy()), jnp.asarray(positions.numpy()))["params"]
     leaves, tree = jax.tree_util.tree_flatten(params)
