@@ -99,7 +99,7 @@ def _config(source, args) -> GriffinConfig:
     overrides = {name: getattr(args, name) for name in UNINFERABLE_FLAGS}
     if source.format == "builtin":
         config = source.config
-        checks = {**({k: PRESETS[args.preset][k] for k in PRESETS[args.preset]} if args.preset else {}),
+        checks = {**(PRESETS[args.preset] if args.preset else {}),
                   **{k: v for k, v in overrides.items() if v is not None}}
         for key, value in checks.items():
             if key != "vocab_size" and getattr(config, key) != value:

@@ -331,12 +331,11 @@ class BuiltinSource:
 
     def __init__(self, path: Path):
         self.path = path
-        self.module = builtin
         self.config, _ = self._read()
 
     def _read(self):
         try:
-            return self.module.read_builtin_folder(self.path)
+            return builtin.read_builtin_folder(self.path)
         except (ValueError, OSError) as err:
             raise ConversionError(f"{self.path}: {_first_line(err)}") from None
 
