@@ -19,6 +19,8 @@ from transformers.configuration_utils import PreTrainedConfig
 RECURRENT = "recurrent"
 ATTENTION = "attention"
 BLOCK_TYPES = (RECURRENT, ATTENTION)
+# RG-LRU scan implementations (ops_griffin.SCAN_BACKENDS); "auto" picks the fastest one available for the device.
+SCAN_BACKEND_NAMES = ("auto", "sequential", "cpu_kernel")
 
 
 def griffin_block_pattern(num_layers: int) -> list[str]:
@@ -77,6 +79,9 @@ class GriffinConfig(PreTrainedConfig):
         rms_norm_eps: Epsilon of the RMS norms (whose scale is applied as `1 + weight`).
         w_init_variance_scale: Variance scale of the RG-LRU gate and conv1d initialisation.
         tie_word_embeddings: Decode with the input embedding matrix (true for every released model).
+        scan_backend: RG-LRU scan implementation: `"auto"` (the fastest available for the device and dtype),
+            `"sequential"` (the reference loop) or `"cpu_kernel"` (compiled C/OpenMP, CPU tensors).
+            Every backend computes the same function; this only changes speed.
 
     Example:
         >>> from hf_recurrentgemma import GriffinConfig
@@ -106,6 +111,7 @@ class GriffinConfig(PreTrainedConfig):
     rms_norm_eps: float = 1e-6
     w_init_variance_scale: float = 0.01
     tie_word_embeddings: bool = True
+    scan_backend: str = "auto"
     use_cache: bool = True
     pad_token_id: int | None = 0
     eos_token_id: int | list[int] | None = 1
@@ -147,6 +153,8 @@ class GriffinConfig(PreTrainedConfig):
             raise ValueError(f"head_dim={self.head_dim} must be divisible by 4 for half-dimension RoPE")
         if self.logits_soft_cap < 0:
             raise ValueError(f"logits_soft_cap must be >= 0 (0 turns it off), got {self.logits_soft_cap}")
+        if self.scan_backend not in SCAN_BACKEND_NAMES:
+            raise ValueError(f"scan_backend must be one of {SCAN_BACKEND_NAMES}, got {self.scan_backend!r}")
         if self.rms_norm_eps <= 0:
             raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps}")
 

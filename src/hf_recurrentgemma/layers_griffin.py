@@ -108,7 +108,9 @@ class GriffinRGLRU(nn.Module):
             a_param = a_param.log_().mul_(0.5).neg_().exp_().sub_(1.0).log_()
         init.copy_(self.a_param, a_param)
 
-    def forward(self, x: torch.Tensor, reset: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, reset: torch.Tensor, h0: torch.Tensor, scan_backend: str = "auto"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, L); reset: (B, T) bool; h0: (B, L) float32 -> y (B, T, L), h (B, L) float32."""
         gate_x = torch.sigmoid(self.input_gate(x))
         gate_a = torch.sigmoid(self.a_gate(x))
@@ -121,7 +123,7 @@ class GriffinRGLRU(nn.Module):
         multiplier = reset[..., None] + ~reset[..., None] * multiplier
         normalized_x = gated_x * multiplier.to(x.dtype)
         a = a * ~reset[..., None]  # a document start forgets the state
-        return rnn_scan(normalized_x, a, h0)
+        return rnn_scan(normalized_x, a, h0, backend=scan_backend)
 
 
 class GriffinConv1d(nn.Module):
@@ -161,7 +163,7 @@ class GriffinRecurrentBlock(nn.Module):
         y = gelu(self.linear_y(x))
         x = self.linear_x(x)
         x, conv_state = self.conv_1d(x, seq.reset, state.conv)
-        x, rg_lru_state = self.rg_lru(x, seq.reset, state.rg_lru)
+        x, rg_lru_state = self.rg_lru(x, seq.reset, state.rg_lru, self.config.scan_backend)
         return self.linear_out(x * y), RecurrentState(conv=conv_state, rg_lru=rg_lru_state)
 
 

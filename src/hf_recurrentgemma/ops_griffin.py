@@ -8,7 +8,14 @@ Shape letters used throughout the package:
 Every function here takes the state it needs and returns the new one; nothing is stored between calls.
 """
 
+import logging
+import warnings
+
 import torch
+
+from .scan_cpu_griffin import kernel_error, rnn_scan_cpu
+
+logger = logging.getLogger(__name__)
 
 # The reference clips the gradient of sqrt(1 - a^2) at this value so that bfloat16 training never sees inf/NaN.
 MAX_SQRT_GRADIENT = 1000.0
@@ -59,17 +66,63 @@ def rnn_scan_sequential(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> t
     return torch.stack(ys, dim=1), h
 
 
-SCAN_BACKENDS = {"sequential": rnn_scan_sequential}
+def rnn_scan_step(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step (T = 1) of the recurrence in plain tensor ops: what every backend computes for a decoding step,
+    with no dispatch or kernel call, so a compiled decode step traces straight through it."""
+    h = a[:, 0].float() * h0 + x[:, 0].float()
+    return h.to(x.dtype)[:, None], h
+
+
+SCAN_BACKENDS = {"sequential": rnn_scan_sequential, "cpu_kernel": rnn_scan_cpu}
+_auto_choice: dict[tuple, str] = {}
+
+
+def scan_backend_available(name: str, device: torch.device) -> str | None:
+    """None if backend `name` can run on `device`, else the reason it cannot."""
+    if name == "sequential":
+        return None
+    if name == "cpu_kernel":
+        if device.type != "cpu":
+            return f"the cpu_kernel backend runs on CPU tensors, not {device.type}"
+        return kernel_error()
+    return f"unknown scan backend {name!r}; available: {['auto', *SCAN_BACKENDS]}"
+
+
+@torch.compiler.assume_constant_result  # decided in Python once; a compiled graph only sees the answer
+def resolve_scan_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that `rnn_scan` uses: `backend` itself, or for "auto" the fastest one available for this device
+    and dtype (chosen once per device type and dtype, logged once; a missing compiled kernel warns once)."""
+    if backend != "auto":
+        reason = scan_backend_available(backend, device)
+        if reason is not None:
+            raise ValueError(f"scan backend {backend!r} cannot run here: {reason}")
+        return backend
+    key = (device.type, dtype)
+    if key not in _auto_choice:
+        choice = "sequential"
+        if device.type == "cpu":
+            reason = scan_backend_available("cpu_kernel", device)
+            if reason is None:
+                choice = "cpu_kernel"
+            else:
+                warnings.warn(
+                    f"hf_recurrentgemma: the compiled RG-LRU scan is unavailable ({reason}); falling back to the "
+                    "sequential scan, which is correct but much slower (install a C compiler with OpenMP to fix)",
+                    RuntimeWarning, stacklevel=3,
+                )
+        _auto_choice[key] = choice
+        logger.info("RG-LRU scan backend for %s/%s: %s", device.type, dtype, choice)
+    return _auto_choice[key]
 
 
 def rnn_scan(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor, backend: str = "auto"):
-    """Dispatches the RG-LRU scan to a backend (`auto` picks the best available one); same contract as
-    `rnn_scan_sequential`."""
-    if backend == "auto":
-        backend = "sequential"
-    if backend not in SCAN_BACKENDS:
+    """Dispatches the RG-LRU scan to a backend (`auto` picks the fastest available one); same contract as
+    `rnn_scan_sequential`. A single step (T = 1, decoding) is computed inline whatever the backend."""
+    if backend not in SCAN_BACKENDS and backend != "auto":
         raise ValueError(f"unknown scan backend {backend!r}; available: {['auto', *SCAN_BACKENDS]}")
-    return SCAN_BACKENDS[backend](x, a, h0)
+    if x.shape[1] == 1:
+        return rnn_scan_step(x, a, h0)
+    return SCAN_BACKENDS[resolve_scan_backend(backend, x.device, x.dtype)](x, a, h0)
 
 
 def causal_conv1d(

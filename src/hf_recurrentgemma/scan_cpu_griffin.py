@@ -1,0 +1,267 @@
+"""The RG-LRU scan as a compiled CPU kernel: `h_t = a_t * h_{t-1} + x_t`, forward and backward, OpenMP over
+(batch, channel blocks), sequential over time, accumulated in float32.
+
+Why a plain C kernel: the recurrence is memory-bound (three loads/stores per multiply-add), so what matters is one
+pass over memory without per-step Python. A C file with no Torch headers compiles in well under a second with the
+system C compiler and is cached on disk (`~/.cache/hf_recurrentgemma/kernels`, or `$HF_RECURRENTGEMMA_KERNEL_DIR`);
+a `torch.utils.cpp_extension` build includes the Torch headers and takes a minute on a 2-core machine (measured,
+docs/performance.md). The kernel is called through `ctypes` on raw data pointers and registered with
+`torch.library` (namespace: this module's name) with its backward, so autograd and `torch.compile` see one opaque op.
+
+Floating-point contraction is off (`-ffp-contract=off`): `a * h + x` is rounded twice, exactly like the
+sequential reference in `ops_griffin.py`, so outputs are bit-identical to it in float32.
+"""
+
+import ctypes
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_C_SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+
+/* bfloat16 <-> float32, round to nearest even (as torch). */
+static inline float bf16_to_f32(uint16_t v) {
+    uint32_t u = ((uint32_t)v) << 16; float f; memcpy(&f, &u, 4); return f;
+}
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  /* NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+#define BLOCK 256  /* channels per task: one task's state stays in L1 */
+
+/* Forward. x, a, y: (B, T, L) float32; h0, h_last: (B, L) float32. */
+void scan_fwd_f32(const float *x, const float *a, const float *h0, float *y, float *h_last,
+                  int64_t B, int64_t T, int64_t L, int threads) {
+    int64_t nblocks = (L + BLOCK - 1) / BLOCK;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t task = 0; task < B * nblocks; task++) {
+        int64_t b = task / nblocks, c0 = (task % nblocks) * BLOCK;
+        int64_t n = L - c0 < BLOCK ? L - c0 : BLOCK;
+        float h[BLOCK];
+        for (int64_t c = 0; c < n; c++) h[c] = h0[b * L + c0 + c];
+        for (int64_t t = 0; t < T; t++) {
+            int64_t o = (b * T + t) * L + c0;
+            for (int64_t c = 0; c < n; c++) { h[c] = a[o + c] * h[c] + x[o + c]; y[o + c] = h[c]; }
+        }
+        for (int64_t c = 0; c < n; c++) h_last[b * L + c0 + c] = h[c];
+    }
+}
+
+/* Forward on bfloat16 inputs and outputs (inference); the state stays float32. */
+void scan_fwd_bf16(const uint16_t *x, const uint16_t *a, const float *h0, uint16_t *y, float *h_last,
+                   int64_t B, int64_t T, int64_t L, int threads) {
+    int64_t nblocks = (L + BLOCK - 1) / BLOCK;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t task = 0; task < B * nblocks; task++) {
+        int64_t b = task / nblocks, c0 = (task % nblocks) * BLOCK;
+        int64_t n = L - c0 < BLOCK ? L - c0 : BLOCK;
+        float h[BLOCK];
+        for (int64_t c = 0; c < n; c++) h[c] = h0[b * L + c0 + c];
+        for (int64_t t = 0; t < T; t++) {
+            int64_t o = (b * T + t) * L + c0;
+            for (int64_t c = 0; c < n; c++) {
+                h[c] = bf16_to_f32(a[o + c]) * h[c] + bf16_to_f32(x[o + c]);
+                y[o + c] = f32_to_bf16(h[c]);
+            }
+        }
+        for (int64_t c = 0; c < n; c++) h_last[b * L + c0 + c] = h[c];
+    }
+}
+
+/* Backward, all float32. g_t = dy_t + a_{t+1} g_{t+1} (+ dh_last at t = T-1); dx_t = g_t;
+   da_t = g_t h_{t-1} with h_{-1} = h0; dh0 = a_0 g_0. h holds the forward states (B, T, L). */
+void scan_bwd_f32(const float *a, const float *h, const float *h0, const float *dy, const float *dh_last,
+                  float *dx, float *da, float *dh0, int64_t B, int64_t T, int64_t L, int threads) {
+    int64_t nblocks = (L + BLOCK - 1) / BLOCK;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t task = 0; task < B * nblocks; task++) {
+        int64_t b = task / nblocks, c0 = (task % nblocks) * BLOCK;
+        int64_t n = L - c0 < BLOCK ? L - c0 : BLOCK;
+        float g[BLOCK], a_next[BLOCK];
+        for (int64_t c = 0; c < n; c++) { g[c] = 0.0f; a_next[c] = 0.0f; }
+        for (int64_t t = T - 1; t >= 0; t--) {
+            int64_t o = (b * T + t) * L + c0;
+            const float *h_prev = t > 0 ? h + o - L : h0 + b * L + c0;
+            for (int64_t c = 0; c < n; c++) {
+                float carried = a_next[c] * g[c];
+                if (t == T - 1) carried = dh_last[b * L + c0 + c];
+                g[c] = dy[o + c] + carried;
+                dx[o + c] = g[c];
+                da[o + c] = g[c] * h_prev[c];
+                a_next[c] = a[o + c];
+            }
+        }
+        for (int64_t c = 0; c < n; c++) dh0[b * L + c0 + c] = a_next[c] * g[c];
+    }
+}
+"""
+
+# The op namespace is this module's name, so the package and a copy shipped as Hub remote code (another module
+# name) can both register their ops in one process.
+_NS = re.sub(r"\W", "_", __name__)
+_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-fopenmp"]
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_load_error: str | None = None
+
+
+def _kernel_dir() -> Path:
+    root = os.environ.get("HF_RECURRENTGEMMA_KERNEL_DIR")
+    if root:
+        return Path(root)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "hf_recurrentgemma" / "kernels"
+
+
+def _compiler() -> str | None:
+    for candidate in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc", "gcc", "clang"):
+        if candidate:
+            path = shutil.which(candidate.split()[0])
+            if path:
+                return path
+    return None
+
+
+def _build() -> ctypes.CDLL:
+    """Compiles the kernel once per source/flags/compiler/platform and loads it; raises RuntimeError on failure."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
+    key = hashlib.sha256("\0".join([_C_SOURCE, *_FLAGS, compiler, sys.platform, os.uname().machine]).encode())
+    target = _kernel_dir() / f"griffin_scan_{key.hexdigest()[:16]}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            source = Path(tmp) / "griffin_scan.c"
+            source.write_text(_C_SOURCE)
+            built = Path(tmp) / target.name
+            result = subprocess.run([compiler, *_FLAGS, str(source), "-o", str(built)], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"{compiler} failed to build the scan kernel:\n{result.stderr.strip()[:2000]}")
+            os.replace(built, target)  # atomic: concurrent builders never see a partial file
+    library = ctypes.CDLL(str(target))
+    pointer, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for name in ("scan_fwd_f32", "scan_fwd_bf16"):
+        getattr(library, name).argtypes = [pointer] * 5 + [i64, i64, i64, c_int]
+    library.scan_bwd_f32.argtypes = [pointer] * 8 + [i64, i64, i64, c_int]
+    return library
+
+
+def load_kernel() -> ctypes.CDLL | None:
+    """The compiled library, building it on first use; None (with the reason in `kernel_error()`) if it cannot be
+    built here."""
+    global _library, _load_error
+    with _lock:
+        if _library is None and _load_error is None:
+            try:
+                _library = _build()
+            except (RuntimeError, OSError) as error:
+                _load_error = str(error)
+        return _library
+
+
+def kernel_error() -> str | None:
+    """Why the kernel is unavailable, or None."""
+    load_kernel()
+    return _load_error
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+@torch.library.custom_op(f"{_NS}::rnn_scan", mutates_args=(), device_types="cpu")
+def _rnn_scan_op(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    library = load_kernel()
+    if library is None:
+        raise RuntimeError(f"the CPU scan kernel is unavailable: {_load_error}")
+    batch, seq_len, width = x.shape
+    native_bf16 = x.dtype == torch.bfloat16
+    xk, ak = (x, a) if native_bf16 else (x.float(), a.float())
+    xk, ak, h0 = xk.contiguous(), ak.contiguous(), h0.float().contiguous()
+    y = torch.empty_like(xk)
+    h_last = torch.empty(batch, width, dtype=torch.float32)
+    kernel = library.scan_fwd_bf16 if native_bf16 else library.scan_fwd_f32
+    kernel(_ptr(xk), _ptr(ak), _ptr(h0), _ptr(y), _ptr(h_last), batch, seq_len, width, torch.get_num_threads())
+    return y.to(x.dtype), h_last
+
+
+@_rnn_scan_op.register_fake
+def _(x, a, h0):
+    return torch.empty_like(x), x.new_empty(x.shape[0], x.shape[2], dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_NS}::rnn_scan_backward", mutates_args=(), device_types="cpu")
+def _rnn_scan_backward_op(
+    a: torch.Tensor, h: torch.Tensor, h0: torch.Tensor, dy: torch.Tensor, dh_last: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    library = load_kernel()
+    batch, seq_len, width = h.shape
+    a, h, h0 = a.float().contiguous(), h.contiguous(), h0.float().contiguous()
+    dy, dh_last = dy.float().contiguous(), dh_last.float().contiguous()
+    dx, da, dh0 = torch.empty_like(h), torch.empty_like(h), torch.empty_like(h0)
+    library.scan_bwd_f32(_ptr(a), _ptr(h), _ptr(h0), _ptr(dy), _ptr(dh_last), _ptr(dx), _ptr(da), _ptr(dh0),
+                         batch, seq_len, width, torch.get_num_threads())
+    return dx, da, dh0
+
+
+@_rnn_scan_backward_op.register_fake
+def _(a, h, h0, dy, dh_last):
+    return torch.empty_like(h), torch.empty_like(h), torch.empty_like(h0)
+
+
+@torch.library.custom_op(f"{_NS}::rnn_scan_states", mutates_args=(), device_types="cpu")
+def _rnn_scan_states_op(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward for training: every state in float32 (B, T, L), which the backward needs for `da`, and the last."""
+    return _rnn_scan_op(x.float(), a.float(), h0)
+
+
+@_rnn_scan_states_op.register_fake
+def _(x, a, h0):
+    return x.new_empty(x.shape, dtype=torch.float32), x.new_empty(x.shape[0], x.shape[2], dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    x, a, h0 = inputs
+    states, _ = output
+    ctx.save_for_backward(a, states, h0)
+    ctx.dtypes = (x.dtype, a.dtype, h0.dtype)
+
+
+def _backward(ctx, dstates, dh_last):
+    a, states, h0 = ctx.saved_tensors
+    if dstates is None:
+        dstates = torch.zeros_like(states)
+    if dh_last is None:
+        dh_last = torch.zeros_like(h0, dtype=torch.float32)
+    dx, da, dh0 = _rnn_scan_backward_op(a, states, h0, dstates, dh_last)
+    x_dtype, a_dtype, h0_dtype = ctx.dtypes
+    return dx.to(x_dtype), da.to(a_dtype), dh0.to(h0_dtype)
+
+
+_rnn_scan_states_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def rnn_scan_cpu(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as `ops_griffin.rnn_scan_sequential`, on CPU tensors; differentiable in x, a and h0."""
+    if torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or h0.requires_grad):
+        states, h_last = _rnn_scan_states_op(x, a, h0)
+        return states.to(x.dtype), h_last
+    return _rnn_scan_op(x, a, h0)
