@@ -1,10 +1,15 @@
-"""Tiny reference models (from the `recurrentgemma` package itself) and comparison helpers for the tests.
+"""The helpers every test module shares: tiny reference models (from the `recurrentgemma` package itself),
+comparison helpers, and checkpoints written by the reference package for the conversion tests.
 
 Every parameter is perturbed with noise so that zero-initialised biases and norm scales are not zero: a mistake
-in any of them then shows in the logits.
+in any of them then shows in the logits. (On the pytest path through `pythonpath` in pyproject.toml.)
 """
 
+import contextlib
 import dataclasses
+import io
+import os
+from pathlib import Path
 
 import torch
 from recurrentgemma import common
@@ -121,3 +126,108 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = LOGI
     err = max_error(actual, expected)
     assert err <= tol, f"{what}: max abs error {err:.3g} > {tol:.1g}"
     return err
+
+
+# --- conversion -------------------------------------------------------------------------------------------------------
+
+# The files a folder of ours holds: its config, weights and model code, nothing else (no loader code).
+MODEL_CODE = {"configuration_griffin.py", "modeling_griffin.py", "layers_griffin.py", "cache_griffin.py",
+              "ops_griffin.py", "scan_cpu_griffin.py"}
+SAVED_FILES = {"config.json", "generation_config.json", "model.safetensors"} | MODEL_CODE
+
+
+def convert(src, out, case: Case | None = None, **kwargs):
+    """`convert_checkpoint(src, out)` with the case's three uninferable hyperparameters as overrides."""
+    from hf_recurrentgemma.convert import convert_checkpoint
+
+    overrides = case.uninferable() if case is not None else None
+    return convert_checkpoint(src, out, overrides=kwargs.pop("overrides", overrides), **kwargs)
+
+
+def run_cli(*args) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `hf-recurrentgemma ARGS`, run in this process."""
+    from hf_recurrentgemma.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main([str(a) for a in args])
+    return status, out.getvalue(), err.getvalue()
+
+
+def hyper_flags(case) -> list[str]:
+    """The three hyperparameters the weights cannot tell, as flags."""
+    return ["--embeddings-scale-by-sqrt-dim", str(case.scale_embeddings).lower(),
+            "--attention-window-size", str(case.window), "--logits-soft-cap", str(case.soft_cap)]
+
+
+def save_torch_checkpoint(case, path: Path, dtype=torch.float32, seed: int = 0):
+    """The reference torch model's state dict, as the PyTorch release stores it. Returns the model (float32)."""
+    ref = reference_model(case, seed)
+    torch.save({k: v.to(dtype) for k, v in ref.state_dict().items()}, path)
+    return ref
+
+
+def flax_params(ref, dtype=None) -> dict:
+    """The reference model's parameters as the JAX release holds them, made by the reference's own converter."""
+    import jax.numpy as jnp
+    from recurrentgemma import conversion
+
+    params = conversion.pytorch_state_dict_to_flax_params({"params." + k: v for k, v in ref.state_dict().items()})
+    params = params["params"]
+    if dtype is not None:
+        import jax
+
+        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=dtype), params)
+    return params
+
+
+def save_orbax_checkpoint(case, path: Path, dtype=None, seed: int = 0):
+    """An Orbax checkpoint written by `recurrentgemma.jax.utils.save_parameters`. Returns the torch reference."""
+    from recurrentgemma.jax import utils
+
+    ref = reference_model(case, seed)
+    utils.save_parameters(str(path), flax_params(ref, dtype))
+    return ref
+
+
+def random_tokens(case, length: int = 20, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, case.vocab_size, (2, length), generator=generator)
+    return tokens, torch.arange(length).expand(2, length)
+
+
+def assert_folder_matches_reference(folder: Path, ref, case, tol: float = LOGIT_TOL) -> float:
+    """Logits of the converted folder (float32) against the reference torch model, longer than the window."""
+    from hf_recurrentgemma import GriffinForCausalLM
+
+    model = GriffinForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokens, positions = random_tokens(case)
+    with torch.no_grad():
+        ours = model(input_ids=tokens, position_ids=positions, use_cache=False).logits
+    return assert_close(ours, reference_logits(ref, tokens, positions), tol)
+
+
+def folder_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    tensors = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            with safe_open(Path(folder) / name, framework="pt") as f:
+                tensors.update({k: f.get_tensor(k) for k in f.keys()})
+    return tensors
+
+
+def assert_nothing_left(out: Path) -> None:
+    """No OUT and no staging folder beside it."""
+    assert not out.exists(), f"{out} was left behind"
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert not leftovers, f"staging leftovers: {leftovers}"
+
+
+def assert_one_line_error(status: int, stderr: str, *needles: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert status == 2, f"exit status {status}, stderr: {stderr!r}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"not a one-line error: {stderr!r}"
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"

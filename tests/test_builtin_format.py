@@ -8,6 +8,7 @@ the window, longer ones agree only when the built-in is given `W + 1` (what the 
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,21 +29,16 @@ from transformers import AutoModelForCausalLM, RecurrentGemmaConfig, RecurrentGe
 from transformers.utils import logging as hf_logging
 
 from hf_recurrentgemma import GriffinConfig, GriffinForCausalLM, GriffinModel
-from hf_recurrentgemma.builtin_format import (
-    BUILTIN_RENAMES,
-    EXPORT_MARKER,
-    builtin_dict_from_griffin,
-    config_from_builtin,
-)
 from hf_recurrentgemma.convert.builtin import (
-    BUILTIN_RULES,
+    EXPORT_MARKER,
+    BuiltinSource,
+    builtin_dict_from_griffin,
     builtin_to_ours,
-    export_to_builtin,
-    is_builtin_folder,
+    config_from_builtin,
+    export_builtin,
     ours_to_builtin,
-    read_builtin_folder,
 )
-from hf_recurrentgemma.convert.keymap import KeyMismatchError
+from hf_recurrentgemma.convert.errors import ConversionError, KeyMismatchError
 
 R, A = CASES[0].block_types[0], CASES[0].block_types[2]
 NOCAP = Case("griffin-nocap", (R, A, R), soft_cap=0.0, window=4)
@@ -90,19 +86,22 @@ def comparable(config) -> dict:
 
 
 def leftovers(parent) -> list[str]:
-    return sorted(e for e in os.listdir(parent) if ".partial-" in e or ".old-" in e)
+    """Staging folders left beside an output (`OutputFolder` stages in `.<name>.tmp-*`)."""
+    return sorted(e for e in os.listdir(parent) if ".tmp-" in e)
+
+
+def is_builtin_folder(path) -> bool:
+    return BuiltinSource.detect(Path(path)) is not None
+
+
+def read_builtin_folder(path):
+    """(our config, {our name: tensor}) of a built-in folder, every key and shape checked first."""
+    with BuiltinSource(path) as source:
+        config = source.config()
+        return config, dict(source.tensors(config))
 
 
 # --- key map ---------------------------------------------------------------------------------------------------------
-
-def test_rules_agree_with_from_pretrained_renames():
-    """`BUILTIN_RULES` (the CLI's map) and `BUILTIN_RENAMES` (what from_pretrained applies) say the same."""
-    for rule in BUILTIN_RULES:
-        renamed = rule.source
-        for old, new in BUILTIN_RENAMES:
-            renamed = renamed.replace(old, new)
-        assert (renamed,) == rule.targets, rule.source
-
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_key_map_round_trip(case):
@@ -222,8 +221,8 @@ def test_read_440_folder_equals_builtin(tmp_path):
     builtin = perturbed_builtin(window=6)
     folder = write_builtin_folder(tmp_path / "bi", builtin, config_440())
     assert is_builtin_folder(folder) and not is_builtin_folder(tmp_path)
-    config, stream = read_builtin_folder(folder)
-    ours = ours_from_state(config, dict(stream))
+    config, state = read_builtin_folder(folder)
+    ours = ours_from_state(config, state)
     short = tokens(97, 6)
     assert_close(logits(ours, short), logits(builtin, short))
     loaded = GriffinForCausalLM.from_pretrained(folder)
@@ -236,15 +235,14 @@ def test_export_loads_in_builtin_and_reads_back_exactly(case, tmp_path):
     _, ours = reference_and_ours(case)
     ours.save_pretrained(tmp_path / "ours")
     (tmp_path / "ours" / "tokenizer_config.json").write_text("{}")
-    out = export_to_builtin(tmp_path / "ours", tmp_path / "bi", max_shard_size="20KB")
+    out = export_builtin(tmp_path / "ours", tmp_path / "bi", max_shard_size="20KB")
     assert os.path.isfile(os.path.join(out, "model.safetensors.index.json")) and not leftovers(tmp_path)
     assert "tokenizer_config.json" in os.listdir(out)  # copied; our remote code is not
     assert not any(name.endswith(".py") for name in os.listdir(out))
     builtin = RecurrentGemmaForCausalLM.from_pretrained(out).eval()
     ids = tokens(case, 3 * case.window + 5)  # well past the window
     assert_close(logits(builtin, ids), logits(ours, ids), what="built-in export vs ours")
-    config, stream = read_builtin_folder(out)
-    state = dict(stream)
+    config, state = read_builtin_folder(out)
     saved = load_file(os.path.join(tmp_path, "ours", "model.safetensors"))
     assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
     assert comparable(config) == comparable(GriffinConfig.from_pretrained(tmp_path / "ours"))
@@ -254,7 +252,7 @@ def test_export_refuses_unscaled_embeddings(tmp_path):
     _, hawk = reference_and_ours(CASES[2])
     hawk.save_pretrained(tmp_path / "ours")
     with pytest.raises(ValueError, match="embeddings_scale_by_sqrt_dim"):
-        export_to_builtin(tmp_path / "ours", tmp_path / "bi")
+        export_builtin(tmp_path / "ours", tmp_path / "bi")
     assert not os.path.exists(tmp_path / "bi") and not leftovers(tmp_path)
 
 
@@ -262,7 +260,7 @@ def test_from_pretrained_builtin_equals_reference(tmp_path):
     case = CASES[0]
     ref, ours = reference_and_ours(case)
     ours.save_pretrained(tmp_path / "ours")
-    export_to_builtin(tmp_path / "ours", tmp_path / "bi", max_shard_size="20KB")
+    export_builtin(tmp_path / "ours", tmp_path / "bi", max_shard_size="20KB")
     ids = tokens(case, 3 * case.window + 5)
     expected = reference_logits(ref, ids, torch.arange(ids.shape[1]).expand_as(ids))
     loaded = GriffinForCausalLM.from_pretrained(tmp_path / "bi")
@@ -309,8 +307,8 @@ def test_bad_weights_named_and_nothing_written(builtin_folder, edit, message):
     folder, state = builtin_folder
     edit(state)
     save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(KeyMismatchError, match=message):
-        read_builtin_folder(folder)  # raises before yielding anything
+    with BuiltinSource(folder) as source, pytest.raises(KeyMismatchError, match=message):
+        source.tensors(source.config())  # raises before reading any tensor
 
 
 def test_truncated_safetensors_named(builtin_folder):
@@ -323,11 +321,11 @@ def test_truncated_safetensors_named(builtin_folder):
 
 
 def test_not_a_checkpoint(tmp_path, builtin_folder):
-    with pytest.raises(FileNotFoundError, match="config.json: missing"):
+    with pytest.raises(ConversionError, match="no config.json"):
         read_builtin_folder(tmp_path)
     folder, _ = builtin_folder
     os.remove(os.path.join(folder, "model.safetensors"))
-    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+    with pytest.raises(ConversionError, match="no model.safetensors"):
         read_builtin_folder(folder)
 
 
@@ -339,13 +337,13 @@ def test_export_bad_source_leaves_nothing(tmp_path):
     state.pop("model.final_norm.weight")
     save_file(state, weights, metadata={"format": "pt"})
     with pytest.raises(KeyMismatchError, match="'model.final_norm.weight'"):
-        export_to_builtin(tmp_path / "ours", tmp_path / "bi")
+        export_builtin(tmp_path / "ours", tmp_path / "bi")
     assert not os.path.exists(tmp_path / "bi") and not leftovers(tmp_path)
-    with pytest.raises(ValueError, match="would replace the source folder"):
-        export_to_builtin(tmp_path / "ours", tmp_path, force=True)
+    with pytest.raises(ConversionError, match="holds the source"):
+        export_builtin(tmp_path / "ours", tmp_path, force=True)
     os.makedirs(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="config.json: missing"):
-        export_to_builtin(tmp_path / "empty", tmp_path / "bi")
+    with pytest.raises(ConversionError, match="no config.json"):
+        export_builtin(tmp_path / "empty", tmp_path / "bi")
     assert not os.path.exists(tmp_path / "bi") and not leftovers(tmp_path)
 
 
@@ -354,9 +352,9 @@ def test_export_existing_out_needs_force(tmp_path):
     ours.save_pretrained(tmp_path / "ours")
     (tmp_path / "bi").mkdir()
     (tmp_path / "bi" / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="bi: already exists; pass force=True"):
-        export_to_builtin(tmp_path / "ours", tmp_path / "bi")
+    with pytest.raises(ConversionError, match="bi already exists; pass --force"):
+        export_builtin(tmp_path / "ours", tmp_path / "bi")
     assert os.listdir(tmp_path / "bi") == ["keep.txt"] and not leftovers(tmp_path)
-    export_to_builtin(tmp_path / "ours", tmp_path / "bi", force=True)
+    export_builtin(tmp_path / "ours", tmp_path / "bi", force=True)
     assert "keep.txt" not in os.listdir(tmp_path / "bi") and is_builtin_folder(tmp_path / "bi")
     assert not leftovers(tmp_path)

@@ -1,32 +1,37 @@
-"""The CLI's wiring of Transformers' built-in `recurrent_gemma` folders (`convert` from them, `export-builtin` to
-them); the format itself is tested in test_builtin_format.py."""
+"""Conversion from and to Transformers' built-in `recurrent_gemma` folders (`convert_checkpoint` from them,
+`export_builtin` to them); the format itself is tested in test_builtin_format.py."""
 
 import json
 
+import pytest
 import torch
-from reference_helpers import CASES
-from test_conversion_common import (
+from reference_helpers import (
+    CASES,
     assert_folder_matches_reference,
     assert_nothing_left,
-    assert_one_line_error,
-    hyper_flags,
-    run_cli,
+    convert,
+    folder_tensors,
     save_torch_checkpoint,
 )
-from test_conversion_torch import folder_tensors
+
+from hf_recurrentgemma.convert import ConversionError, export_builtin
 
 
-def test_builtin_round_trip_through_the_cli(tmp_path):
+def ours_and_builtin(tmp_path, case, dtype=torch.float32):
+    """A torch checkpoint converted to our folder, exported to the built-in format. Returns the reference."""
+    ref = save_torch_checkpoint(case, tmp_path / "src.pt", dtype=dtype)
+    convert(tmp_path / "src.pt", tmp_path / "ours", case)
+    assert export_builtin(tmp_path / "ours", tmp_path / "builtin") == tmp_path / "builtin"
+    return ref
+
+
+def test_builtin_round_trip(tmp_path):
     case = CASES[1]
-    ref = save_torch_checkpoint(case, tmp_path / "src.pt", dtype=torch.bfloat16)
-    assert run_cli("convert", tmp_path / "src.pt", tmp_path / "ours", *hyper_flags(case), "--quiet")[0] == 0
-    status, _, err = run_cli("export-builtin", tmp_path / "ours", tmp_path / "builtin")
-    assert status == 0, err
+    ref = ours_and_builtin(tmp_path, case, dtype=torch.bfloat16)
     assert json.loads((tmp_path / "builtin" / "config.json").read_text())["model_type"] == "recurrent_gemma"
     out = tmp_path / "back"
-    status, stdout, err = run_cli("convert", tmp_path / "builtin", out, "--verify", "--quiet")
-    assert status == 0, err
-    assert "OK" in stdout
+    result = convert(tmp_path / "builtin", out, verify=True)
+    assert result.verification.ok and result.source_format == "builtin" and result.dtype == torch.bfloat16
     original, back = folder_tensors(tmp_path / "ours"), folder_tensors(out)
     assert set(original) == set(back)
     assert all(back[k].dtype == torch.bfloat16 and torch.equal(original[k], back[k]) for k in original)
@@ -40,31 +45,22 @@ def test_builtin_round_trip_through_the_cli(tmp_path):
 
 
 def test_builtin_source_checked_against_explicit_values(tmp_path):
-    case = CASES[0]
-    save_torch_checkpoint(case, tmp_path / "src.pt")
-    assert run_cli("convert", tmp_path / "src.pt", tmp_path / "ours", *hyper_flags(case), "--quiet")[0] == 0
-    assert run_cli("export-builtin", tmp_path / "ours", tmp_path / "builtin")[0] == 0
-    status, _, err = run_cli("convert", tmp_path / "builtin", tmp_path / "out", "--attention-window-size", "99",
-                             "--quiet")
-    assert_one_line_error(status, err, "attention_window_size is 6 in the folder's config, not 99")
+    ours_and_builtin(tmp_path, CASES[0])
+    with pytest.raises(ConversionError, match="attention_window_size is 6 in the folder's config, not 99"):
+        convert(tmp_path / "builtin", tmp_path / "out", overrides={"attention_window_size": 99})
     assert_nothing_left(tmp_path / "out")
 
 
 def test_builtin_folder_with_a_missing_shard(tmp_path):
-    case = CASES[0]
-    save_torch_checkpoint(case, tmp_path / "src.pt")
-    assert run_cli("convert", tmp_path / "src.pt", tmp_path / "ours", *hyper_flags(case), "--quiet")[0] == 0
-    assert run_cli("export-builtin", tmp_path / "ours", tmp_path / "builtin")[0] == 0
+    ours_and_builtin(tmp_path, CASES[0])
     (tmp_path / "builtin" / "model.safetensors").unlink()
-    status, _, err = run_cli("convert", tmp_path / "builtin", tmp_path / "out", "--quiet")
-    assert_one_line_error(status, err, str(tmp_path / "builtin"), "model.safetensors")
+    with pytest.raises(ConversionError, match=f"{tmp_path / 'builtin'}.*model.safetensors"):
+        convert(tmp_path / "builtin", tmp_path / "out")
     assert_nothing_left(tmp_path / "out")
 
 
 def test_export_builtin_refuses_existing_out(tmp_path):
-    case = CASES[0]
-    save_torch_checkpoint(case, tmp_path / "src.pt")
-    assert run_cli("convert", tmp_path / "src.pt", tmp_path / "ours", *hyper_flags(case), "--quiet")[0] == 0
+    ours_and_builtin(tmp_path, CASES[0])
     (tmp_path / "taken").mkdir()
-    status, _, err = run_cli("export-builtin", tmp_path / "ours", tmp_path / "taken")
-    assert_one_line_error(status, err, "already exists")
+    with pytest.raises(ConversionError, match="already exists"):
+        export_builtin(tmp_path / "ours", tmp_path / "taken")

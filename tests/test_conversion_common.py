@@ -1,95 +1,18 @@
-"""Helpers shared by the conversion tests (checkpoints written by the reference package itself), and the tests of
-the output machinery (sizes, shards, atomic folders)."""
+"""The output machinery of conversion (sizes, shards, atomic folders, overlap), the import graph, and the help of
+the command line."""
 
-import contextlib
-import io
+import ast
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from reference_helpers import LOGIT_TOL, assert_close, reference_logits, reference_model
+from reference_helpers import assert_nothing_left
 
 from hf_recurrentgemma.cli import main
-from hf_recurrentgemma.convert.sources import ConversionError
-from hf_recurrentgemma.convert.writer import OutputFolder, ShardWriter, parse_size
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of `hf-recurrentgemma ARGS`, run in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main([str(a) for a in args])
-    return status, out.getvalue(), err.getvalue()
-
-
-def hyper_flags(case) -> list[str]:
-    """The three hyperparameters the weights cannot tell, as flags."""
-    return ["--embeddings-scale-by-sqrt-dim", str(case.scale_embeddings).lower(),
-            "--attention-window-size", str(case.window), "--logits-soft-cap", str(case.soft_cap)]
-
-
-def save_torch_checkpoint(case, path: Path, dtype=torch.float32, seed: int = 0):
-    """The reference torch model's state dict, as the PyTorch release stores it. Returns the model (float32)."""
-    ref = reference_model(case, seed)
-    torch.save({k: v.to(dtype) for k, v in ref.state_dict().items()}, path)
-    return ref
-
-
-def flax_params(ref, dtype=None) -> dict:
-    """The reference model's parameters as the JAX release holds them, made by the reference's own converter."""
-    import jax.numpy as jnp
-    from recurrentgemma import conversion
-
-    params = conversion.pytorch_state_dict_to_flax_params({"params." + k: v for k, v in ref.state_dict().items()})
-    params = params["params"]
-    if dtype is not None:
-        import jax
-
-        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=dtype), params)
-    return params
-
-
-def save_orbax_checkpoint(case, path: Path, dtype=None, seed: int = 0):
-    """An Orbax checkpoint written by `recurrentgemma.jax.utils.save_parameters`. Returns the torch reference."""
-    from recurrentgemma.jax import utils
-
-    ref = reference_model(case, seed)
-    utils.save_parameters(str(path), flax_params(ref, dtype))
-    return ref
-
-
-def random_tokens(case, length: int = 20, seed: int = 1):
-    generator = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, case.vocab_size, (2, length), generator=generator)
-    return tokens, torch.arange(length).expand(2, length)
-
-
-def assert_folder_matches_reference(folder: Path, ref, case, tol: float = LOGIT_TOL) -> float:
-    """Logits of the converted folder (float32) against the reference torch model, longer than the window."""
-    from hf_recurrentgemma import GriffinForCausalLM
-
-    model = GriffinForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    tokens, positions = random_tokens(case)
-    with torch.no_grad():
-        ours = model(input_ids=tokens, position_ids=positions, use_cache=False).logits
-    return assert_close(ours, reference_logits(ref, tokens, positions), tol)
-
-
-def assert_nothing_left(out: Path) -> None:
-    """No OUT and no staging folder beside it."""
-    assert not out.exists(), f"{out} was left behind"
-    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
-    assert not leftovers, f"staging leftovers: {leftovers}"
-
-
-def assert_one_line_error(status: int, stderr: str, *needles: str) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert status == 2, f"exit status {status}, stderr: {stderr!r}"
-    assert len(lines) == 1 and lines[0].startswith("error: "), f"not a one-line error: {stderr!r}"
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+from hf_recurrentgemma.convert.errors import ConversionError
+from hf_recurrentgemma.convert.writer import OutputFolder, ShardWriter, parse_size, refuse_overlap
 
 
 # --- tests of the output machinery --------------------------------------------------------------------------------
@@ -164,3 +87,49 @@ def test_cli_help_lists_subcommands(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert all(c in out for c in ("convert", "export-orbax", "export-builtin"))
+
+
+def test_refuse_overlap(tmp_path):
+    (tmp_path / "src").mkdir()
+    for out in (tmp_path / "src", tmp_path):
+        with pytest.raises(ConversionError, match="holds the source"):
+            refuse_overlap(tmp_path / "src", out)
+    refuse_overlap(tmp_path / "src", tmp_path / "out")
+    refuse_overlap(tmp_path / "src", tmp_path / "src" / "out")  # inside the source is fine
+
+
+def _module_imports(package: Path) -> dict[str, set[str]]:
+    """{module: modules of the package it imports}, imports inside functions included."""
+    graph = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package_of = module if parts[-1] == "__init__" else module.rsplit(".", 1)[0]
+        graph[module] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package_of.rsplit(".", node.level - 1)[0] if node.level > 1 else package_of
+                target = f"{base}.{node.module}" if node.module else base
+                graph[module].add(target)
+                graph[module].update(f"{target}.{a.name}" for a in node.names)
+    return {m: {t for t in targets if t in graph and t != m} for m, targets in graph.items()}
+
+
+def test_no_import_cycle():
+    """No module of the package imports one that imports it back, however indirectly, even inside a function. A
+    package's `__init__` importing its own modules, and a module reading its package's `__init__`
+    (`from .. import __version__`), are not cycles."""
+    import hf_recurrentgemma
+
+    graph = _module_imports(Path(hf_recurrentgemma.__file__).parent)
+    for module in graph:
+        graph[module] = {t for t in graph[module] if not t.startswith(module + ".")}
+        graph[module] = {t for t in graph[module] if not module.startswith(t + ".") or t == module}
+
+    def visit(module, stack):
+        assert module not in stack, " -> ".join([*stack[stack.index(module):], module])
+        for target in graph[module]:
+            visit(target, [*stack, module])
+
+    for module in graph:
+        visit(module, [])

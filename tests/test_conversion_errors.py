@@ -1,4 +1,5 @@
-"""Bad input: each gets a one-line error naming the key / shape / file, exit status 2, and nothing half-written."""
+"""Bad input: each gets a one-line `ConversionError` naming the key / shape / file and nothing half-written; on the
+command line, that line as `error: ...` with exit status 2."""
 
 import json
 import os
@@ -7,14 +8,20 @@ import sys
 
 import pytest
 import torch
-from reference_helpers import CASES, reference_model
-from test_conversion_common import (
+from reference_helpers import (
+    CASES,
     assert_nothing_left,
     assert_one_line_error,
+    convert,
+    flax_params,
     hyper_flags,
+    reference_model,
     run_cli,
     save_orbax_checkpoint,
 )
+
+from hf_recurrentgemma.convert import ConversionError
+from hf_recurrentgemma.convert.sources import Source
 
 CASE = CASES[0]
 FLAGS = hyper_flags(CASE)
@@ -31,11 +38,13 @@ def torch_checkpoint(tmp_path, edit=None):
     return tmp_path / "src.pt"
 
 
-def convert_fails(src, out, *needles, flags=FLAGS):
-    status, _, err = run_cli("convert", src, out, *flags, "--quiet")
-    assert_one_line_error(status, err, *needles)
+def convert_fails(src, out, *needles, **kwargs):
+    """convert_checkpoint raises one `ConversionError` line holding every needle, and leaves nothing."""
+    with pytest.raises(ConversionError) as info:
+        convert(src, out, None if "preset" in kwargs or "overrides" in kwargs else CASE, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and all(needle in message for needle in needles), message
     assert_nothing_left(out)
-    return err
 
 
 def test_missing_key(tmp_path):
@@ -95,21 +104,20 @@ def test_directory_that_is_no_checkpoint(content, tmp_path):
 def test_preset_contradicting_shapes(tmp_path):
     src = torch_checkpoint(tmp_path)
     convert_fails(src, tmp_path / "out", "preset 'recurrentgemma-2b'", "hidden_size is 32 in the weights but 2560",
-                  flags=["--preset", "recurrentgemma-2b"])
+                  preset="recurrentgemma-2b")
 
 
-@pytest.mark.parametrize("flags, missing", [
-    ([], "embeddings_scale_by_sqrt_dim, attention_window_size, logits_soft_cap"),
-    (["--attention-window-size", "6"], "embeddings_scale_by_sqrt_dim, logits_soft_cap"),
+@pytest.mark.parametrize("overrides, missing", [
+    ({}, "embeddings_scale_by_sqrt_dim, attention_window_size, logits_soft_cap"),
+    ({"attention_window_size": 6}, "embeddings_scale_by_sqrt_dim, logits_soft_cap"),
 ])
-def test_hyperparameters_without_preset(flags, missing, tmp_path):
+def test_hyperparameters_without_preset(overrides, missing, tmp_path):
     src = torch_checkpoint(tmp_path)
-    convert_fails(src, tmp_path / "out", f"cannot tell {missing}", "preset", flags=flags)
+    convert_fails(src, tmp_path / "out", f"cannot tell {missing}", "preset", overrides=overrides)
 
 
 def test_orbax_missing_key(tmp_path):
     from recurrentgemma.jax import utils
-    from test_conversion_common import flax_params
 
     params = flax_params(reference_model(CASE))
     del params["blocks.4"]["recurrent_block"]["conv_1d"]["b"]
@@ -129,7 +137,6 @@ def test_orbax_truncated_data(tmp_path):
 def test_orbax_truncated_array_is_named(tmp_path):
     """Per-array layout: the metadata reads, one array's data is cut short; the error names that array."""
     import orbax.checkpoint as ocp
-    from test_conversion_common import flax_params
 
     ckpt = tmp_path / "ckpt"
     ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=False)).save(
@@ -141,7 +148,7 @@ def test_orbax_truncated_array_is_named(tmp_path):
     convert_fails(ckpt, tmp_path / "out", "'params.blocks.1.mlp_block.ffw_up.w'", "truncated or corrupt")
 
 
-def test_relative_paths(tmp_path, monkeypatch):
+def test_cli_relative_paths(tmp_path, monkeypatch):
     save_orbax_checkpoint(CASE, tmp_path / "ckpt")
     monkeypatch.chdir(tmp_path)
     status, _, err = run_cli("convert", "ckpt", "out", *FLAGS, "--quiet")
@@ -158,7 +165,7 @@ def test_orbax_corrupt_metadata(tmp_path):
     convert_fails(tmp_path / "ckpt", tmp_path / "out", str(tmp_path / "ckpt"), "Orbax")
 
 
-def test_existing_out_is_refused_without_force(tmp_path):
+def test_cli_existing_out_is_refused_without_force(tmp_path):
     src = torch_checkpoint(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
@@ -176,12 +183,12 @@ def test_unwritable_out(tmp_path):
     src = torch_checkpoint(tmp_path)
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    status, _, err = run_cli("convert", src, blocker / "out", *FLAGS, "--quiet")
-    assert_one_line_error(status, err, "cannot write to", str(blocker))
+    with pytest.raises(ConversionError, match=f"cannot write to {blocker}"):
+        convert(src, blocker / "out", CASE)
     assert blocker.read_text() == "x"
 
 
-def test_out_holding_the_source_is_refused(tmp_path):
+def test_cli_out_holding_the_source_is_refused(tmp_path):
     src = torch_checkpoint(tmp_path)
     status, _, err = run_cli("convert", src, tmp_path, *FLAGS, "--force", "--quiet")
     assert_one_line_error(status, err, "holds the source")
@@ -190,29 +197,29 @@ def test_out_holding_the_source_is_refused(tmp_path):
 
 def test_bad_max_shard_size(tmp_path):
     src = torch_checkpoint(tmp_path)
-    convert_fails(src, tmp_path / "out", "cannot parse size 'big'", flags=[*FLAGS, "--max-shard-size", "big"])
+    convert_fails(src, tmp_path / "out", "cannot parse size 'big'", max_shard_size="big")
 
 
 def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     """A failure after shards are on disk (disk full, a bad tensor, ...) removes everything staged."""
-    import hf_recurrentgemma.cli as cli
-
     src = torch_checkpoint(tmp_path)
-    original = cli.our_tensors
+    original = Source._stream
 
-    def failing(source, config, dtype):
-        for count, item in enumerate(original(source, config, dtype)):
+    def failing(self, *args):
+        for count, item in enumerate(original(self, *args)):
             if count == 60:
                 raise OSError(28, "No space left on device", str(tmp_path / "out"))
             yield item
 
-    monkeypatch.setattr(cli, "our_tensors", failing)
-    convert_fails(src, tmp_path / "out", "No space left on device", flags=[*FLAGS, "--max-shard-size", "10KB"])
+    monkeypatch.setattr(Source, "_stream", failing)
+    with pytest.raises(OSError, match="No space left on device"):
+        convert(src, tmp_path / "out", CASE, max_shard_size="10KB")
+    assert_nothing_left(tmp_path / "out")
 
 
-def test_export_orbax_bad_inputs(tmp_path):
+def test_cli_export_orbax_bad_inputs(tmp_path):
     src = torch_checkpoint(tmp_path)
-    assert run_cli("convert", src, tmp_path / "hf", *FLAGS, "--quiet")[0] == 0
+    convert(src, tmp_path / "hf", CASE)
     status, _, err = run_cli("export-orbax", tmp_path, tmp_path / "ckpt")
     assert_one_line_error(status, err, "no config.json")
     assert_nothing_left(tmp_path / "ckpt")
@@ -236,9 +243,8 @@ def test_push_to_hub_offline_keeps_the_converted_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     src = torch_checkpoint(tmp_path)
     out = tmp_path / "out"
-    status, _, err = run_cli("convert", src, out, *FLAGS, "--quiet", "--push-to-hub", "someone/tiny-griffin",
-                             "--private")
-    assert_one_line_error(status, err, "push to someone/tiny-griffin failed", str(out))
+    with pytest.raises(ConversionError, match=f"push to someone/tiny-griffin failed .*the converted folder is at {out}"):
+        convert(src, out, CASE, push_to_hub="someone/tiny-griffin", private=True)
     assert (out / "config.json").is_file() and (out / "README.md").is_file()
     assert "someone/tiny-griffin" in (out / "README.md").read_text()
 
@@ -264,7 +270,7 @@ def test_push_to_hub_calls(tmp_path, monkeypatch):
     assert calls == [("me/griffin", {"private": True, "exist_ok": True, "repo_type": "model"})]
 
 
-def test_console_script_error_is_one_line(tmp_path):
+def test_cli_console_script_error_is_one_line(tmp_path):
     """The installed `hf-recurrentgemma` command: exit status 2, one line on stderr, no traceback."""
     script = os.path.join(os.path.dirname(sys.executable), "hf-recurrentgemma")
     result = subprocess.run([script, "convert", str(tmp_path / "missing.pt"), str(tmp_path / "out")],

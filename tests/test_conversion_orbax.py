@@ -1,5 +1,5 @@
-"""`convert` from Orbax checkpoints of the JAX release (written by `recurrentgemma.jax.utils.save_parameters`),
-old Orbax layouts, and `export-orbax` back, bit for bit."""
+"""`convert_checkpoint` from Orbax checkpoints of the JAX release (written by
+`recurrentgemma.jax.utils.save_parameters`), old Orbax layouts, and `export_orbax` back, bit for bit."""
 
 import json
 import os
@@ -11,17 +11,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import torch
-from reference_helpers import CASE_IDS, CASES
-from test_conversion_common import (
+from reference_helpers import (
+    CASE_IDS,
+    CASES,
     assert_folder_matches_reference,
+    convert,
     flax_params,
-    hyper_flags,
     random_tokens,
-    run_cli,
+    reference_logits,
+    reference_model,
     save_orbax_checkpoint,
 )
 
-from hf_recurrentgemma.convert.sources import OrbaxSource
+from hf_recurrentgemma.convert import export_orbax
+from hf_recurrentgemma.convert.orbax_release import OrbaxSource
 
 
 def flat(tree) -> dict:
@@ -41,9 +44,8 @@ def assert_trees_identical(a, b):
 def test_save_parameters_checkpoint_matches_reference(case, tmp_path):
     ref = save_orbax_checkpoint(case, tmp_path / "ckpt")
     out = tmp_path / "out"
-    status, stdout, err = run_cli("convert", tmp_path / "ckpt", out, *hyper_flags(case), "--verify", "--quiet")
-    assert status == 0, err
-    assert "OK" in stdout
+    result = convert(tmp_path / "ckpt", out, case, verify=True)
+    assert result.verification.ok and result.source_format == "orbax"
     assert_folder_matches_reference(out, ref, case)
     assert "JAX (Orbax)" in (out / "README.md").read_text()
 
@@ -53,11 +55,9 @@ def test_save_parameters_checkpoint_matches_reference(case, tmp_path):
 def test_orbax_hf_orbax_round_trip_is_exact(dtype, tmp_path):
     case = CASES[1]
     save_orbax_checkpoint(case, tmp_path / "ckpt", dtype=dtype)
-    status, _, err = run_cli("convert", tmp_path / "ckpt", tmp_path / "hf", *hyper_flags(case), "--quiet")
-    assert status == 0, err
+    convert(tmp_path / "ckpt", tmp_path / "hf", case)
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == jnp.dtype(dtype).name
-    status, _, err = run_cli("export-orbax", tmp_path / "hf", tmp_path / "back")
-    assert status == 0, err
+    assert export_orbax(tmp_path / "hf", tmp_path / "back") == tmp_path / "back"
     checkpointer = ocp.PyTreeCheckpointer()
     original, exported = checkpointer.restore(tmp_path / "ckpt"), checkpointer.restore(tmp_path / "back")
     assert set(original) == set(exported) == {"params"}
@@ -78,8 +78,8 @@ def test_reference_loads_and_runs_the_export(tmp_path, monkeypatch):
 
     case = CASES[0]
     ref = save_orbax_checkpoint(case, tmp_path / "ckpt")
-    assert run_cli("convert", tmp_path / "ckpt", tmp_path / "hf", *hyper_flags(case), "--quiet")[0] == 0
-    assert run_cli("export-orbax", tmp_path / "hf", tmp_path / "back")[0] == 0
+    convert(tmp_path / "ckpt", tmp_path / "hf", case)
+    export_orbax(tmp_path / "hf", tmp_path / "back")
     original_metadata = ocp.PyTreeCheckpointer.metadata
 
     def tree_metadata(self, path):
@@ -91,8 +91,6 @@ def test_reference_loads_and_runs_the_export(tmp_path, monkeypatch):
     model = rg_jax.Griffin(case.reference_config())
     tokens, positions = random_tokens(case, length=10)
     logits, _ = model.apply(params, jnp.asarray(tokens.numpy()), jnp.asarray(positions.numpy()))
-    from reference_helpers import reference_logits
-
     expected = reference_logits(ref, tokens, positions).numpy()
     assert np.abs(np.asarray(logits) - expected).max() <= 5e-5  # the reference's own JAX-vs-torch gap is ~7e-6
 
@@ -116,8 +114,6 @@ def _save_layout(params, path, ocdbt: bool, legacy: bool):
                          ids=["zarr-per-array", "msgpack-ocdbt", "msgpack-zarr-per-array"])
 def test_old_orbax_layouts(ocdbt, legacy, tmp_path):
     case = CASES[0]
-    from reference_helpers import reference_model
-
     ref = reference_model(case)
     _save_layout(flax_params(ref, jnp.bfloat16), tmp_path / "ckpt", ocdbt, legacy)
     if not ocdbt:
@@ -126,9 +122,7 @@ def test_old_orbax_layouts(ocdbt, legacy, tmp_path):
     source = OrbaxSource(tmp_path / "ckpt")
     assert (source.arrays is not None) == legacy  # old layouts are restored whole, current ones per tensor
     out = tmp_path / "out"
-    status, stdout, err = run_cli("convert", tmp_path / "ckpt", out, *hyper_flags(case), "--verify", "--quiet")
-    assert status == 0, err
-    assert "OK" in stdout
+    assert convert(tmp_path / "ckpt", out, case, verify=True).verification.ok
     from safetensors import safe_open
 
     with safe_open(out / "model.safetensors", framework="pt") as f:
@@ -137,21 +131,18 @@ def test_old_orbax_layouts(ocdbt, legacy, tmp_path):
     assert torch.equal(embedding, ref.state_dict()["embedder.input_embedding"].to(torch.bfloat16))
 
 
-def test_download_folder_holding_one_checkpoint(tmp_path):
+def test_download_folder_holding_one_checkpoint(tmp_path, capsys):
     """Kaggle downloads hold the checkpoint one level down (`2b/`) next to tokenizer.model."""
     case = CASES[2]
     ref = save_orbax_checkpoint(case, tmp_path / "download" / "2b")
     (tmp_path / "download" / "notes.txt").write_text("not a checkpoint")
-    status, _, err = run_cli("convert", tmp_path / "download", tmp_path / "out", *hyper_flags(case))
-    assert status == 0, err
-    assert f"reading the Orbax checkpoint in {tmp_path / 'download' / '2b'}" in err
+    convert(tmp_path / "download", tmp_path / "out", case, progress=True)
+    assert f"reading the JAX (Orbax) checkpoint in {tmp_path / 'download' / '2b'}" in capsys.readouterr().err
     assert_folder_matches_reference(tmp_path / "out", ref, case)
 
 
 def test_per_tensor_restore_reads_one_array(tmp_path):
     case = CASES[0]
-    from reference_helpers import reference_model
-
     ref = reference_model(case)
     from recurrentgemma.jax import utils
 

@@ -6,11 +6,10 @@ import random
 
 import pytest
 import sentencepiece as spm
-from reference_helpers import CASES
-from test_conversion_common import assert_nothing_left, assert_one_line_error, run_cli, save_torch_checkpoint
+from reference_helpers import CASES, assert_nothing_left, convert, save_torch_checkpoint
 
 from hf_recurrentgemma import PRESETS
-from hf_recurrentgemma.convert.sources import ConversionError
+from hf_recurrentgemma.convert.errors import ConversionError
 from hf_recurrentgemma.convert.tokenizer import convert_tokenizer
 
 WORDS = ("the quick brown fox jumps over a lazy dog while griffin and hawk mix recurrence with local attention "
@@ -79,9 +78,7 @@ def test_it_preset_gets_chat_template_and_turn_stop_token(sp_model, tmp_path, mo
 
     save_torch_checkpoint(replace(case, vocab_size=400), tmp_path / "src.pt")
     out = tmp_path / "out"
-    status, _, err = run_cli("convert", tmp_path / "src.pt", out, "--preset", "tiny-it", "--tokenizer", sp_model,
-                             "--quiet")
-    assert status == 0, err
+    convert(tmp_path / "src.pt", out, preset="tiny-it", tokenizer=sp_model)
     tokenizer = AutoTokenizer.from_pretrained(out)
     messages = [{"role": "user", "content": "What is Griffin?"}]
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -119,8 +116,6 @@ def test_bad_tokenizer_fails_conversion_and_leaves_nothing(sp_model, tmp_path):
     case = CASES[2]  # vocabulary 97 < 400 tokens
     save_torch_checkpoint(case, tmp_path / "src.pt")
     out = tmp_path / "out"
-    status, _, err = run_cli("convert", tmp_path / "src.pt", out, "--tokenizer", sp_model, "--quiet",
-                             "--embeddings-scale-by-sqrt-dim", "false", "--attention-window-size", "6",
-                             "--logits-soft-cap", "0")
-    assert_one_line_error(status, err, "400 tokens but the model's vocabulary has 97")
+    with pytest.raises(ConversionError, match="400 tokens but the model's vocabulary has 97"):
+        convert(tmp_path / "src.pt", out, case, tokenizer=sp_model)
     assert_nothing_left(out)

@@ -1,43 +1,43 @@
-"""`hf-recurrentgemma convert` from the PyTorch release's format: a `recurrentgemma.torch.Griffin` state dict."""
+"""`convert_checkpoint` from the PyTorch release's format (a `recurrentgemma.torch.Griffin` state dict), and the
+command line over it."""
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from reference_helpers import CASE_IDS, CASES, LOGIT_TOL
-from safetensors import safe_open
-from test_conversion_common import (
+from reference_helpers import (
+    CASE_IDS,
+    CASES,
+    LOGIT_TOL,
+    MODEL_CODE,
     assert_folder_matches_reference,
     assert_nothing_left,
+    convert,
+    folder_tensors,
     hyper_flags,
     run_cli,
     save_torch_checkpoint,
 )
 
 from hf_recurrentgemma import PRESETS
+from hf_recurrentgemma.convert import ConversionError
 from hf_recurrentgemma.convert.keymap import expected_shapes
-from hf_recurrentgemma.convert.sources import TorchSource, _drop_mapped_pages
-
-
-def folder_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".safetensors"):
-            with safe_open(folder / name, framework="pt") as f:
-                tensors.update({k: f.get_tensor(k) for k in f.keys()})
-    return tensors
+from hf_recurrentgemma.convert.sources import Source
+from hf_recurrentgemma.convert.torch_release import TorchSource, _drop_mapped_pages
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_converted_folder_matches_reference(case, tmp_path):
     ref = save_torch_checkpoint(case, tmp_path / "griffin.pt")
     out = tmp_path / "out"
-    status, _, err = run_cli("convert", tmp_path / "griffin.pt", out, *hyper_flags(case), "--max-shard-size", "30KB")
-    assert status == 0, err
+    result = convert(tmp_path / "griffin.pt", out, case, max_shard_size="30KB")
+    assert result.out == out and result.source_format == "torch" and result.dtype == torch.float32
+    shards = {name for name in result.files if name.endswith(".safetensors")}
+    assert set(result.files) == MODEL_CODE | shards | {"config.json", "generation_config.json", "README.md",
+                                                       "model.safetensors.index.json"}
     error = assert_folder_matches_reference(out, ref, case)
     assert error <= LOGIT_TOL
     index = json.loads((out / "model.safetensors.index.json").read_text())
@@ -63,11 +63,9 @@ def test_dtypes(source_dtype, flag, stored, tmp_path):
     case = CASES[0]
     save_torch_checkpoint(case, tmp_path / "src.pt", dtype=source_dtype)
     out = tmp_path / "out"
-    status, stdout, err = run_cli("convert", tmp_path / "src.pt", out, *hyper_flags(case), "--dtype", flag,
-                                  "--verify", "--quiet")
-    assert status == 0, err
+    result = convert(tmp_path / "src.pt", out, case, dtype=flag, verify=True)
     # The reference is fed the source rounded to the stored dtype, so the conversion is held to 5e-5 either way.
-    assert "max |logit diff| = " in stdout and "OK" in stdout
+    assert result.verification.ok and result.verification.max_diff <= 5e-5 and result.dtype == stored
     source = torch.load(tmp_path / "src.pt", weights_only=True)
     from hf_recurrentgemma.convert.keymap import reference_to_ours
     from reference_helpers import our_config
@@ -82,7 +80,7 @@ def test_dtypes(source_dtype, flag, stored, tmp_path):
     assert "Verified at conversion: max |logit diff|" in (out / "README.md").read_text()
 
 
-def test_preset_gives_hyperparameters_and_model_card(tmp_path, monkeypatch):
+def test_cli_preset_gives_hyperparameters_and_model_card(tmp_path, monkeypatch):
     case = CASES[0]
     # A preset with this tiny architecture (the published ones are billions of parameters).
     monkeypatch.setitem(PRESETS, "tiny-test", dict(
@@ -112,65 +110,24 @@ def test_explicit_flags_override_preset(tmp_path, monkeypatch):
         embeddings_scale_by_sqrt_dim=True, attention_window_size=99, logits_soft_cap=5.0))
     ref = save_torch_checkpoint(case, tmp_path / "hawk.pt")
     out = tmp_path / "out"
-    status, _, err = run_cli("convert", tmp_path / "hawk.pt", out, "--preset", "tiny-hawk", "--quiet",
-                             "--embeddings-scale-by-sqrt-dim", "false", "--logits-soft-cap", "0")
-    assert status == 0, err
+    convert(tmp_path / "hawk.pt", out, preset="tiny-hawk",
+            overrides={"embeddings_scale_by_sqrt_dim": False, "logits_soft_cap": 0.0, "attention_window_size": None})
     config = json.loads((out / "config.json").read_text())
     assert (config["embeddings_scale_by_sqrt_dim"], config["logits_soft_cap"], config["attention_window_size"]) == (
         False, 0.0, 99)
     assert_folder_matches_reference(out, ref, case)
 
 
-def test_loads_with_trust_remote_code_without_the_package(tmp_path):
-    """The folder alone is enough: AutoModelForCausalLM with trust_remote_code, hf_recurrentgemma not importable."""
-    case = CASES[0]
-    ref = save_torch_checkpoint(case, tmp_path / "src.pt")
-    out = tmp_path / "out"
-    assert run_cli("convert", tmp_path / "src.pt", out, *hyper_flags(case), "--quiet")[0] == 0
-    from test_conversion_common import random_tokens
-    from reference_helpers import reference_logits
-
-    tokens, positions = random_tokens(case)
-    torch.save({"tokens": tokens, "positions": positions}, tmp_path / "inputs.pt")
-    script = r"""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "hf_recurrentgemma":
-            raise ImportError("blocked: " + name)
-sys.meta_path.insert(0, Block())
-import torch
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True, dtype=torch.float32)
-inputs = torch.load(sys.argv[2])
-with torch.no_grad():
-    logits = model(input_ids=inputs["tokens"], position_ids=inputs["positions"], use_cache=False).logits
-assert "hf_recurrentgemma" not in sys.modules
-torch.save({"logits": logits, "module": type(model).__module__}, sys.argv[3])
-"""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
-           "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-I", "-c", script, str(out), str(tmp_path / "inputs.pt"),
-                             str(tmp_path / "result.pt")], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = torch.load(tmp_path / "result.pt")
-    assert got["module"].startswith("transformers_modules.")
-    expected = reference_logits(ref, tokens, positions)
-    assert (got["logits"] - expected).abs().max().item() <= LOGIT_TOL
-
-
-def test_verify_failure_exits_1_and_writes_nothing(tmp_path, monkeypatch):
+def test_cli_verify_failure_exits_1_and_writes_nothing(tmp_path, monkeypatch):
     case = CASES[0]
     save_torch_checkpoint(case, tmp_path / "src.pt")
-    import hf_recurrentgemma.cli as cli
+    original = Source._stream
 
-    original = cli.our_tensors
-
-    def corrupted(source, config, dtype):  # a conversion bug: one norm scale off by 0.01
-        for name, tensor in original(source, config, dtype):
+    def corrupted(self, *args):  # a conversion bug: one norm scale off by 0.01
+        for name, tensor in original(self, *args):
             yield name, tensor + 0.01 if name == "model.final_norm.weight" else tensor
 
-    monkeypatch.setattr(cli, "our_tensors", corrupted)
+    monkeypatch.setattr(Source, "_stream", corrupted)
     out = tmp_path / "out"
     status, stdout, err = run_cli("convert", tmp_path / "src.pt", out, *hyper_flags(case), "--verify", "--quiet")
     assert status == 1
@@ -224,10 +181,8 @@ def test_verify_without_the_reference_package(tmp_path, monkeypatch):
     monkeypatch.setattr(verify, "_have_reference", lambda: False)
     case = CASES[1]
     save_torch_checkpoint(case, tmp_path / "src.pt")
-    status, stdout, err = run_cli("convert", tmp_path / "src.pt", tmp_path / "out", *hyper_flags(case), "--verify",
-                                  "--quiet")
-    assert status == 0, err
-    assert "against the source loaded in memory" in stdout and "OK" in stdout
+    verification = convert(tmp_path / "src.pt", tmp_path / "out", case, verify=True).verification
+    assert verification.ok and verification.against.startswith("the source loaded in memory")
 
 
 def test_it_preset_without_tokenizer(tmp_path, monkeypatch):
@@ -237,9 +192,8 @@ def test_it_preset_without_tokenizer(tmp_path, monkeypatch):
         num_attention_heads=case.num_heads, lru_width=case.width, block_types=["recurrent"] * 3,
         embeddings_scale_by_sqrt_dim=False, attention_window_size=case.window, logits_soft_cap=0.0))
     save_torch_checkpoint(case, tmp_path / "src.pt")
-    status, _, err = run_cli("convert", tmp_path / "src.pt", tmp_path / "out", "--preset", "tiny-hawk-it", "--quiet")
-    assert status == 0, err
+    convert(tmp_path / "src.pt", tmp_path / "out", preset="tiny-hawk-it")
     assert not (tmp_path / "out" / "tokenizer.json").exists()
-    status, _, err = run_cli("convert", tmp_path / "src.pt", tmp_path / "out2", "--preset", "tiny-hawk-it",
-                             "--chat-template", "--quiet")
-    assert status == 2 and "--chat-template needs --tokenizer" in err
+    with pytest.raises(ConversionError, match="--chat-template needs --tokenizer"):
+        convert(tmp_path / "src.pt", tmp_path / "out2", preset="tiny-hawk-it", chat_template=True)
+    assert_nothing_left(tmp_path / "out2")

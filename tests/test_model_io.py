@@ -8,7 +8,15 @@ import textwrap
 
 import pytest
 import torch
-from reference_helpers import CASES, assert_close, our_config
+from reference_helpers import (
+    CASES,
+    SAVED_FILES,
+    assert_close,
+    convert,
+    our_config,
+    reference_and_ours,
+    save_torch_checkpoint,
+)
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, pipeline
 
 from hf_recurrentgemma import GriffinConfig, GriffinForCausalLM, GriffinModel
@@ -43,15 +51,14 @@ def test_save_load_round_trip(saved):
     assert strip(loaded.config.to_dict()) == strip(model.config.to_dict())
 
 
-def test_saved_folder_has_remote_code_and_auto_map(saved):
+def test_saved_folder_holds_exactly_the_model(saved):
+    """Config, weights and the model's own code (auto_map): no loader or conversion code ships with a model."""
     _, folder = saved
+    assert {p.name for p in folder.iterdir()} == SAVED_FILES
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "griffin"
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_griffin.GriffinForCausalLM"
     assert config["auto_map"]["AutoConfig"] == "configuration_griffin.GriffinConfig"
-    for name in ("configuration_griffin.py", "modeling_griffin.py", "layers_griffin.py", "cache_griffin.py",
-                 "ops_griffin.py"):
-        assert (folder / name).exists(), name
 
 
 def test_auto_classes(saved):
@@ -64,27 +71,46 @@ def test_auto_classes(saved):
         assert torch.equal(auto(_ids()).logits, model(_ids()).logits)
 
 
-def test_remote_code_without_the_package(saved, tmp_path):
-    """A saved folder loads with trust_remote_code where hf_recurrentgemma cannot be imported."""
-    model, folder = saved
+def _folder(made_by: str, saved, tmp_path):
+    """(folder, model it holds) written by save_pretrained, or by convert_checkpoint from a reference checkpoint."""
+    if made_by == "save_pretrained":
+        return saved[1], saved[0]
+    case = CASES[0]
+    save_torch_checkpoint(case, tmp_path / "src.pt")
+    convert(tmp_path / "src.pt", tmp_path / "converted", case)
+    return tmp_path / "converted", reference_and_ours(case)[1]
+
+
+@pytest.mark.parametrize("made_by", ["save_pretrained", "convert_checkpoint"])
+def test_remote_code_without_the_package(made_by, saved, tmp_path):
+    """A folder loads with trust_remote_code where hf_recurrentgemma cannot be imported, gives the same logits
+    and generates."""
+    folder, model = _folder(made_by, saved, tmp_path)
     with torch.no_grad():
         expected = model(_ids()).logits
     torch.save({"ids": _ids(), "expected": expected}, tmp_path / "io.pt")
     script = textwrap.dedent(f"""
         import sys
-        sys.modules["hf_recurrentgemma"] = None  # any import of the package now fails
+        class Block:  # any import of the package now fails
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "hf_recurrentgemma":
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
         import torch
         from transformers import AutoModelForCausalLM
         data = torch.load({str(tmp_path / "io.pt")!r})
-        model = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        model = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True,
+                                                     dtype=torch.float32).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         with torch.no_grad():
             err = (model(data["ids"]).logits - data["expected"]).abs().max().item()
         out = model.generate(data["ids"][:1], max_new_tokens=4, do_sample=False)
+        assert "hf_recurrentgemma" not in sys.modules
         print("ERR", err, out.shape[1])
     """)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH="")
+    result = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, env=env,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     line = [ln for ln in result.stdout.splitlines() if ln.startswith("ERR")][-1]
     err, length = float(line.split()[1]), int(line.split()[2])

@@ -1,13 +1,14 @@
 """hf-recurrentgemma: Google DeepMind's Griffin / RecurrentGemma as a Transformers model.
 
 Importing the package registers `model_type="griffin"` with `AutoConfig`, `AutoModel` and
-`AutoModelForCausalLM`.
+`AutoModelForCausalLM`, and lets `from_pretrained` read Transformers' built-in `recurrent_gemma` folders.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .cache_griffin import GriffinCache
 from .configuration_griffin import PRESETS, GriffinConfig
+from .convert.builtin import register_builtin_loader
 from .modeling_griffin import GriffinForCausalLM, GriffinModel, GriffinPreTrainedModel
 
 __version__ = "0.1.0"
@@ -22,6 +23,8 @@ def _register() -> None:
     GriffinConfig.register_for_auto_class("AutoConfig")
     GriffinModel.register_for_auto_class("AutoModel")
     GriffinForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+    # from_pretrained also reads Transformers' built-in recurrent_gemma folders (not in Hub remote code).
+    register_builtin_loader()
 
 
 _register()

@@ -173,16 +173,15 @@ class GriffinConfig(PreTrainedConfig):
     def final_w_init_variance_scale(self) -> float:
         return 2.0 / self.num_hidden_layers
 
+    # Translators of other formats' config dicts to ours, by model_type. The installed package registers one for
+    # Transformers' built-in recurrent_gemma (hf_recurrentgemma/convert/builtin.py); in Hub remote code it is empty.
+    config_translators = {}
+
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        """Also reads configs of Transformers' built-in `recurrent_gemma` (the Hub's google/recurrentgemma-*
-        repos), translated with the reference's window meaning (see builtin_format.py)."""
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        if config_dict.get("model_type") == "recurrent_gemma":
-            from .builtin_format import griffin_dict_from_builtin
-
-            config_dict = griffin_dict_from_builtin(config_dict)
-        return config_dict, kwargs
+        translate = GriffinConfig.config_translators.get(config_dict.get("model_type"))
+        return (translate(config_dict) if translate else config_dict), kwargs
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GriffinConfig":

@@ -69,16 +69,18 @@ class GriffinPreTrainedModel(PreTrainedModel):
     # The RG-LRU state cannot be rolled back, so assisted/speculative decoding must be refused by `generate`.
     _is_stateful = True
 
+    # Loaders of checkpoints in other formats, `loader(cls, path, *args, **kwargs) -> model or None`, tried in order
+    # by from_pretrained. The installed package registers one for Transformers' built-in recurrent_gemma folders
+    # (hf_recurrentgemma/convert/builtin.py); in Hub remote code the list stays empty.
+    checkpoint_loaders: list = []
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Also loads folders and Hub repos of Transformers' built-in `recurrent_gemma` (keys renamed through
-        Transformers' conversion mapping, config translated; see builtin_format.py). Saving writes our format."""
-        from .builtin_format import load_builtin_if_builtin
-
-        model = load_builtin_if_builtin(cls, pretrained_model_name_or_path, *model_args, **kwargs)
-        if model is None:
-            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        return model
+        for loader in GriffinPreTrainedModel.checkpoint_loaders:
+            model = loader(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+            if model is not None:
+                return model
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         # The reference's initialisation. Transformers visits modules that hold parameters directly, so each one

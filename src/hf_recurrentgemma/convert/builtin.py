@@ -1,250 +1,343 @@
-"""Conversion between folders of Transformers' built-in `recurrent_gemma` format and ours, streaming.
+"""Transformers' built-in `recurrent_gemma` format (the Hub's google/recurrentgemma-* repos): its configs, its key
+map, reading its folders (`BuiltinSource`), writing ours in it (`export_builtin`) and `from_pretrained` of its
+folders (`register_builtin_loader`, called by `hf_recurrentgemma/__init__.py`; Hub remote code never sees this file).
 
-`read_builtin_folder` checks every key, shape and file up front (from the safetensors headers), then yields our
-tensors shard by shard. `export_to_builtin` writes our folder in the built-in format, one output shard in memory
-at a time, into a temporary folder that replaces OUT only when complete. The config translation and what it
-changes (the attention window off-by-one, the doubled `intermediate_size`, ...) live in `builtin_format`.
+Two differences matter beyond names:
+
+* Configs. Its `intermediate_size` is twice the MLP width (its MLP uses `intermediate_size // 2`); `block_types`
+  is a pattern repeated over `num_hidden_layers`; embeddings are always scaled by `sqrt(hidden_size)` and logits
+  always soft-capped. Configs written by 4.40 (when the Hub repos were made) carry `rope_theta` and
+  `partial_rotary_factor` at top level and `torch_dtype`; today's carry `rope_parameters` and `dtype`.
+* The attention window. Its `attention_window_size=W` lets a query see only `W - 1` previous tokens; the
+  reference (and we) mean itself and `W` previous tokens. The Hub repos carry the window the models were trained
+  with (2048), so a plain built-in config is read with the reference meaning. Our export writes `W + 1`, so that
+  the built-in computes our function, and records what it changed under `griffin_export`; reading undoes it.
+
+The key map is `BUILTIN_RENAMES` (name parts) plus the conv1d reshape: Transformers' loader applies it as weight
+conversions, and `builtin_rules` turns it into `Rule`s over our parameter names for the streaming reader/export.
 """
 
-import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from transformers import RecurrentGemmaConfig
+from transformers.configuration_utils import PreTrainedConfig
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import ConversionOps, WeightConverter, WeightRenaming
 from transformers.utils.hub import convert_file_size_to_int
 
-from ..builtin_format import (
-    builtin_dict_from_griffin,
-    config_from_builtin,
-    conv_kernel_to_builtin,
-    conv_kernel_to_griffin,
-    is_builtin_config,
-)
-from ..configuration_griffin import GriffinConfig
-from .keymap import KeyMismatchError, Rule, expected_shapes, rename, rules_by_layer
-from .safetensors_folder import INDEX, FolderReader, safetensors_headers
+from ..configuration_griffin import ATTENTION, PRESETS, RECURRENT, GriffinConfig
+from ..modeling_griffin import GriffinPreTrainedModel
+from .errors import ConversionError
+from .keymap import LM_HEAD, Rule, expected_shapes, from_ours, rename, to_ours
+from .safetensors_folder import CONFIG, DTYPES, INDEX, FolderReader, folder_config, read_griffin_folder
+from .sources import Source, meta
+from .writer import OutputFolder, ShardWriter, refuse_overlap
 
 logger = logging.getLogger(__name__)
 
-CONFIG = "config.json"
+BUILTIN_MODEL_TYPE = "recurrent_gemma"
+EXPORT_MARKER = "griffin_export"  # config key: our values of the fields an export changed
+_MARKER_FIELDS = ("attention_window_size", "logits_soft_cap")
+ACTIVATION = "gelu_pytorch_tanh"  # GELU, tanh approximation: the only one Griffin uses
+# Transformers' cap is `c * tanh(x / c)` with no way to turn it off; at this `c`, `tanh(x / c) == x / c` in float32
+# and bfloat16 (float16 overflows: a model without a cap cannot run there in the built-in).
+NO_SOFT_CAP = 1e30
 
-
-def _conv_forward(w):  # built-in (L, 1, K) -> ours (K, L)
-    return (conv_kernel_to_griffin(w),)
-
-
-# Built-in key (`{}` = layer index) -> our key, with the per-tensor transform. Checked against
-# `builtin_format.BUILTIN_RENAMES` (what `from_pretrained` uses) by the tests.
-BUILTIN_TOP_RULES = (
-    rename("model.embed_tokens.weight", "model.embed_tokens.weight"),
-    rename("model.final_norm.weight", "model.final_norm.weight"),
+# Per-parameter renames, built-in name part -> ours (matched inside "model.layers.{i}.<...>"). Everything else has
+# the same name in both formats; `conv_1d.weight` also changes shape, see `conv_kernel_to_griffin`.
+BUILTIN_RENAMES = (
+    ("mlp_block.", "mlp."),
+    ("rg_lru.recurrent_param", "rg_lru.a_param"),
+    ("rg_lru.input_gate_weight", "rg_lru.input_gate.weight"),
+    ("rg_lru.input_gate_bias", "rg_lru.input_gate.bias"),
+    ("rg_lru.recurrent_gate_weight", "rg_lru.a_gate.weight"),
+    ("rg_lru.recurrent_gate_bias", "rg_lru.a_gate.bias"),
 )
-BUILTIN_COMMON_RULES = tuple(
-    rename(f"model.layers.{{}}.{builtin}", f"model.layers.{{}}.{ours}")
-    for builtin, ours in [
-        ("temporal_pre_norm.weight", "temporal_pre_norm.weight"),
-        ("channel_pre_norm.weight", "channel_pre_norm.weight"),
-        ("mlp_block.gate_proj.weight", "mlp.gate_proj.weight"), ("mlp_block.gate_proj.bias", "mlp.gate_proj.bias"),
-        ("mlp_block.up_proj.weight", "mlp.up_proj.weight"), ("mlp_block.up_proj.bias", "mlp.up_proj.bias"),
-        ("mlp_block.down_proj.weight", "mlp.down_proj.weight"), ("mlp_block.down_proj.bias", "mlp.down_proj.bias"),
+
+
+def conv_kernel_to_griffin(weight: torch.Tensor) -> torch.Tensor:
+    """Built-in depthwise `nn.Conv1d` weight (L, 1, K) -> ours (K, L). Both put the current token's tap last
+    (the built-in pads by K - 1 on the left and keeps the first T outputs)."""
+    if weight.ndim != 3 or weight.shape[1] != 1:
+        raise ConversionError(f"conv_1d.weight: expected shape (L, 1, K), got {tuple(weight.shape)}")
+    return weight[:, 0, :].T.contiguous()
+
+
+def conv_kernel_to_builtin(weight: torch.Tensor) -> torch.Tensor:
+    """Our conv1d weight (K, L) -> the built-in's `nn.Conv1d` weight (L, 1, K)."""
+    if weight.ndim != 2:
+        raise ConversionError(f"conv_1d.weight: expected shape (K, L), got {tuple(weight.shape)}")
+    return weight.T[:, None, :].contiguous()
+
+
+class _ConvKernelOp(ConversionOps):
+    """`conv_kernel_to_griffin` (or, reversed, `conv_kernel_to_builtin`) as a Transformers loading operation."""
+
+    def __init__(self, to_griffin: bool = True):
+        self.to_griffin = to_griffin
+
+    @torch.no_grad()
+    def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
+        (tensors,) = input_dict.values()
+        tensor = tensors[0] if isinstance(tensors, list) else tensors
+        fn = conv_kernel_to_griffin if self.to_griffin else conv_kernel_to_builtin
+        return {target_patterns[0]: fn(tensor)}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return _ConvKernelOp(not self.to_griffin)
+
+
+def builtin_weight_conversions() -> list:
+    """The built-in -> ours key map as Transformers loading transforms (renames, and the conv1d reshape)."""
+    return [WeightRenaming(source, target) for source, target in BUILTIN_RENAMES] + [
+        WeightConverter("conv_1d.weight", "conv_1d.weight", operations=[_ConvKernelOp()]),
     ]
-)
-BUILTIN_RECURRENT_RULES = tuple(
-    rename(f"model.layers.{{}}.temporal_block.{builtin}", f"model.layers.{{}}.temporal_block.{ours}")
-    for builtin, ours in [
-        ("linear_x.weight", "linear_x.weight"), ("linear_x.bias", "linear_x.bias"),
-        ("linear_y.weight", "linear_y.weight"), ("linear_y.bias", "linear_y.bias"),
-        ("linear_out.weight", "linear_out.weight"), ("linear_out.bias", "linear_out.bias"),
-        ("conv_1d.bias", "conv_1d.bias"),
-        ("rg_lru.recurrent_param", "rg_lru.a_param"),
-        ("rg_lru.input_gate_weight", "rg_lru.input_gate.weight"), ("rg_lru.input_gate_bias", "rg_lru.input_gate.bias"),
-        ("rg_lru.recurrent_gate_weight", "rg_lru.a_gate.weight"),
-        ("rg_lru.recurrent_gate_bias", "rg_lru.a_gate.bias"),
-    ]
-) + (
-    # nn.Conv1d(L, L, K, groups=L) weight (L, 1, K) <-> ours (K, L); tap K-1 is the current token in both.
-    Rule("model.layers.{}.temporal_block.conv_1d.weight", ("model.layers.{}.temporal_block.conv_1d.weight",),
-         _conv_forward, conv_kernel_to_builtin),
-)
-BUILTIN_ATTENTION_RULES = tuple(
-    rename(f"model.layers.{{}}.temporal_block.{name}", f"model.layers.{{}}.temporal_block.{name}")
-    for name in ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "o_proj.bias")
-)
-BUILTIN_RULES = BUILTIN_TOP_RULES + BUILTIN_COMMON_RULES + BUILTIN_RECURRENT_RULES + BUILTIN_ATTENTION_RULES
-LM_HEAD = "lm_head.weight"
 
 
-def rules_for_builtin(config: GriffinConfig) -> list[Rule]:
-    """The rules of a model with this config, layer index filled in (plus `lm_head.weight` when untied)."""
-    rules = list(rules_by_layer(config, BUILTIN_TOP_RULES, BUILTIN_COMMON_RULES, BUILTIN_RECURRENT_RULES,
-                                BUILTIN_ATTENTION_RULES))
-    if not config.tie_word_embeddings:
-        rules.append(rename(LM_HEAD, LM_HEAD))
+# --- configs ------------------------------------------------------------------------------------------------------
+
+# Built-in config keys with no counterpart in ours: derived values, training-only settings and bookkeeping.
+_DROPPED = {"model_type", "architectures", "transformers_version", "_name_or_path", "head_dim",
+            "final_w_init_variance_scale", "attention_dropout", "attention_bias", "hidden_activation",
+            "rope_parameters", "rope_scaling", "rope_theta", "partial_rotary_factor", "block_types",
+            "num_hidden_layers", "intermediate_size", "embeddings_scale_by_sqrt_dim", "layer_types",
+            "sliding_window", "auto_map", EXPORT_MARKER}
+# Fields with the same meaning in both, and the built-in's default when a config leaves them out.
+_SAME = {"vocab_size": 256000, "hidden_size": 2560, "num_attention_heads": 10, "lru_width": None, "conv1d_width": 4,
+         "rms_norm_eps": 1e-6, "use_cache": True, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
+         "w_init_variance_scale": 0.01, "tie_word_embeddings": True, "logits_soft_cap": 30.0,
+         "attention_window_size": 2048, "num_key_value_heads": None}
+# Our fields that the translation sets explicitly (the rest of a config passes through).
+_OUR_FIELDS = set(_SAME) | {"intermediate_size", "block_types", "num_hidden_layers", "embeddings_scale_by_sqrt_dim",
+                            "partial_rotary_factor", "rope_theta"}
+
+
+def is_builtin_config(config_dict: dict) -> bool:
+    return isinstance(config_dict, dict) and config_dict.get("model_type") == BUILTIN_MODEL_TYPE
+
+
+def _rope(config_dict: dict, where: str) -> tuple[float, float]:
+    """(rope_theta, partial_rotary_factor): today's `rope_parameters`, 4.4x's `rope_scaling` or top-level keys."""
+    params = config_dict.get("rope_parameters") or config_dict.get("rope_scaling") or {}
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type != "default":
+        raise ConversionError(f"{where}: rope type {rope_type!r} is not supported (Griffin uses plain RoPE)")
+    theta = params.get("rope_theta", config_dict.get("rope_theta", 10000.0))
+    factor = params.get("partial_rotary_factor", config_dict.get("partial_rotary_factor", 0.5))
+    return float(theta), float(factor)
+
+
+def griffin_dict_from_builtin(config_dict: dict, where: str = "config.json") -> dict:
+    """A built-in `recurrent_gemma` config dict (any Transformers version) -> our config dict (model_type
+    "griffin"). Unknown keys (generation settings, dtype, ...) pass through. `where` names the file in errors."""
+    if not is_builtin_config(config_dict):
+        raise ConversionError(f"{where}: model_type is {config_dict.get('model_type')!r}, not {BUILTIN_MODEL_TYPE!r}")
+    d = config_dict
+    out = {k: v for k, v in d.items() if k not in _DROPPED and k not in _SAME}
+    out.update({k: d.get(k, default) for k, default in _SAME.items()})
+    out["model_type"] = GriffinConfig.model_type
+    if out["num_key_value_heads"] is None:  # the built-in's default: one key/value head per query head
+        out["num_key_value_heads"] = out["num_attention_heads"]
+    if out["num_key_value_heads"] != 1:
+        raise ConversionError(f"{where}: num_key_value_heads={out['num_key_value_heads']}; Griffin uses one (multi-query)")
+    if out["logits_soft_cap"] is None:
+        out["logits_soft_cap"] = 0.0
+
+    if d.get("intermediate_size", 3 * 2560) % 2:
+        raise ConversionError(f"{where}: intermediate_size={d['intermediate_size']} is odd; the built-in MLP width is "
+                         "intermediate_size // 2, so it must be even")
+    out["intermediate_size"] = d.get("intermediate_size", 3 * 2560) // 2
+    num_layers = d.get("num_hidden_layers", 26)
+    pattern = list(d.get("block_types", (RECURRENT, RECURRENT, ATTENTION)))
+    block_types = (pattern * 100)[:num_layers]  # the built-in's own expansion
+    if len(block_types) != num_layers or not pattern:
+        raise ConversionError(f"{where}: block_types {pattern} cannot fill num_hidden_layers={num_layers}")
+    out["block_types"], out["num_hidden_layers"] = block_types, num_layers
+    out["rope_theta"], out["partial_rotary_factor"] = _rope(d, where)
+
+    activation = d.get("hidden_activation", ACTIVATION)
+    if activation != ACTIVATION:
+        raise ConversionError(f"{where}: hidden_activation={activation!r}; Griffin uses {ACTIVATION!r}")
+    if d.get("attention_bias", False):
+        raise ConversionError(f"{where}: attention_bias=true; Griffin's q/k/v projections have no bias")
+    if d.get("attention_dropout", 0.0):
+        logger.warning("%s: attention_dropout=%s is dropped (training only)", where, d["attention_dropout"])
+    head_dim = d.get("head_dim")
+    if head_dim is not None and head_dim != out["hidden_size"] // out["num_attention_heads"]:
+        raise ConversionError(f"{where}: head_dim={head_dim}, but Griffin's is hidden_size // num_attention_heads = "
+                         f"{out['hidden_size'] // out['num_attention_heads']}")
+
+    # The built-in always scales embeddings; a config saying otherwise contradicts the model it describes.
+    if not d.get("embeddings_scale_by_sqrt_dim", True):
+        raise ConversionError(f"{where}: embeddings_scale_by_sqrt_dim=false, but Transformers' recurrent_gemma always "
+                         "scales embeddings by sqrt(hidden_size); these weights cannot be read unambiguously")
+    out["embeddings_scale_by_sqrt_dim"] = True
+    marker = d.get(EXPORT_MARKER) or {}
+    if marker:
+        # Undo our export exactly; a window that no longer fits the marker means the file was edited after export.
+        unknown = set(marker) - set(_MARKER_FIELDS)
+        if unknown:
+            raise ConversionError(f"{where}: {EXPORT_MARKER} holds {sorted(unknown)}, which this version cannot undo")
+        if "attention_window_size" in marker and out["attention_window_size"] != marker["attention_window_size"] + 1:
+            raise ConversionError(
+                f"{where}: {EXPORT_MARKER} says attention_window_size={marker['attention_window_size']} was exported "
+                f"as {marker['attention_window_size'] + 1}, but the config has {out['attention_window_size']}; "
+                f"fix attention_window_size or delete {EXPORT_MARKER}"
+            )
+        out.update(marker)
+    return out
+
+
+def config_from_builtin(config_dict: dict, where: str = "config.json") -> GriffinConfig:
+    """A built-in `recurrent_gemma` config dict -> `GriffinConfig` (see `griffin_dict_from_builtin`)."""
+    out = griffin_dict_from_builtin(config_dict, where)
+    out.pop("model_type")
+    return GriffinConfig(**out)
+
+
+def builtin_dict_from_griffin(config: GriffinConfig) -> dict:
+    """Our config -> a built-in `recurrent_gemma` config dict computing the same function, with the fields we had
+    to change recorded under `griffin_export` (so `griffin_dict_from_builtin` gives back `config` exactly)."""
+    if not config.embeddings_scale_by_sqrt_dim:
+        raise ConversionError("embeddings_scale_by_sqrt_dim=False cannot be exported: Transformers' recurrent_gemma "
+                         "always scales embeddings by sqrt(hidden_size)")
+    if config.num_key_value_heads != 1:
+        raise ConversionError(f"num_key_value_heads={config.num_key_value_heads}: Griffin uses one")
+    marker = {"attention_window_size": config.attention_window_size}
+    soft_cap = config.logits_soft_cap
+    if not soft_cap:
+        marker["logits_soft_cap"], soft_cap = soft_cap, NO_SOFT_CAP
+    ours = config.to_diff_dict()  # our fields, plus any non-default generic ones (dtype, ...), which pass through
+    out = {k: v for k, v in ours.items() if k not in _OUR_FIELDS and k not in _DROPPED}
+    out.update({k: getattr(config, k) for k in _SAME})
+    out.update(
+        model_type=BUILTIN_MODEL_TYPE, architectures=["RecurrentGemmaForCausalLM"],
+        intermediate_size=2 * config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
+        block_types=list(config.block_types), attention_window_size=config.attention_window_size + 1,
+        logits_soft_cap=soft_cap, hidden_activation=ACTIVATION, attention_bias=False, attention_dropout=0.0,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta,
+                         "partial_rotary_factor": config.partial_rotary_factor},
+    )
+    out[EXPORT_MARKER] = marker
+    return out
+
+
+# --- key map --------------------------------------------------------------------------------------------------------
+
+def _conv_forward(weight):
+    return (conv_kernel_to_griffin(weight),)
+
+
+def builtin_rules(config: GriffinConfig) -> list[Rule]:
+    """The built-in -> ours key map of a model with this config (one rule per parameter, in our order), made from
+    `BUILTIN_RENAMES` and the conv1d reshape. A tied `lm_head.weight` is not in it."""
+    rules = []
+    for ours in expected_shapes(config):
+        theirs = ours
+        for builtin, griffin in BUILTIN_RENAMES:
+            theirs = theirs.replace(griffin, builtin)
+        if ours.endswith("conv_1d.weight"):  # nn.Conv1d(L, L, K, groups=L) weight (L, 1, K) <-> ours (K, L)
+            rules.append(Rule(theirs, (ours,), _conv_forward, conv_kernel_to_builtin))
+        else:
+            rules.append(rename(theirs, ours))
     return rules
 
 
-def _our_shapes(config: GriffinConfig) -> dict[str, tuple[int, ...]]:
-    shapes = expected_shapes(config)
-    if not config.tie_word_embeddings:
-        shapes[LM_HEAD] = (config.vocab_size, config.hidden_size)
-    return shapes
-
-
-def builtin_shapes(config: GriffinConfig) -> dict[str, tuple[int, ...]]:
-    """Shape of each built-in parameter for this config (found by running the backward transforms on meta)."""
-    ours = _our_shapes(config)
-    return {
-        rule.source: tuple(rule.backward(*(torch.empty(ours[t], device="meta") for t in rule.targets)).shape)
-        for rule in rules_for_builtin(config)
-    }
-
-
-# --- in-memory conversion (tests, small models) ---------------------------------------------------------------------
-
 def builtin_to_ours(state_dict: Mapping[str, torch.Tensor], config: GriffinConfig) -> dict[str, torch.Tensor]:
     """Built-in state dict -> ours. A tied `lm_head.weight` is accepted and dropped. Checks keys and shapes."""
-    _check({k: tuple(v.shape) for k, v in state_dict.items()}, builtin_shapes(config), config, "built-in checkpoint")
-    out = {}
-    for rule in rules_for_builtin(config):
-        out.update(zip(rule.targets, rule.forward(state_dict[rule.source])))
-    return out
+    return to_ours(state_dict, builtin_rules(config), config, "built-in checkpoint")
 
 
 def ours_to_builtin(state_dict: Mapping[str, torch.Tensor], config: GriffinConfig) -> dict[str, torch.Tensor]:
     """Our state dict -> the built-in's (without a tied `lm_head.weight`). Checks keys and shapes."""
-    _check({k: tuple(v.shape) for k, v in state_dict.items()}, _our_shapes(config), config, "checkpoint")
-    return {rule.source: rule.backward(*(state_dict[t] for t in rule.targets)) for rule in rules_for_builtin(config)}
-
-
-def _first(keys, what: str) -> str:
-    keys = sorted(keys)
-    return f"{keys[0]!r}" + (f" (and {len(keys) - 1} more)" if len(keys) > 1 else "") + what
-
-
-def _check(found: Mapping[str, tuple], expected: Mapping[str, tuple], config: GriffinConfig, where: str,
-           files: Mapping[str, str] | None = None) -> None:
-    """`found` ({key: shape}) holds every expected key with its shape, and nothing else (bar a tied lm_head).
-    Errors name the key, the shapes and (with `files`) the file holding it."""
-    missing = set(expected) - set(found)
-    if missing:
-        raise KeyMismatchError(f"missing key in {where}: {_first(missing, '')}")
-    extra = set(found) - set(expected) - ({LM_HEAD} if config.tie_word_embeddings else set())
-    if extra:
-        raise KeyMismatchError(f"unexpected key in {where}: {_first(extra, '')}")
-    for key, shape in expected.items():
-        if tuple(found[key]) != tuple(shape):
-            in_file = f" ({files[key]})" if files else ""
-            raise KeyMismatchError(f"{key!r} in {where}{in_file} has shape {tuple(found[key])}, expected {shape}")
+    return from_ours(state_dict, builtin_rules(config), config)
 
 
 # --- folders --------------------------------------------------------------------------------------------------------
 
-def _read_config(folder: str) -> dict:
-    path = os.path.join(folder, CONFIG)
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{folder}: not a folder")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: missing; not a model folder")
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable JSON config ({err})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: not a JSON object")
-    return config
+class BuiltinSource(Source):
+    """A Transformers `recurrent_gemma` folder (config.json + safetensors), read one tensor at a time."""
 
+    name, title, what = "builtin", "Transformers recurrent_gemma", "built-in checkpoint"
 
-def is_builtin_folder(path: str) -> bool:
-    """Whether `path` is a folder whose config.json says `model_type: "recurrent_gemma"`."""
-    try:
-        return is_builtin_config(_read_config(str(path)))
-    except (OSError, ValueError):
-        return False
+    @classmethod
+    def detect(cls, path: Path) -> Path | None:
+        return path if path.is_dir() and is_builtin_config(folder_config(path)) else None
 
+    def __init__(self, path: Path):
+        super().__init__(path)
+        raw = folder_config(self.path)
+        if raw is None:
+            raise ConversionError(f"{self.path}: no {CONFIG}; not a model folder")
+        self._config = config_from_builtin(raw, where=str(self.path / CONFIG))
+        self.reader = FolderReader(self.path)
 
-def read_builtin_folder(path: str) -> tuple[GriffinConfig, Iterator[tuple[str, torch.Tensor]]]:
-    """A built-in `recurrent_gemma` folder -> (our config, iterator of (our key, tensor)).
+    def config(self, preset=None, overrides=None) -> GriffinConfig:
+        """The folder's config; a preset or overrides may only agree with it (the vocabulary size aside)."""
+        checks = {**(PRESETS[preset] if preset else {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+        for key, value in checks.items():
+            if key != "vocab_size" and getattr(self._config, key) != value:
+                raise ConversionError(f"{self.path}: {key} is {getattr(self._config, key)} in the folder's config, "
+                                      f"not {value}")
+        return self._config
 
-    All keys, shapes and files are checked before this returns; the iterator then reads one shard at a time and
-    yields each of our tensors once (dtype kept; a tied `lm_head.weight` is dropped).
-    """
-    path = str(path)
-    raw = _read_config(path)
-    if not is_builtin_config(raw):
-        raise ValueError(f"{os.path.join(path, CONFIG)}: model_type is {raw.get('model_type')!r}, "
-                         "not 'recurrent_gemma'")
-    config = config_from_builtin(raw, where=os.path.join(path, CONFIG))
-    found = safetensors_headers(path)
-    _check({k: v[1] for k, v in found.items()}, builtin_shapes(config), config, path,
-           {k: v[0] for k, v in found.items()})
-    rules = {rule.source: rule for rule in rules_for_builtin(config)}
+    def metas(self) -> dict[str, torch.Tensor]:
+        try:
+            return {k: meta(shape, DTYPES[dtype]) for k, (_, shape, dtype) in self.reader.headers.items()}
+        except KeyError as err:
+            raise ConversionError(f"{self.path}: a tensor has dtype {err.args[0]}, not a float type") from None
 
-    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
-        produced = set()
-        for name in sorted({file for file, _, _ in found.values()}):
-            with safe_open(os.path.join(path, name), framework="pt") as f:
-                for key in f.keys():
-                    if key not in rules:
-                        continue  # a tied lm_head
-                    rule = rules[key]
-                    for target, tensor in zip(rule.targets, rule.forward(f.get_tensor(key))):
-                        produced.add(target)
-                        yield target, tensor
-        missing = set(_our_shapes(config)) - produced
-        assert not missing, f"not produced: {sorted(missing)[:3]}"
+    def key_map(self, config: GriffinConfig) -> list[Rule]:
+        return builtin_rules(config)
 
-    return config, tensors()
+    def load(self, key: str) -> torch.Tensor:
+        return self.reader.get(key)
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 _NOT_COPIED = {CONFIG, INDEX}
 _NOT_COPIED_SUFFIXES = (".py", ".safetensors", ".bin", ".pt", ".pth")  # weights, and our remote code
 
 
-def export_to_builtin(src_folder: str, out_folder: str, force: bool = False, max_shard_size: int | str = "5GB") -> str:
-    """Our saved folder -> a Transformers built-in `recurrent_gemma` folder computing the same function (as far
-    as the built-in can: unpadded sequences, no beam search). Returns `out_folder`.
+def export_builtin(folder: str | Path, out: str | Path, *, force: bool = False,
+                   max_shard_size: int | str = "5GB") -> Path:
+    """Our saved `folder` -> a Transformers built-in `recurrent_gemma` folder at `out` computing the same function
+    (as far as the built-in can: unpadded sequences, no beam search). Returns `out` (absolute).
 
     Writes `attention_window_size = W + 1` (the built-in's window of W sees W - 1 previous tokens) and records our
     values under `griffin_export` in config.json, so reading the folder back gives our config exactly. Tensors keep
-    their dtype; at most one output shard (`max_shard_size`, bytes or e.g. "5GB") is in memory. Everything is
-    written to a temporary folder beside OUT and moved into place when complete; an existing OUT needs `force`.
-    Other files (tokenizer, generation config) are copied; our remote-code `.py` files are not.
-    """
-    src_folder, out_folder = str(src_folder), os.path.abspath(str(out_folder))
-    src_real, out_real = os.path.realpath(src_folder), os.path.realpath(out_folder)
-    if src_real == out_real or src_real.startswith(out_real + os.sep):
-        raise ValueError(f"{out_folder}: would replace the source folder {src_folder}; choose another OUT")
-    if os.path.exists(out_folder) and not force:
-        raise FileExistsError(f"{out_folder}: already exists; pass force=True to replace it")
-    raw = _read_config(src_folder)
-    if is_builtin_config(raw):
-        raise ValueError(f"{os.path.join(src_folder, CONFIG)}: already in the built-in recurrent_gemma format")
-    if raw.get("model_type") != GriffinConfig.model_type:
-        raise ValueError(f"{os.path.join(src_folder, CONFIG)}: model_type is {raw.get('model_type')!r}, not 'griffin'")
-    config = GriffinConfig.from_dict(raw)
-    builtin_config = RecurrentGemmaConfig.from_dict(builtin_dict_from_griffin(config))  # fails here, not at load
-    found = safetensors_headers(src_folder)
-    _check({k: v[1] for k, v in found.items()}, _our_shapes(config), config, src_folder,
-           {k: v[0] for k, v in found.items()})
-    from .writer import OutputFolder, ShardWriter  # here: writer -> sources -> builtin would be circular
+    their dtype; at most one output shard (`max_shard_size`, bytes or e.g. "5GB") is in memory. Atomic: nothing is
+    left at `out` on failure; an existing `out` needs `force`. Other files (tokenizer, generation config) are
+    copied; our remote-code `.py` files are not.
 
-    reader = FolderReader(src_folder, found)
-    with OutputFolder(out_folder, force) as staged:
+    Example:
+        >>> export_builtin("recurrentgemma-2b-hf", "2b-builtin")
+    """
+    refuse_overlap(folder, out)
+    output = OutputFolder(out, force)
+    raw = folder_config(folder)
+    if is_builtin_config(raw):
+        raise ConversionError(f"{Path(folder) / CONFIG}: already in the built-in recurrent_gemma format")
+    config, reader = read_griffin_folder(folder)
+    builtin_config = RecurrentGemmaConfig.from_dict(builtin_dict_from_griffin(config))  # fails here, not at load
+    with output as staged:
         staged.mkdir()
         writer = ShardWriter(staged, convert_file_size_to_int(max_shard_size))
-        for rule in rules_for_builtin(config):
-            ours = [reader.get(t) for t in rule.targets]
-            writer.add(rule.source, rule.backward(*ours).contiguous())
+        for rule in builtin_rules(config):
+            writer.add(rule.source, rule.backward(*(reader.get(t) for t in rule.targets)).contiguous())
         writer.close()
         reader.close()
         builtin_config.save_pretrained(staged)
-        for entry in sorted(os.listdir(src_folder)):  # tokenizer, generation config, README, ...
-            src = os.path.join(src_folder, entry)
+        for entry in sorted(os.listdir(folder)):  # tokenizer, generation config, README, ...
+            src = os.path.join(folder, entry)
             if os.path.isfile(src) and entry not in _NOT_COPIED and not entry.endswith(_NOT_COPIED_SUFFIXES):
                 shutil.copy2(src, staged / entry)
     logger.warning(
@@ -252,10 +345,65 @@ def export_to_builtin(src_folder: str, out_folder: str, force: bool = False, max
         "built-in port computes the same logits only for unpadded sequences: its recurrent blocks ignore the "
         "attention mask (left padding leaks into the RG-LRU and conv1d states), and it keeps recurrent states "
         "outside the cache, so beam search does not reorder them.",
-        out_folder, config.attention_window_size + 1, config.attention_window_size,
+        output.out, config.attention_window_size + 1, config.attention_window_size,
     )
-    return out_folder
+    return output.out
 
 
-__all__ = ["BUILTIN_RULES", "rules_for_builtin", "builtin_shapes", "builtin_to_ours", "ours_to_builtin",
-           "is_builtin_folder", "read_builtin_folder", "export_to_builtin", "config_from_builtin"]
+export_to_builtin = export_builtin  # the name benchmarks/bench_inference.py uses
+
+# --- from_pretrained ----------------------------------------------------------------------------------------------
+
+_LOADERS: dict[type, type] = {}
+
+
+def _loader_class(cls: type) -> type:
+    """A subclass of `cls` under its own name, with the built-in key map registered for that name only: the map
+    applies when loading a built-in folder, and never when our own folders load or any model saves."""
+    if cls not in _LOADERS:
+        name = f"{cls.__name__}FromRecurrentGemma"
+        loader = type(name, (cls,), {"_griffin_builtin_loader": True, "__module__": cls.__module__})
+        register_checkpoint_conversion_mapping(name, builtin_weight_conversions(), overwrite=True)
+        _LOADERS[cls] = loader
+    return _LOADERS[cls]
+
+
+_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
+def load_builtin_if_builtin(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+    """`cls.from_pretrained` for a built-in `recurrent_gemma` folder or Hub repo; None for anything else.
+
+    The config is translated by `GriffinConfig.get_config_dict` (hooked to `griffin_dict_from_builtin`), the
+    weights are renamed and reshaped by `builtin_weight_conversions` through Transformers' loader. The returned
+    model is a plain `cls` that saves in our format.
+    """
+    if getattr(cls, "_griffin_builtin_loader", False) or pretrained_model_name_or_path is None:
+        return None
+    if kwargs.get("gguf_file") or kwargs.get("state_dict") is not None:
+        return None
+    download = {k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs}
+    try:
+        raw, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **download)
+    except OSError:
+        return None  # no config to look at: let the ordinary loader report what is wrong
+    if not is_builtin_config(raw):
+        return None
+    model = _loader_class(cls).from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+    model.__class__ = cls
+    # Transformers keeps the transforms it applied in order to reverse them on save; ours must save as ours.
+    model._weight_conversions = None
+    return model
+
+
+def register_builtin_loader() -> None:
+    """Lets `GriffinConfig.from_pretrained` and `Griffin*.from_pretrained` read built-in folders (the hooks of the
+    model files, which stay empty in Hub remote code)."""
+    GriffinConfig.config_translators[BUILTIN_MODEL_TYPE] = griffin_dict_from_builtin
+    if load_builtin_if_builtin not in GriffinPreTrainedModel.checkpoint_loaders:
+        GriffinPreTrainedModel.checkpoint_loaders.append(load_builtin_if_builtin)
+
+
+__all__ = ["BUILTIN_RENAMES", "EXPORT_MARKER", "BuiltinSource", "builtin_rules", "builtin_to_ours", "ours_to_builtin",
+           "conv_kernel_to_griffin", "conv_kernel_to_builtin", "is_builtin_config", "griffin_dict_from_builtin",
+           "config_from_builtin", "builtin_dict_from_griffin", "export_builtin", "register_builtin_loader"]

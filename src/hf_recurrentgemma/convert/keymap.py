@@ -1,16 +1,23 @@
-"""Declarative map between the reference's parameter names (`recurrentgemma.torch` state dict) and ours.
+"""Key maps as data, and the one check of a checkpoint's keys and shapes.
 
-Each rule maps one reference key pattern (`{}` = layer index) to one or more of our keys through a named
-per-tensor transform. `reference_to_ours` and `ours_to_reference` apply the rules in both directions and assert
-that every source key is consumed and every target key produced, with the shapes the config implies.
+A key map is a list of `Rule`s: one source key (`{}` = layer index in the tables) to one or more of our keys,
+through a named per-tensor transform and its inverse. The reference's map (`recurrentgemma.torch` names; Orbax
+sources are read under the same names) is here; the built-in `recurrent_gemma` map is in `builtin.py`. Our names
+and shapes are read off a `GriffinForCausalLM` built on the meta device (`expected_shapes`); a format's own shapes
+follow by running its inverse transforms on meta tensors (`source_shapes`). `check_keys` then asserts every key
+present, none left over, every shape right, for every reader and export.
 """
 
-from collections.abc import Callable, Iterator, Mapping
+import functools
+import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 
 from ..configuration_griffin import ATTENTION, GriffinConfig
+from ..modeling_griffin import GriffinForCausalLM
+from .errors import KeyMismatchError
 
 
 @dataclass(frozen=True)
@@ -88,91 +95,90 @@ ATTENTION_RULES = tuple(
 )
 
 
-def rules_by_layer(config: GriffinConfig, top, common, recurrent, attention) -> Iterator[Rule]:
-    """`top` rules, then for each layer `common` plus its block type's rules, with the layer index filled in."""
-    yield from top
+def rules_for(config: GriffinConfig) -> list[Rule]:
+    """The reference key map of a model with this config, layer index filled in."""
+    rules = list(TOP_RULES)
     for i, block_type in enumerate(config.block_types):
-        for rule in common + (attention if block_type == ATTENTION else recurrent):
-            yield Rule(rule.source.format(i), tuple(t.format(i) for t in rule.targets), rule.forward, rule.backward)
+        for rule in COMMON_BLOCK_RULES + (ATTENTION_RULES if block_type == ATTENTION else RECURRENT_RULES):
+            rules.append(Rule(rule.source.format(i), tuple(t.format(i) for t in rule.targets), rule.forward,
+                              rule.backward))
+    return rules
 
 
-def rules_for(config: GriffinConfig) -> Iterator[Rule]:
-    """The reference-format rules of a model with this config, layer index filled in."""
-    return rules_by_layer(config, TOP_RULES, COMMON_BLOCK_RULES, RECURRENT_RULES, ATTENTION_RULES)
+LM_HEAD = "lm_head.weight"
 
 
 def expected_shapes(config: GriffinConfig) -> dict[str, tuple[int, ...]]:
-    """Shape of each of our parameters for this config (the tied lm_head excluded)."""
-    d, f, l, h, k = (config.hidden_size, config.intermediate_size, config.lru_width, config.num_attention_heads,
-                     config.conv1d_width)
-    dh = config.head_dim
-    shapes = {"model.embed_tokens.weight": (config.vocab_size, d), "model.final_norm.weight": (d,)}
-    for i, block_type in enumerate(config.block_types):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "temporal_pre_norm.weight": (d,), p + "channel_pre_norm.weight": (d,),
-            p + "mlp.gate_proj.weight": (f, d), p + "mlp.gate_proj.bias": (f,),
-            p + "mlp.up_proj.weight": (f, d), p + "mlp.up_proj.bias": (f,),
-            p + "mlp.down_proj.weight": (d, f), p + "mlp.down_proj.bias": (d,),
-        })
-        t = p + "temporal_block."
-        if block_type == ATTENTION:
-            shapes.update({t + "q_proj.weight": (d, d), t + "k_proj.weight": (dh, d), t + "v_proj.weight": (dh, d),
-                           t + "o_proj.weight": (d, d), t + "o_proj.bias": (d,)})
-        else:
-            shapes.update({
-                t + "linear_x.weight": (l, d), t + "linear_x.bias": (l,), t + "linear_y.weight": (l, d),
-                t + "linear_y.bias": (l,), t + "linear_out.weight": (d, l), t + "linear_out.bias": (d,),
-                t + "conv_1d.weight": (k, l), t + "conv_1d.bias": (l,), t + "rg_lru.a_param": (l,),
-                t + "rg_lru.input_gate.weight": (h, l // h, l // h), t + "rg_lru.input_gate.bias": (h, l // h),
-                t + "rg_lru.a_gate.weight": (h, l // h, l // h), t + "rg_lru.a_gate.bias": (h, l // h),
-            })
-    return shapes
+    """{name: shape} of each of our parameters for this config (a tied lm_head excluded), in the model's order,
+    read off a `GriffinForCausalLM(config)` on the meta device."""
+    return dict(_model_shapes(config.to_json_string(use_diff=False)))
 
 
-class KeyMismatchError(ValueError):
-    """A checkpoint's keys or shapes do not fit the model; the message names them."""
+@functools.lru_cache(maxsize=8)
+def _model_shapes(config_json: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    config = GriffinConfig.from_dict(json.loads(config_json))
+    with torch.device("meta"):
+        model = GriffinForCausalLM(config)
+    return tuple((name, tuple(p.shape)) for name, p in model.state_dict().items()
+                 if not (name == LM_HEAD and config.tie_word_embeddings))
 
 
-def _check_consumed(source: Mapping[str, object], consumed: set[str], what: str) -> None:
-    unexpected = sorted(set(source) - consumed)
-    if unexpected:
-        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise KeyMismatchError(f"unexpected key in {what}: {unexpected[0]!r}{more}")
+def source_shapes(rules: Iterable[Rule], config: GriffinConfig) -> dict[str, tuple[int, ...]]:
+    """{source key: shape} a checkpoint in the rules' format must have (the inverse transforms run on meta)."""
+    ours = expected_shapes(config)
+    return {rule.source: tuple(rule.backward(*(torch.empty(ours[t], device="meta") for t in rule.targets)).shape)
+            for rule in rules}
+
+
+def _first(keys) -> str:
+    keys = sorted(keys)
+    return f"{keys[0]!r}" + (f" (and {len(keys) - 1} more)" if len(keys) > 1 else "")
+
+
+def check_keys(found: Mapping[str, tuple], expected: Mapping[str, tuple], what: str, where: str | None = None,
+               files: Mapping[str, str] | None = None, optional: Iterable[str] = ()) -> None:
+    """`found` ({key: shape}) holds every key of `expected` with its shape and nothing else (bar `optional` keys,
+    e.g. a tied lm_head). Errors (`KeyMismatchError`) name the key, the shapes and, with `files`, the file holding
+    it; `where` (a path) prefixes them and `what` says what was read ("reference checkpoint", ...)."""
+    prefix = f"{where}: " if where else ""
+    missing = set(expected) - set(found)
+    if missing:
+        raise KeyMismatchError(f"{prefix}missing key in {what}: {_first(missing)}")
+    extra = set(found) - set(expected) - set(optional)
+    if extra:
+        raise KeyMismatchError(f"{prefix}unexpected key in {what}: {_first(extra)}")
+    for key, shape in expected.items():
+        if tuple(found[key]) != tuple(shape):
+            in_file = f" ({files[key]})" if files else ""
+            raise KeyMismatchError(f"{prefix}{key!r} in {what}{in_file} has shape {tuple(found[key])}, "
+                                   f"expected {tuple(shape)}")
+
+
+def tied_extras(config: GriffinConfig) -> set[str]:
+    """Keys a checkpoint may hold beyond the map: a tied lm_head (a copy of the embeddings)."""
+    return {LM_HEAD} if config.tie_word_embeddings else set()
+
+
+def to_ours(state_dict: Mapping[str, torch.Tensor], rules: list[Rule], config: GriffinConfig,
+            what: str) -> dict[str, torch.Tensor]:
+    """A state dict in the rules' format -> ours (keys and shapes checked; a tied lm_head dropped)."""
+    check_keys({k: tuple(v.shape) for k, v in state_dict.items()}, source_shapes(rules, config), what,
+               optional=tied_extras(config))
+    return {key: tensor for rule in rules for key, tensor in zip(rule.targets, rule.forward(state_dict[rule.source]))}
+
+
+def from_ours(state_dict: Mapping[str, torch.Tensor], rules: list[Rule], config: GriffinConfig) -> dict:
+    """Our state dict -> the rules' format (keys and shapes checked; a tied lm_head accepted and dropped)."""
+    check_keys({k: tuple(v.shape) for k, v in state_dict.items()}, expected_shapes(config), "checkpoint",
+               optional=tied_extras(config))
+    return {rule.source: rule.backward(*(state_dict[t] for t in rule.targets)) for rule in rules}
 
 
 def reference_to_ours(state_dict: Mapping[str, torch.Tensor], config: GriffinConfig) -> dict[str, torch.Tensor]:
     """Reference torch state dict -> our state dict (without the tied lm_head). Checks keys and shapes."""
-    shapes = expected_shapes(config)
-    out, consumed = {}, set()
-    for rule in rules_for(config):
-        if rule.source not in state_dict:
-            raise KeyMismatchError(f"missing key in reference checkpoint: {rule.source!r}")
-        for key, tensor in zip(rule.targets, rule.forward(state_dict[rule.source])):
-            if tuple(tensor.shape) != shapes[key]:
-                raise KeyMismatchError(
-                    f"{rule.source!r} gives {key!r} the shape {tuple(tensor.shape)}, expected {shapes[key]}"
-                )
-            out[key] = tensor
-        consumed.add(rule.source)
-    _check_consumed(state_dict, consumed, "reference checkpoint")
-    assert set(out) == set(shapes), sorted(set(shapes) ^ set(out))
-    return out
+    return to_ours(state_dict, rules_for(config), config, "reference checkpoint")
 
 
 def ours_to_reference(state_dict: Mapping[str, torch.Tensor], config: GriffinConfig) -> dict[str, torch.Tensor]:
     """Our state dict -> the reference torch state dict. A tied `lm_head.weight` is accepted and dropped."""
-    shapes = expected_shapes(config)
-    out, consumed = {}, set()
-    for rule in rules_for(config):
-        for key in rule.targets:
-            if key not in state_dict:
-                raise KeyMismatchError(f"missing key in checkpoint: {key!r}")
-            if tuple(state_dict[key].shape) != shapes[key]:
-                raise KeyMismatchError(f"{key!r} has shape {tuple(state_dict[key].shape)}, expected {shapes[key]}")
-        out[rule.source] = rule.backward(*(state_dict[key] for key in rule.targets))
-        consumed.update(rule.targets)
-    if "lm_head.weight" in state_dict:
-        consumed.add("lm_head.weight")
-    _check_consumed(state_dict, consumed, "checkpoint")
-    return out
+    return from_ours(state_dict, rules_for(config), config)

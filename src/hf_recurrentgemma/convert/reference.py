@@ -14,20 +14,24 @@ import torch
 
 from ..configuration_griffin import ATTENTION, PRESETS, RECURRENT, GriffinConfig
 from ..modeling_griffin import GriffinForCausalLM
-from .keymap import KeyMismatchError, reference_to_ours
+from .errors import KeyMismatchError
+from .keymap import reference_to_ours
 
+# The hyperparameters the weights cannot tell: from a preset or given explicitly.
 UNINFERABLE = ("embeddings_scale_by_sqrt_dim", "attention_window_size", "logits_soft_cap")
 
 
-def _to_torch(value: Any) -> torch.Tensor:
+def numpy_to_torch(value: Any) -> torch.Tensor:
+    """A numpy (or JAX) array as a torch tensor, zero-copy where possible. bfloat16 (ml_dtypes, which `from_numpy`
+    does not know) is reinterpreted through uint16, bit for bit; read-only buffers (JAX's) are copied."""
     if isinstance(value, torch.Tensor):
         return value
-    array = np.asarray(value)
-    if array.dtype.name == "bfloat16":  # ml_dtypes bfloat16 has no torch counterpart in from_numpy
-        return torch.from_numpy(array.astype(np.float32)).to(torch.bfloat16)
-    if not array.flags.writeable:  # e.g. read-only views of JAX buffers; torch wants writable memory
+    array = np.ascontiguousarray(np.asarray(value))
+    if not array.flags.writeable:
         array = array.copy()
-    return torch.from_numpy(np.ascontiguousarray(array))
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def flatten_flax_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -55,7 +59,7 @@ def torch_state_dict_from_flax(params: Mapping[str, Any]) -> dict[str, torch.Ten
     state = {}
     for key, value in flatten_flax_params(params).items():
         torch_key, transpose = flax_key_to_torch(key)
-        tensor = _to_torch(value)
+        tensor = numpy_to_torch(value)
         state[torch_key] = tensor.T.contiguous() if transpose else tensor
     return state
 

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .sources import ConversionError
+from .errors import ConversionError
 
 GEMMA_SPECIAL = {0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>"}
 TURN_TOKENS = ("<start_of_turn>", "<end_of_turn>")

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from ..configuration_griffin import ATTENTION, GriffinConfig
-from .keymap import ours_to_reference, rules_for
 
 TOLERANCE = 5e-5  # float32; the reference's own JAX-vs-torch difference is ~7e-6
 
@@ -36,11 +35,8 @@ class Verification:
 
 
 def reference_state(source, config: GriffinConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The source's reference state dict in float32, rounded through the stored `dtype`."""
-    if getattr(source, "format", None) == "builtin":
-        ours = dict(source.tensors())
-        return {k: v.to(dtype).float() for k, v in ours_to_reference(ours, config).items()}
-    return {rule.source: source.load(rule.source).to(dtype).float() for rule in rules_for(config)}
+    """The source's weights as a reference state dict in float32, rounded through the stored `dtype`."""
+    return {k: v.to(dtype).float() for k, v in source.reference_state(config).items()}
 
 
 def _reference_model(config: GriffinConfig, state: dict[str, torch.Tensor]):

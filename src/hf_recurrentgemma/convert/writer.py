@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..configuration_griffin import GriffinConfig
-from .sources import ConversionError
+from .errors import ConversionError
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
                "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -35,6 +35,13 @@ def parse_size(text: str | int) -> int:
     if size <= 0:
         raise ConversionError(f"size must be positive, got {text!r}")
     return size
+
+
+def refuse_overlap(src: str | Path, out: str | Path) -> None:
+    """Refuses an output that is the source or holds it (replacing it would delete the input)."""
+    src, out = Path(src).absolute().resolve(), Path(out).absolute().resolve()
+    if src == out or out in src.parents:
+        raise ConversionError(f"{out} holds the source {src}; choose another output folder")
 
 
 class OutputFolder:
@@ -161,8 +168,6 @@ def write_config_files(folder: Path, config: GriffinConfig, dtype: torch.dtype,
     generation.save_pretrained(folder)
 
 
-FORMAT_NAMES = {"orbax": "JAX (Orbax)", "torch": "PyTorch", "builtin": "Transformers recurrent_gemma"}
-
 MODEL_CARD = """---
 library_name: transformers
 pipeline_tag: text-generation
@@ -208,14 +213,15 @@ model = AutoModelForCausalLM.from_pretrained("{repo}", trust_remote_code=True)
 """
 
 
-def write_model_card(folder: Path, *, source: Path, source_format: str, config: GriffinConfig, dtype: torch.dtype,
-                     preset: str | None, command: str, verification: str | None, repo: str | None,
-                     source_dtype: str) -> None:
-    """README.md saying where the weights came from and how they were converted."""
+def write_model_card(folder: Path, *, source, config: GriffinConfig, dtype: torch.dtype, preset: str | None,
+                     command: str, verification: str | None, repo: str | None) -> None:
+    """README.md saying where the weights came from (`source`, a `Source`) and how they were converted."""
     import transformers
 
     from .. import __version__
 
+    source_format, source_title, source_dtype = source.name, source.title, ", ".join(source.dtype_names())
+    source = source.path
     size = source.stat().st_size if source.is_file() else sum(
         p.stat().st_size for p in source.rglob("*") if p.is_file())
     rows = [f"| Preset | `{preset}` |" if preset else "| Preset | none (hyperparameters given explicitly) |",
@@ -229,7 +235,7 @@ def write_model_card(folder: Path, *, source: Path, source_format: str, config: 
     title = f"{preset} (converted)" if preset else "Griffin model (converted)"
     description = (
         f"{'RecurrentGemma' if is_gemma else 'Griffin'} weights converted from the original "
-        f"{FORMAT_NAMES.get(source_format, source_format)} checkpoint to a Transformers folder for the `griffin` "
+        f"{source_title} checkpoint to a Transformers folder for the `griffin` "
         "model of hf-recurrentgemma, whose numerics equal "
         "Google DeepMind's reference implementation (`recurrentgemma`). The model code ships with the folder "
         "(`trust_remote_code=True`)."
@@ -248,4 +254,4 @@ def write_model_card(folder: Path, *, source: Path, source_format: str, config: 
     (folder / "README.md").write_text(card)
 
 
-__all__ = ["OutputFolder", "ShardWriter", "parse_size", "write_config_files", "write_model_card"]
+__all__ = ["OutputFolder", "ShardWriter", "parse_size", "refuse_overlap", "write_config_files", "write_model_card"]
