@@ -11,13 +11,15 @@ Transformers `recurrent_gemma` folder. Errors are one line on stderr (`error: ..
 """
 
 import argparse
+import functools
 import logging
 import shlex
 import sys
 from pathlib import Path
 
 from .configuration_griffin import PRESETS
-from .convert.errors import ConversionError
+from .convert.builtin import export_builtin
+from .convert.orbax_release import export_orbax
 from .convert.pipeline import DTYPES, VerificationFailed, convert_checkpoint
 from .convert.reference import UNINFERABLE
 
@@ -64,17 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     convert.set_defaults(func=run_convert)
 
-    orbax = commands.add_parser("export-orbax", help="our folder -> Orbax checkpoint of the JAX release")
-    orbax.add_argument("src", help="a folder written by `convert` (or save_pretrained)")
-    orbax.add_argument("out", help="output checkpoint directory")
-    orbax.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    orbax.set_defaults(func=run_export_orbax)
-
-    builtin = commands.add_parser("export-builtin", help="our folder -> Transformers' built-in recurrent_gemma")
-    builtin.add_argument("src", help="a folder written by `convert` (or save_pretrained)")
-    builtin.add_argument("out", help="output folder")
-    builtin.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    builtin.set_defaults(func=run_export_builtin)
+    for name, export, what in (("export-orbax", export_orbax, "Orbax checkpoint of the JAX release"),
+                               ("export-builtin", export_builtin, "Transformers' built-in recurrent_gemma")):
+        sub = commands.add_parser(name, help=f"our folder -> {what}")
+        sub.add_argument("src", help="a folder written by `convert` (or save_pretrained)")
+        sub.add_argument("out", help="output folder (or checkpoint directory)")
+        sub.add_argument("--force", action="store_true", help="replace OUT if it exists")
+        sub.set_defaults(func=functools.partial(run_export, export))
     return parser
 
 
@@ -97,17 +95,8 @@ def run_convert(args) -> int:
     return 0
 
 
-def run_export_orbax(args) -> int:
-    from .convert.orbax_release import export_orbax
-
-    print(f"wrote {export_orbax(args.src, args.out, force=args.force)}", file=sys.stderr)
-    return 0
-
-
-def run_export_builtin(args) -> int:
-    from .convert.builtin import export_builtin
-
-    print(f"wrote {export_builtin(args.src, args.out, force=args.force)}", file=sys.stderr)
+def run_export(export, args) -> int:
+    print(f"wrote {export(args.src, args.out, force=args.force)}", file=sys.stderr)
     return 0
 
 
@@ -125,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(err.verification.summary())
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except (ConversionError, ValueError) as err:
+    except ValueError as err:  # ConversionError included
         message = " ".join(str(err).split("\n")[0].split()) or type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -34,10 +34,4 @@ def detect_source(path: str | Path) -> tuple[type[Source], Path]:
                           "no config.json)")
 
 
-def open_source(path: str | Path) -> Source:
-    """The reader of the checkpoint at `path`, whatever its format."""
-    fmt, found = detect_source(path)
-    return fmt(found)
-
-
-__all__ = ["FORMATS", "detect_source", "open_source"]
+__all__ = ["FORMATS", "detect_source"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..configuration_griffin import GriffinConfig
-from .errors import ConversionError
+from .errors import ConversionError, first_line
 from .formats import detect_source
 from .keymap import expected_shapes
 from .sources import Source
@@ -107,8 +107,7 @@ def convert_checkpoint(
         tensors = source.tensors(config, stored)  # every key and shape checked here, before any work
         say(f"{source.describe()}: {config.num_hidden_layers} blocks, width {config.hidden_size}, vocabulary "
             f"{config.vocab_size} -> {output.out} ({str(stored).removeprefix('torch.')})")
-        if chat_template is None:
-            chat_template = bool(preset and preset.endswith("-it"))
+        chat_template = bool(preset and preset.endswith("-it")) if chat_template is None else chat_template
         with output as staged:
             staged.mkdir()
             eos_ids = _tokenizer(tokenizer, staged, config, chat_template) if tokenizer else None
@@ -174,8 +173,7 @@ def upload(folder: Path, repo: str, private: bool = False) -> None:
         api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
                           commit_message="Upload model converted with hf-recurrentgemma")
     except Exception as err:  # network, auth and offline-mode errors of huggingface_hub
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConversionError(f"push to {repo} failed ({message}); the converted folder is at {folder}") from None
+        raise ConversionError(f"push to {repo} failed ({first_line(err)}); the converted folder is at {folder}") from None
 
 
 __all__ = ["convert_checkpoint", "ConversionResult", "VerificationFailed", "upload"]

@@ -77,12 +77,6 @@ class FolderReader:
         self.folder, self.handles = str(folder), {}
         self.headers = safetensors_headers(folder) if headers is None else headers
 
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {key: shape for key, (_, shape, _) in self.headers.items()}
-
-    def files(self) -> dict[str, str]:
-        return {key: name for key, (name, _, _) in self.headers.items()}
-
     def get(self, key: str) -> torch.Tensor:
         if key not in self.headers:
             raise KeyMismatchError(f"{self.folder}: missing key {key!r}")
@@ -106,8 +100,8 @@ def read_griffin_folder(folder: str | os.PathLike) -> tuple[GriffinConfig, Folde
                               "(convert it with `hf-recurrentgemma convert` first)")
     config = GriffinConfig.from_dict(raw)
     reader = FolderReader(folder)
-    check_keys(reader.shapes(), expected_shapes(config), "checkpoint", where=str(folder), files=reader.files(),
-               optional=tied_extras(config))
+    check_keys({k: v[1] for k, v in reader.headers.items()}, expected_shapes(config), "checkpoint",
+               where=str(folder), files={k: v[0] for k, v in reader.headers.items()}, optional=tied_extras(config))
     return config, reader
 
 

@@ -1,11 +1,7 @@
-"""The interface every checkpoint format implements (`Source`), and what the two formats of the original releases
-(Orbax, torch state dict) share (`ReferenceSource`). The formats themselves are `torch_release.py`,
-`orbax_release.py` and `builtin.py`; `formats.py` lists them and detects which one a path holds.
-
-A source exposes its tensors under its own names with their shapes before reading any data (`metas`), so keys
-and shapes are checked up front (`check_keys`, against the shapes its key map implies for the config), then
-yields our tensors one source tensor at a time (`tensors`).
-"""
+"""`Source`, the interface every checkpoint format implements, and `ReferenceSource`, what the original releases'
+formats share. A source gives its names and shapes before any data (`metas`), so every key and shape is checked up
+front, then our tensors one source tensor at a time (`tensors`). The formats: torch_release.py, orbax_release.py,
+builtin.py, listed in formats.py."""
 
 from collections.abc import Iterator
 from pathlib import Path

@@ -31,28 +31,21 @@ class TorchSource(ReferenceSource):
 
     def __init__(self, path: Path):
         super().__init__(path)
-        self.mmapped = True
         self._loaded: list[torch.Tensor] = []
+        self.mmapped = True
         try:
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise ConversionError(f"{path}: cannot read the PyTorch checkpoint (truncated or corrupt?): "
-                                      f"{first_line(err)}") from None
-            # Legacy (pre-zip) torch.save files cannot be mapped; they are read whole.
-            self.mmapped = False
-            state = self._load_plain(path)
+            try:
+                state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            except RuntimeError as err:
+                if "mmap" not in str(err):
+                    raise
+                # Legacy (pre-zip) torch.save files cannot be mapped; they are read whole.
+                self.mmapped = False
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle, zip and EOF errors of damaged files
             raise ConversionError(f"{path}: cannot read the PyTorch checkpoint (truncated or corrupt?): "
                                   f"{first_line(err)}") from None
         self.state = self._unwrap(state)
-
-    def _load_plain(self, path: Path):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ConversionError(f"{path}: cannot read the PyTorch checkpoint (truncated or corrupt?): "
-                                  f"{first_line(err)}") from None
 
     def _unwrap(self, state) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and len(state) == 1 and isinstance(next(iter(state.values())), dict):

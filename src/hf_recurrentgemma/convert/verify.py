@@ -34,11 +34,6 @@ class Verification:
                 f"(tolerance {self.tolerance:g}): {'OK' if self.ok else 'FAILED'}")
 
 
-def reference_state(source, config: GriffinConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The source's weights as a reference state dict in float32, rounded through the stored `dtype`."""
-    return {k: v.to(dtype).float() for k, v in source.reference_state(config).items()}
-
-
 def _reference_model(config: GriffinConfig, state: dict[str, torch.Tensor]):
     from recurrentgemma import common
     from recurrentgemma.torch import griffin
@@ -73,7 +68,7 @@ def verify_folder(folder: Path, source, config: GriffinConfig, dtype: torch.dtyp
     generator = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, config.vocab_size, (1, num_tokens), generator=generator)
     positions = torch.arange(num_tokens)[None]
-    state = reference_state(source, config, dtype)
+    state = {k: v.to(dtype).float() for k, v in source.reference_state(config).items()}  # rounded as stored
     if _have_reference():
         reference = _reference_model(config, state)
         expected, _ = reference(tokens, positions, return_cache=False)

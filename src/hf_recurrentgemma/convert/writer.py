@@ -101,9 +101,8 @@ class ShardWriter:
     single tensor larger than the limit gets a shard of its own). `on_flush` runs after each shard is on disk.
     """
 
-    def __init__(self, folder: Path, max_shard_bytes: int, on_flush: Callable[[], None] | None = None,
-                 progress=None):
-        self.folder, self.max_bytes, self.on_flush, self.progress = folder, max_shard_bytes, on_flush, progress
+    def __init__(self, folder: Path, max_shard_bytes: int, on_flush: Callable[[], None] | None = None):
+        self.folder, self.max_bytes, self.on_flush = folder, max_shard_bytes, on_flush
         self.buffer: dict[str, torch.Tensor] = {}
         self.buffer_bytes = 0
         self.shards: list[list[str]] = []
@@ -124,8 +123,6 @@ class ShardWriter:
     def _flush(self) -> None:
         path = self.folder / f".shard-{len(self.shards)}.partial"
         save_file(self.buffer, str(path), metadata={"format": "pt"})
-        if self.progress is not None:
-            self.progress.update(self.buffer_bytes)
         self.shards.append(list(self.buffer))
         self.buffer, self.buffer_bytes = {}, 0
         if self.on_flush is not None:
