@@ -3,50 +3,28 @@
 
     python benchmarks/bench_inference.py [--width 512] [--layers 6] [--window 256] [--prompts 512,2048]
 
-The built-in runs the exported folder (window W + 1, so it computes our function). Decode steps of ours and the
-built-in go through `generate()` (greedy); the reference has no such API and runs its cached forward. Each figure is the median
-of `--repeats` runs; the ratio column is the other implementation's time over ours (> 1: ours is faster).
+The built-in runs our weights converted as `export_to_builtin` does (window W + 1, so it computes our function).
+Decode steps of ours and the built-in go through `generate()` (greedy); the reference has no such API and runs
+its cached forward. Each figure is the median of `--repeats` runs; the ratio column is the other implementation's
+time over ours (> 1: ours is faster). `run_all.py` measures all of this and more at the sizes of issue 6; this
+script keeps the smaller table of docs/benchmarks.md.
 """
 
 import argparse
-import statistics
-import tempfile
-import time
 
 import torch
-from recurrentgemma import common
-from recurrentgemma.torch import griffin as ref_griffin
-from transformers import RecurrentGemmaForCausalLM
 
-from hf_recurrentgemma.convert import griffin_from_reference
-from hf_recurrentgemma.convert.builtin import export_to_builtin
+from common import time_it
+from models import build_trio, small_config
 
 
 def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time_it(fn, repeats).median
 
 
 def build(args):
-    torch.manual_seed(0)
-    r, a = common.TemporalBlockType.RECURRENT, common.TemporalBlockType.ATTENTION
-    blocks = tuple((r, r, a)[i % 3] for i in range(args.layers))
-    config = common.GriffinConfig(vocab_size=args.vocab, width=args.width, mlp_expanded_width=3 * args.width,
-                                  num_heads=args.width // 64, block_types=blocks, embeddings_scale_by_sqrt_dim=True,
-                                  attention_window_size=args.window, logits_soft_cap=30.0)
-    reference = ref_griffin.Griffin(config, gradient_checkpointing=False).eval()
-    ours = griffin_from_reference(reference.state_dict(), embeddings_scale_by_sqrt_dim=True,
-                                  attention_window_size=args.window, logits_soft_cap=30.0)
-    folder = tempfile.mkdtemp()
-    ours.save_pretrained(f"{folder}/ours")
-    export_to_builtin(f"{folder}/ours", f"{folder}/builtin")
-    builtin = RecurrentGemmaForCausalLM.from_pretrained(f"{folder}/builtin").eval()
-    return reference, ours, builtin
+    trio = build_trio(small_config(args.width, args.layers, args.window, args.vocab))
+    return trio.reference, trio.ours, trio.builtin
 
 
 @torch.inference_mode()

@@ -12,15 +12,9 @@ import time
 
 import torch
 
+from common import rss_mib
+
 from hf_recurrentgemma import GriffinCache, GriffinConfig, GriffinForCausalLM
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def main() -> None:

@@ -1,0 +1,174 @@
+"""Section 2: the RG-LRU scan `h_t = a_t·h_{t-1} + x_t` alone, every backend in `SCAN_BACKENDS` against
+"sequential" (the reference loop): forward and forward+backward seconds at (B, T, L), a T sweep for the plot,
+and each backend's max abs error against the sequential one (outputs, final state, gradients of x, a, h0).
+
+Inputs are fp32, with a few document resets (`a_t = 0`). A measurement whose estimate (a power law fitted to
+two shorter runs) exceeds `--max-seconds` is reported as that estimate, marked "est.", instead of being run.
+"""
+
+import math
+
+import torch
+
+from common import at_least, fmt, new_figure, plot_path, ratio, save_figure, time_it
+
+NAME = "scan"
+TARGET = 10.0
+
+
+def backends() -> dict:
+    from hf_recurrentgemma import ops_griffin
+
+    return dict(ops_griffin.SCAN_BACKENDS)
+
+
+def inputs(batch: int, seq_len: int, width: int, device, seed: int = 0, grad: bool = False):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(batch, seq_len, width, device=device, generator=gen)
+    a = torch.rand(batch, seq_len, width, device=device, generator=gen) * 0.1 + 0.89  # trained decays ~0.9..1
+    a[:, :: max(seq_len // 4, 1)] = 0.0  # document resets
+    h0 = torch.randn(batch, width, device=device, generator=gen)
+    return [t.requires_grad_(grad) for t in (x, a, h0)]
+
+
+def runner(fn, batch, seq_len, width, device, backward: bool):
+    x, a, h0 = inputs(batch, seq_len, width, device, grad=backward)
+    if not backward:
+        def forward():
+            with torch.no_grad():
+                fn(x, a, h0)
+        return forward
+    gy, gh = torch.ones(batch, seq_len, width, device=device), torch.ones(batch, width, device=device)
+
+    def forward_backward():
+        y, h = fn(x, a, h0)
+        torch.autograd.grad((y, h), (x, a, h0), (gy, gh))
+    return forward_backward
+
+
+def timed(fn, batch, seq_len, width, device, backward, repeats, max_seconds) -> dict:
+    """Seconds of one call, or an estimate from two shorter runs when the estimate exceeds `max_seconds`."""
+    probe = [min(seq_len, 256), min(seq_len, 512)]
+    if seq_len > probe[1]:
+        t = [time_it(runner(fn, batch, n, width, device, backward), 1, device).median for n in probe]
+        power = max(1.0, math.log(t[1] / t[0]) / math.log(probe[1] / probe[0]))
+        estimate = t[1] * (seq_len / probe[1]) ** power
+        if estimate > max_seconds:
+            return {"s": estimate, "estimated": True, "power": power}
+    t = time_it(runner(fn, batch, seq_len, width, device, backward), repeats, device, budget_s=max_seconds)
+    return {"s": t.median, "estimated": False, **t.as_dict()}
+
+
+def errors(fn, reference, batch, seq_len, width, device) -> dict:
+    """Max abs differences against the reference: outputs, final state and the three input gradients."""
+    x, a, h0 = inputs(batch, seq_len, width, device, seed=1, grad=True)
+    gen = torch.Generator(device=device).manual_seed(2)
+    gy = torch.randn(batch, seq_len, width, device=device, generator=gen)
+    gh = torch.randn(batch, width, device=device, generator=gen)
+    out = {}
+    results = []
+    for f in (fn, reference):
+        y, h = f(x, a, h0)
+        results.append((y.detach(), h.detach(), *torch.autograd.grad((y, h), (x, a, h0), (gy, gh))))
+    for name, got, want in zip(("y", "h_last", "dx", "da", "dh0"), *results):
+        out[name] = (got.float() - want.float()).abs().max().item()
+    return out
+
+
+def run(ctx) -> None:
+    args, device, report = ctx.args, ctx.device, ctx.report
+    found = backends()
+    sequential = found["sequential"]
+    data = report.section(NAME)["data"]
+    data["backends"] = list(found)
+    width, seq_len = args.scan_width, args.scan_len
+    for fn in found.values():  # first calls may compile or load a kernel: keep that out of every figure
+        try:
+            runner(fn, 1, 8, width, device, True)()
+        except Exception:
+            pass  # reported where the backend is timed
+    rows, checks = [], []
+    for batch in args.scan_batches:
+        base = {}
+        for name, fn in found.items():
+            entry = {}
+            try:
+                for mode, backward in (("fwd", False), ("fwd+bwd", True)):
+                    entry[mode] = timed(fn, batch, seq_len, width, device, backward, args.repeats, args.max_seconds)
+            except Exception as error:  # a backend that cannot run here (device, dtype, missing compiler)
+                report.note(NAME, f"backend {name!r} failed at B={batch}: {type(error).__name__}: {error}")
+                data[f"B{batch}/{name}"] = {"error": repr(error)}
+                continue
+            base.setdefault(name, entry)
+            data[f"B{batch}/{name}"] = entry
+        for name, entry in base.items():
+            row = [f"{name} B={batch}"]
+            for mode in ("fwd", "fwd+bwd"):
+                ours, seq = entry[mode], base.get("sequential", {}).get(mode)
+                speedup = ratio(seq and seq["s"], ours["s"])
+                row += [_seconds(ours), fmt(speedup) + (" est." if seq and seq["estimated"] else "")]
+                if name != "sequential":
+                    report.check(NAME, f"{name} vs sequential, {mode}, B={batch} T={seq_len} L={width}", speedup,
+                                 f">= {TARGET:g}x", at_least(speedup, TARGET))
+            rows.append(row)
+    report.table(NAME, f"RG-LRU scan, T={seq_len}, L={width}, fp32 (s; ratio = sequential / backend)",
+                 ["backend", "fwd s", "seq/this", "fwd+bwd s", "seq/this"], rows)
+
+    # Accuracy: forward at full size; gradients at a length where the sequential backward is affordable.
+    grad_len = min(seq_len, args.scan_grad_len)
+    rows = []
+    for name, fn in found.items():
+        if name == "sequential":
+            continue
+        try:
+            err = errors(fn, sequential, 1, grad_len, width, device)
+        except Exception as error:
+            report.note(NAME, f"backend {name!r} accuracy check failed: {error!r}")
+            continue
+        data[f"errors/{name}"] = {"T": grad_len, **err}
+        rows.append([name, grad_len, *(err[k] for k in ("y", "h_last", "dx", "da", "dh0"))])
+    if rows:
+        report.table(NAME, f"Max abs error vs sequential (B=1, L={width}, fp32, with resets)",
+                     ["backend", "T", "y", "h_last", "dx", "da", "dh0"], rows)
+
+    # T sweep at batch 1 for the plot.
+    sweep = {}
+    for name, fn in found.items():
+        for mode, backward in (("fwd", False), ("fwd+bwd", True)):
+            points = []
+            for n in args.scan_sweep:
+                try:
+                    points.append((n, timed(fn, 1, n, width, device, backward, args.repeats, args.max_seconds)))
+                except Exception as error:
+                    report.note(NAME, f"sweep: {name} {mode} T={n} failed: {error!r}")
+                    break
+            sweep[f"{name}/{mode}"] = [{"T": n, **p} for n, p in points]
+    data["sweep"] = sweep
+    rows = [[key] + [_seconds(p) for p in points] for key, points in sweep.items()]
+    report.table(NAME, f"Scan T sweep, B=1, L={width} (s)", ["backend/mode", *map(str, args.scan_sweep)], rows)
+
+
+def _seconds(entry: dict) -> str:
+    return fmt(entry["s"]) + (" est." if entry.get("estimated") else "")
+
+
+def plot(ctx) -> str | None:
+    sweep = ctx.report.section(NAME)["data"].get("sweep")
+    if not sweep:
+        return None
+    fig, (ax_f, ax_b) = new_figure(2)
+    for key, points in sweep.items():
+        name, mode = key.split("/")
+        ax = ax_f if mode == "fwd" else ax_b
+        measured = [p for p in points if not p["estimated"]]
+        line, = ax.plot([p["T"] for p in measured], [p["s"] for p in measured], "o-", label=name)
+        est = [p for p in points if p["estimated"]]
+        if est:
+            ax.plot([p["T"] for p in est], [p["s"] for p in est], "x--", color=line.get_color(),
+                    label=f"{name} (estimated)")
+    for ax, mode in ((ax_f, "forward"), (ax_b, "forward + backward")):
+        ax.set(xscale="log", yscale="log", xlabel="T (tokens)", ylabel="seconds", title=mode)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, plot_path(ctx.args.img_dir, "scan.png"),
+                       f"RG-LRU scan, B=1, L={ctx.args.scan_width}, fp32 — {ctx.machine_line}")
