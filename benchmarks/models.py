@@ -50,7 +50,8 @@ def build_trio(config: GriffinConfig, seed: int = 0) -> Trio:
     torch.manual_seed(seed)
     reference = None
     if ref_griffin is not None:
-        kinds = {"recurrent": ref_common.TemporalBlockType.RECURRENT, "attention": ref_common.TemporalBlockType.ATTENTION}
+        kinds = {"recurrent": ref_common.TemporalBlockType.RECURRENT,
+                 "attention": ref_common.TemporalBlockType.ATTENTION}
         ref_config = ref_common.GriffinConfig(
             vocab_size=config.vocab_size, width=config.hidden_size, mlp_expanded_width=config.intermediate_size,
             num_heads=config.num_attention_heads, block_types=tuple(kinds[b] for b in config.block_types),

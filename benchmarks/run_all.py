@@ -52,7 +52,7 @@ OPTIONS = {
     "others_max_len": (8192, 128, int, "longest T for the built-in and the reference (they build T×T masks)"),
     "decode_contexts": ("1k,32k", "16,48", sizes, "decode: context lengths of the small model"),
     "decode_tokens": (32, 4, int, "decode: new tokens per generate() call"),
-    "compile_backend": ("inductor", "none", str, "decode: torch.compile backend of the static-cache variant (none: skip it)"),
+    "compile_backend": ("inductor", "none", str, "decode: torch.compile backend, static-cache variant ('none' skips)"),
     "big_preset": ("recurrentgemma-2b", "recurrentgemma-2b", str, "decode: large model shape ('none' skips it)"),
     "big_prompt": (32, 8, int, "decode: prompt length of the large model"),
     "big_tokens": (8, 4, int, "decode: new tokens per call of the large model"),
@@ -61,6 +61,7 @@ OPTIONS = {
     "tp_prompt": (16, 8, int, "throughput: prompt length"),
     "memory_budget_gb": (16.0, 16.0, float, "throughput: memory budget for the largest batch"),
     "train_lens": ("1k,2k,4k,8k", "64,128", sizes, "training: sequence lengths"),
+    "train_builtin_max_len": (2048, 128, int, "training: longest T for the built-in (very slow beyond 2k)"),
 }
 # --quick shrinks the large decode model to a toy of the same layout (the preset's pattern and ratios).
 QUICK_BIG = dict(hidden_size=128, intermediate_size=384, num_attention_heads=2, lru_width=128, vocab_size=512,

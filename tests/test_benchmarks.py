@@ -1,32 +1,42 @@
 """Smoke test of the issue-6 benchmark (`benchmarks/run_all.py --quick`): every section runs on toy sizes and
 writes its JSON and plots. Speed figures are not checked (this is not a timed test)."""
 
+import importlib
 import json
 import os
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 SECTIONS = ["peaks", "scan", "prefill", "decode", "throughput", "training"]
 PLOTS = ["scan.png", "prefill.png", "throughput.png", "training.png"]
 
 
-def test_run_all_quick_writes_json_and_plots(tmp_path):
+@pytest.fixture
+def run_all(monkeypatch):
+    """benchmarks/run_all.py imported in this process (the scripts import their siblings by plain name)."""
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    yield importlib.import_module("run_all")
+    for name in [n for n in sys.modules if n in ("run_all", "common", "models") or n.split(".")[0] == "sections"]:
+        del sys.modules[name]
+
+
+def test_run_all_quick_writes_json_and_plots(run_all, tmp_path, capsys):
     out = tmp_path / "results.json"
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", "run_all.py"), "--quick", "--json", str(out),
-               "--img-dir", str(tmp_path / "img"), "--prefill-lens", "32,64", "--train-lens", "32,64"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Targets of issue 6" in done.stdout
+    written = run_all.main(["--quick", "--json", str(out), "--img-dir", str(tmp_path / "img"),
+                            "--prefill-lens", "32,64", "--train-lens", "32,64"])
+    assert "Targets of issue 6" in capsys.readouterr().out
     results = json.loads(out.read_text())
+    assert written["json"] == str(out)
     assert sorted(results["sections"]) == sorted(SECTIONS)
     for key in ("matmul_fp32_gflops", "matmul_bf16_gflops", "gemv_fp32_gbs", "gemv_bf16_gbs", "reduce_fp32_gbs"):
         assert results["peaks"][key] > 0, key
     scan = results["sections"]["scan"]["data"]
     assert "sequential" in scan["backends"] and scan["sweep"]
     for name, data in scan.items():
-        if name.startswith("errors/"):  # every fast backend equals the reference on these tiny inputs
-            assert max(v for k, v in data.items() if k != "T") < 1e-4, (name, data)
+        if name.startswith("errors/"):  # every fast backend equals the reference on these small inputs
+            assert max(v for k, v in data.items() if k != "T") < 1e-3, (name, data)
     assert any(c["section"] == "prefill" for c in results["checks"])
     assert "large/ours bf16" in results["sections"]["decode"]["data"]
     for name in PLOTS:

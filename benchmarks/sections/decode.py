@@ -15,7 +15,7 @@ import tempfile
 
 import torch
 
-from common import at_least, at_most, decode_latency, fmt, greedy_kwargs, ratio
+from common import at_least, at_most, decode_latency, greedy_kwargs, ratio
 from models import builtin_from_ours, random_griffin
 
 NAME = "decode"
@@ -84,8 +84,12 @@ def small(ctx) -> None:
 
 
 def _bytes(model: torch.nn.Module) -> int:
-    """Bytes of every parameter once, looking inside tensor subclasses (torchao keeps int8 data plus scales)."""
-    total, seen = 0, set()
+    """Bytes a decode step reads: every parameter once, looking inside tensor subclasses (torchao keeps int8 data
+    plus scales); the input embedding only where it is also the LM head (a step reads one row of it otherwise,
+    as after quantization unties the head)."""
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    total, seen = 0, {id(embedding)} if embedding is not head else set()
     for p in model.parameters():
         if id(p) in seen:
             continue

@@ -8,7 +8,7 @@ share of the matmul peak of the same dtype measured in section 1.
 
 import torch
 
-from common import at_least, at_most, fmt, new_figure, plot_path, ratio, save_figure, time_it
+from common import at_least, at_most, new_figure, plot_path, ratio, save_figure, time_it
 from models import parameter_counts, prefill_flops
 
 NAME = "prefill"

@@ -14,7 +14,7 @@ import time
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from common import StepClock, fmt, greedy_kwargs, new_figure, plot_path, save_figure
+from common import StepClock, greedy_kwargs, new_figure, plot_path, save_figure
 from models import gemma_kv_bytes, gemma_like, weight_bytes
 
 NAME = "throughput"
@@ -37,7 +37,8 @@ def curve(model, batch, prompt_len, new_tokens, device, max_seconds, vocab) -> l
     with torch.inference_mode():
         model.generate(ids, **greedy_kwargs(4))  # warm-up at the same shapes
         clock.reset()
-        model.generate(ids, **greedy_kwargs(new_tokens, clock, stopping_criteria=StoppingCriteriaList([Deadline(max_seconds)])))
+        stop = StoppingCriteriaList([Deadline(max_seconds)])
+        model.generate(ids, **greedy_kwargs(new_tokens, clock, stopping_criteria=stop))
     return [s - clock.start for s in clock.stamps]
 
 

@@ -1,13 +1,13 @@
 """Section 6: a training step — forward with the LM loss plus backward (no optimizer), fp32 weights, batch 1 —
 for ours (plain, with gradient checkpointing, under bf16 autocast) and the built-in (up to
-`--others-max-len`; it is very slow beyond), against our own inference forward (no grad, `use_cache=False`).
+`--train-builtin-max-len`, 2k; it is very slow beyond), against our own inference forward (no grad, `use_cache=False`).
 """
 
 import contextlib
 
 import torch
 
-from common import at_least, at_most, fmt, new_figure, plot_path, ratio, save_figure, time_it
+from common import at_least, at_most, new_figure, plot_path, ratio, save_figure, time_it
 
 NAME = "training"
 
@@ -30,7 +30,7 @@ def run(ctx) -> None:
         with torch.inference_mode():
             forward[seq_len] = time_it(lambda: trio.ours(ids, use_cache=False), args.repeats, device).median
         for name, (model, checkpointing, context) in variants.items():
-            if name == "builtin" and seq_len > args.others_max_len:
+            if name == "builtin" and seq_len > args.train_builtin_max_len:
                 continue
 
             def step():
