@@ -33,7 +33,7 @@ from transformers.utils.hub import convert_file_size_to_int
 from ..configuration_griffin import ATTENTION, PRESETS, RECURRENT, GriffinConfig
 from ..modeling_griffin import GriffinPreTrainedModel
 from .errors import ConversionError
-from .keymap import LM_HEAD, Rule, expected_shapes, from_ours, rename, to_ours
+from .keymap import Rule, expected_shapes, from_ours, rename, to_ours
 from .safetensors_folder import CONFIG, DTYPES, INDEX, FolderReader, folder_config, read_griffin_folder
 from .sources import Source, meta
 from .writer import OutputFolder, ShardWriter, refuse_overlap
@@ -141,7 +141,8 @@ def griffin_dict_from_builtin(config_dict: dict, where: str = "config.json") -> 
     if out["num_key_value_heads"] is None:  # the built-in's default: one key/value head per query head
         out["num_key_value_heads"] = out["num_attention_heads"]
     if out["num_key_value_heads"] != 1:
-        raise ConversionError(f"{where}: num_key_value_heads={out['num_key_value_heads']}; Griffin uses one (multi-query)")
+        raise ConversionError(f"{where}: num_key_value_heads={out['num_key_value_heads']}; Griffin uses one "
+                              "(multi-query)")
     if out["logits_soft_cap"] is None:
         out["logits_soft_cap"] = 0.0
 
@@ -276,7 +277,8 @@ class BuiltinSource(Source):
 
     def config(self, preset=None, overrides=None) -> GriffinConfig:
         """The folder's config; a preset or overrides may only agree with it (the vocabulary size aside)."""
-        checks = {**(PRESETS[preset] if preset else {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+        checks = {**(PRESETS[preset] if preset else {}),
+                  **{k: v for k, v in (overrides or {}).items() if v is not None}}
         for key, value in checks.items():
             if key != "vocab_size" and getattr(self._config, key) != value:
                 raise ConversionError(f"{self.path}: {key} is {getattr(self._config, key)} in the folder's config, "

@@ -1,11 +1,9 @@
 """The JAX release: Orbax checkpoints of `{"params": <Flax tree>}`, as `recurrentgemma.jax.utils.save_parameters`
 writes them, read tensor by tensor (`OrbaxSource`) and written back from our folders (`export_orbax`).
 
-Current layouts (`_METADATA` + OCDBT `manifest.ocdbt`/`d/` or per-array zarr folders) are read one tensor at a time
-with a partial restore; old layouts without `_METADATA` (only the msgpack `checkpoint` structure file) are restored
-whole, into host memory. Tensors come under the reference torch names (Flax Dense kernels transposed), so the
-reference key map applies. The export holds the whole model (Orbax saves a tree at once); Orbax -> ours -> Orbax
-gives back the same arrays, bit for bit.
+Current layouts (`_METADATA`, OCDBT or per-array zarr) are read one tensor at a time by partial restore; old ones
+(only the msgpack `checkpoint` file) are restored whole. Tensors come under the reference torch names (Dense kernels
+transposed). The export holds the whole model (Orbax saves a tree at once) and round-trips bit for bit.
 """
 
 import warnings

@@ -17,6 +17,7 @@ from .errors import ConversionError, first_line
 from .formats import detect_source
 from .keymap import expected_shapes
 from .sources import Source
+from .tokenizer import convert_tokenizer
 from .verify import TOLERANCE, Verification
 from .writer import OutputFolder, ShardWriter, parse_size, refuse_overlap, write_config_files, write_model_card
 
@@ -110,7 +111,11 @@ def convert_checkpoint(
         chat_template = bool(preset and preset.endswith("-it")) if chat_template is None else chat_template
         with output as staged:
             staged.mkdir()
-            eos_ids = _tokenizer(tokenizer, staged, config, chat_template) if tokenizer else None
+            eos_ids = None
+            if tokenizer:
+                turn_ids = convert_tokenizer(tokenizer, staged, config.vocab_size, chat_template=chat_template)
+                if chat_template and "<end_of_turn>" in turn_ids:  # instruction-tuned models end their turn with it
+                    eos_ids = [config.eos_token_id, turn_ids["<end_of_turn>"]]
             _write_weights(staged, source, tensors, config, stored, max_shard_bytes, progress)
             write_config_files(staged, config, stored, eos_token_ids=eos_ids)
             verification = (_verify(staged, source, config, stored, verify_tolerance or TOLERANCE, output.out)
@@ -126,16 +131,6 @@ def convert_checkpoint(
         say(f"pushed to https://huggingface.co/{push_to_hub}")
     return ConversionResult(out=output.out, files=sorted(p.name for p in output.out.iterdir()), config=config,
                             dtype=stored, source_format=source.name, verification=verification)
-
-
-def _tokenizer(tokenizer, staged: Path, config: GriffinConfig, chat_template: bool) -> list[int] | None:
-    """Writes the tokenizer files; returns the generation stop ids when the chat template adds <end_of_turn>."""
-    from .tokenizer import convert_tokenizer
-
-    turn_ids = convert_tokenizer(tokenizer, staged, vocab_size=config.vocab_size, chat_template=chat_template)
-    if chat_template and "<end_of_turn>" in turn_ids:  # instruction-tuned models end their turn with it
-        return [config.eos_token_id, turn_ids["<end_of_turn>"]]
-    return None
 
 
 def _write_weights(staged: Path, source: Source, tensors, config, dtype, max_shard_bytes: int, progress: bool):
@@ -173,7 +168,8 @@ def upload(folder: Path, repo: str, private: bool = False) -> None:
         api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
                           commit_message="Upload model converted with hf-recurrentgemma")
     except Exception as err:  # network, auth and offline-mode errors of huggingface_hub
-        raise ConversionError(f"push to {repo} failed ({first_line(err)}); the converted folder is at {folder}") from None
+        raise ConversionError(f"push to {repo} failed ({first_line(err)}); the converted folder is at {folder}"
+                              ) from None
 
 
 __all__ = ["convert_checkpoint", "ConversionResult", "VerificationFailed", "upload"]

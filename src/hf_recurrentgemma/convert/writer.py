@@ -217,12 +217,10 @@ def write_model_card(folder: Path, *, source, config: GriffinConfig, dtype: torc
 
     from .. import __version__
 
-    source_format, source_title, source_dtype = source.name, source.title, ", ".join(source.dtype_names())
-    source = source.path
-    size = source.stat().st_size if source.is_file() else sum(
-        p.stat().st_size for p in source.rglob("*") if p.is_file())
+    path = source.path
+    size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     rows = [f"| Preset | `{preset}` |" if preset else "| Preset | none (hyperparameters given explicitly) |",
-            f"| Source dtype | {source_dtype} |",
+            f"| Source dtype | {', '.join(source.dtype_names())} |",
             f"| Stored dtype | {str(dtype).removeprefix('torch.')} |",
             f"| Architecture | {config.num_hidden_layers} blocks ({', '.join(sorted(set(config.block_types)))}), "
             f"width {config.hidden_size}, vocabulary {config.vocab_size} |",
@@ -230,18 +228,15 @@ def write_model_card(folder: Path, *, source, config: GriffinConfig, dtype: torc
             f"{config.attention_window_size} / {config.logits_soft_cap} |"]
     is_gemma = bool(preset and preset.startswith("recurrentgemma"))
     title = f"{preset} (converted)" if preset else "Griffin model (converted)"
-    description = (
-        f"{'RecurrentGemma' if is_gemma else 'Griffin'} weights converted from the original "
-        f"{source_title} checkpoint to a Transformers folder for the `griffin` "
-        "model of hf-recurrentgemma, whose numerics equal "
-        "Google DeepMind's reference implementation (`recurrentgemma`). The model code ships with the folder "
-        "(`trust_remote_code=True`)."
-    )
+    description = (f"{'RecurrentGemma' if is_gemma else 'Griffin'} weights converted from the original {source.title} "
+                   "checkpoint to a Transformers folder for the `griffin` model of hf-recurrentgemma, whose numerics "
+                   "equal Google DeepMind's reference implementation (`recurrentgemma`). The model code ships with "
+                   "the folder (`trust_remote_code=True`).")
     if is_gemma:
         description += " Use of the weights is subject to the Gemma Terms of Use."
     card = MODEL_CARD.format(
         license="license: gemma\n" if is_gemma else "", title=title, description=description,
-        source_name=source.name, source_format=source_format, source_size=f"{size / 1e9:.2f} GB" if size >= 1e8
+        source_name=path.name, source_format=source.name, source_size=f"{size / 1e9:.2f} GB" if size >= 1e8
         else f"{size} bytes", rows="\n".join(rows), version=__version__,
         transformers_version=transformers.__version__, torch_version=torch.__version__.split("+")[0],
         date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), command=command,
