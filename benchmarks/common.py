@@ -40,13 +40,15 @@ class Timing:
 def time_it(fn: Callable[[], object], repeats: int = 3, device="cpu", budget_s: float | None = None) -> Timing:
     """Runs `fn` once to warm up, then `repeats` times; returns every run's wall time.
 
-    With `budget_s`, fewer runs are made when the warm-up shows that `repeats` runs would exceed it (at least
-    one timed run is always made), so a slow baseline cannot hold up the whole benchmark.
+    With `budget_s`, fewer runs are made when the warm-up shows that `repeats` runs would exceed it, so a slow
+    baseline cannot hold up the whole benchmark; a warm-up longer than the budget is itself the only sample.
     """
     start = time.perf_counter()
     fn()
     sync(device)
     warmup = time.perf_counter() - start
+    if budget_s is not None and warmup > budget_s:
+        return Timing([warmup], warmup)
     if budget_s is not None and warmup * repeats > budget_s:
         repeats = max(1, int(budget_s // max(warmup, 1e-9)))
     runs = []
