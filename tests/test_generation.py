@@ -194,14 +194,24 @@ def test_wrong_cache_type_is_refused(model):
 
 
 def test_generate_compiles_the_decode_step_with_a_static_cache(model):
-    """generate()'s own compile path (forced on CPU, eager backend, one graph) gives the uncompiled tokens."""
-    from transformers import CompileConfig
+    """generate()'s own compile path, asked for with a compile_config on CPU (eager backend, one graph), gives the
+    uncompiled tokens; without a compile_config nothing is compiled."""
+    from transformers import CompileConfig, GenerationConfig
 
+    from hf_recurrentgemma import GriffinCache
+
+    cache = {"cache": GriffinCache(model.config)}
+    assert not model._valid_auto_compile_criteria(cache, GenerationConfig())
+    assert not model._valid_auto_compile_criteria(cache, GenerationConfig(cache_implementation="static"))
     config = CompileConfig(backend="eager", fullgraph=True, mode=None)
-    config._compile_all_devices = True
+    assert model._valid_auto_compile_criteria(cache, GenerationConfig(compile_config=config))
+    assert config._compile_all_devices is None  # the user's object is left as it was
+    assert model._valid_auto_compile_criteria(cache, GenerationConfig(compile_config=config, disable_compile=True)) is False
+
     prompt = _prompt(PROMPT, 19)
     compiled = model.generate(prompt, max_new_tokens=NEW, do_sample=False, cache_implementation="static",
                               compile_config=config)
+    assert model.__dict__.get("_compiled_call") is not None
     assert torch.equal(compiled, _uncached_greedy(model, prompt, NEW))
 
 

@@ -49,7 +49,7 @@ def test_long_prompt_in_query_chunks(models, monkeypatch):
     case, ref, ours = models
     tokens = _tokens(case, length=3 * SEQ)
     positions = torch.arange(3 * SEQ)[None].expand(2, -1)
-    monkeypatch.setattr(layers_griffin, "MIN_QUERY_CHUNK", 5)
+    monkeypatch.setattr(layers_griffin, "query_chunk_size", lambda window: 5)
     assert_close(ours(tokens).logits, reference_logits(ref, tokens, positions))
 
 

@@ -11,7 +11,7 @@ import torch
 
 from hf_recurrentgemma import ops_griffin
 from hf_recurrentgemma.ops_griffin import SCAN_BACKENDS, rnn_scan, rnn_scan_sequential
-from hf_recurrentgemma.scan_cpu_griffin import kernel_error
+from hf_recurrentgemma.cpu_kernels_griffin import kernel_error
 
 FAST_BACKENDS = [name for name in SCAN_BACKENDS if name != "sequential"]
 SHAPES = [(1, 2, 3), (2, 37, 300), (3, 129, 257)]  # odd sizes: partial channel blocks, one-token and short runs
@@ -60,7 +60,7 @@ def test_backend_inference_mode_and_no_grad_outputs(name):
 
 def test_cpu_kernel_op_registration_is_consistent():
     """torch.library's own checks of the custom ops: fake (meta) kernels, autograd registration, schema."""
-    from hf_recurrentgemma import scan_cpu_griffin as k
+    from hf_recurrentgemma import cpu_kernels_griffin as k
 
     x, a, h0 = scan_inputs(2, 9, 5, torch.float32)
     torch.library.opcheck(k._rnn_scan_op, (x, a, h0))
@@ -111,7 +111,7 @@ def test_broken_compiler_gives_a_named_error(tmp_path):
     """A compiler that fails: the kernel reports why, and the model still runs on the sequential scan."""
     code = (
         "import warnings, torch\n"
-        "from hf_recurrentgemma.scan_cpu_griffin import kernel_error\n"
+        "from hf_recurrentgemma.cpu_kernels_griffin import kernel_error\n"
         "from hf_recurrentgemma.ops_griffin import rnn_scan\n"
         "print('ERROR:', kernel_error())\n"
         "with warnings.catch_warnings(record=True) as w:\n"
@@ -133,3 +133,58 @@ def test_config_names_an_unknown_scan_backend():
     with pytest.raises(StrictDataclassClassValidationError, match="scan_backend must be one of"):
         GriffinConfig(hidden_size=64, intermediate_size=96, num_attention_heads=2, vocab_size=32,
                       num_hidden_layers=1, scan_backend="fast")
+
+
+# --- the bfloat16 matrix-vector kernel of decode-time linear layers ----------------------------------------------
+
+from hf_recurrentgemma.cpu_kernels_griffin import gemv_applies, gemv_bf16_available, linear_cpu  # noqa: E402
+
+needs_gemv = pytest.mark.skipif(not gemv_bf16_available(), reason="this CPU has no AVX-512 BF16")
+
+
+@needs_gemv
+@pytest.mark.parametrize("out_features,in_features", [(1, 1), (5, 31), (7, 33), (96, 64), (130, 700)],
+                         ids=lambda v: str(v))
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_gemv_equals_float32_linear_rounded_once(out_features, in_features, bias):
+    """Row counts that are not multiples of 4 and widths that are not multiples of 32 take the tail paths."""
+    x = torch.randn(1, 1, in_features).bfloat16()
+    weight = torch.randn(out_features, in_features).bfloat16()
+    b = torch.randn(out_features).bfloat16() if bias else None
+    with torch.inference_mode():
+        assert gemv_applies(x, weight)
+        y = linear_cpu(x, weight, b)
+    exact = torch.nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
+    assert y.dtype == torch.bfloat16 and y.shape == (1, 1, out_features)
+    # float32 accumulation, one rounding to bfloat16: within one bfloat16 ulp of the exact result.
+    ulp = exact.abs().clamp_min(1e-30) * 2.0**-7
+    assert ((y.double() - exact).abs() <= ulp + 1e-6 * in_features).all()
+
+
+def test_gemv_only_where_it_applies():
+    w = torch.randn(8, 64).bfloat16()
+    with torch.inference_mode():
+        assert not gemv_applies(torch.randn(2, 64).bfloat16(), w)  # two rows: torch's GEMM
+        assert not gemv_applies(torch.randn(1, 64), w.float())  # float32: torch's GEMV is fast already
+        assert not gemv_applies(torch.randn(1, 64).bfloat16(), w.t().contiguous().t())  # not contiguous
+    w.requires_grad_()
+    assert not gemv_applies(torch.randn(1, 64).bfloat16(), w)  # training: autograd through F.linear
+
+
+@needs_gemv
+def test_model_decodes_the_same_tokens_with_and_without_the_gemv_kernel(monkeypatch):
+    """A bfloat16 model decodes greedily to the same tokens through the kernel as through F.linear."""
+    from reference_helpers import CASES, our_config
+
+    from hf_recurrentgemma import GriffinForCausalLM, cpu_kernels_griffin
+
+    model = GriffinForCausalLM(our_config(CASES[0])).eval().to(torch.bfloat16)
+    prompt = torch.randint(0, model.config.vocab_size, (1, 9))
+    calls = []
+    kernel = cpu_kernels_griffin._gemv_bf16_op
+    monkeypatch.setattr(cpu_kernels_griffin, "_gemv_bf16_op", lambda *args: calls.append(1) or kernel(*args))
+    fast = model.generate(prompt, max_new_tokens=12, do_sample=False)
+    assert len(calls) > 11 * len(model.model.layers)  # every decode step's projections went through the kernel
+    monkeypatch.setattr(cpu_kernels_griffin, "gemv_bf16_available", lambda: False)
+    slow = model.generate(prompt, max_new_tokens=12, do_sample=False)
+    assert torch.equal(fast, slow)

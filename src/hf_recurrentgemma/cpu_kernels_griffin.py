@@ -111,12 +111,62 @@ void scan_bwd_f32(const float *a, const float *h, const float *h0, const float *
         for (int64_t c = 0; c < n; c++) dh0[b * L + c0 + c] = a_next[c] * g[c];
     }
 }
+
+/* Matrix-vector product for decoding one sequence in bfloat16: y (N) = W (N, K) x (K) + bias, with AVX-512 BF16
+   (32 products per instruction, each exact in float32, accumulated in float32) over four weight rows at a time,
+   so four memory streams keep loads in flight. Torch's own bfloat16 GEMV reads weights several times slower
+   than memory allows on such CPUs (docs/performance.md); on CPUs without AVX-512 BF16 torch's is used. */
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#include <immintrin.h>
+int gemv_bf16_available(void) { return 1; }
+
+static inline float tail_dot(const uint16_t *w, const uint16_t *x, int64_t k, int64_t K) {
+    float total = 0.0f;
+    for (; k < K; k++) total += bf16_to_f32(w[k]) * bf16_to_f32(x[k]);
+    return total;
+}
+
+static void gemv4_bf16(const uint16_t *w, const uint16_t *x, float *out, int64_t rows, int64_t K) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512bh xv = (__m512bh)_mm512_loadu_si512((const void *)(x + k));
+        for (int r = 0; r < rows; r++)
+            acc[r] = _mm512_dpbf16_ps(acc[r], xv, (__m512bh)_mm512_loadu_si512((const void *)(w + r * K + k)));
+    }
+    for (int r = 0; r < rows; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + tail_dot(w + r * K, x, k, K);
+}
+
+/* w (N, K), x (K) bfloat16; bias (N) float32 or NULL; y (N) float32. */
+void gemv_bf16(const uint16_t *w, const uint16_t *x, const float *bias, float *y, int64_t N, int64_t K,
+               int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n += 4) {
+        int64_t rows = N - n < 4 ? N - n : 4;
+        gemv4_bf16(w + n * K, x, y + n, rows, K);
+        if (bias) for (int64_t r = 0; r < rows; r++) y[n + r] += bias[n + r];
+    }
+}
+#else
+int gemv_bf16_available(void) { return 0; }
+void gemv_bf16(const uint16_t *w, const uint16_t *x, const float *bias, float *y, int64_t N, int64_t K,
+               int threads) {}
+#endif
 """
 
 # The op namespace is this module's name, so the package and a copy shipped as Hub remote code (another module
 # name) can both register their ops in one process.
 _NS = re.sub(r"\W", "_", __name__)
-_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-fopenmp"]
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-fopenmp"]
+
+
+def _cpu_fingerprint() -> str:
+    """What `-march=native` compiles for: a kernel cache shared between different CPUs must not mix them."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line for line in info if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _load_error: str | None = None
@@ -144,7 +194,7 @@ def _build() -> ctypes.CDLL:
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
-    key = hashlib.sha256("\0".join([_C_SOURCE, *_FLAGS, compiler, sys.platform, os.uname().machine]).encode())
+    key = hashlib.sha256("\0".join([_C_SOURCE, *_FLAGS, compiler, sys.platform, _cpu_fingerprint()]).encode())
     target = _kernel_dir() / f"griffin_scan_{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -161,6 +211,8 @@ def _build() -> ctypes.CDLL:
     for name in ("scan_fwd_f32", "scan_fwd_bf16"):
         getattr(library, name).argtypes = [pointer] * 5 + [i64, i64, i64, c_int]
     library.scan_bwd_f32.argtypes = [pointer] * 8 + [i64, i64, i64, c_int]
+    library.gemv_bf16.argtypes = [pointer] * 4 + [i64, i64, c_int]
+    library.gemv_bf16_available.restype = c_int
     return library
 
 
@@ -172,7 +224,7 @@ def load_kernel() -> ctypes.CDLL | None:
         if _library is None and _load_error is None:
             try:
                 _library = _build()
-            except (RuntimeError, OSError) as error:
+            except (RuntimeError, OSError, AttributeError) as error:  # AttributeError: a symbol is missing
                 _load_error = str(error)
         return _library
 
@@ -265,3 +317,52 @@ def rnn_scan_cpu(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple[to
         states, h_last = _rnn_scan_states_op(x, a, h0)
         return states.to(x.dtype), h_last
     return _rnn_scan_op(x, a, h0)
+
+
+# --- matrix-vector product for decoding ---------------------------------------------------------------------------
+
+
+@torch.library.custom_op(f"{_NS}::gemv_bf16", mutates_args=(), device_types="cpu")
+def _gemv_bf16_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    library = load_kernel()
+    row = x.reshape(-1).contiguous()
+    bias32 = None if bias is None else bias.float().contiguous()
+    y = torch.empty(weight.shape[0], dtype=torch.float32)
+    library.gemv_bf16(_ptr(weight), _ptr(row), None if bias32 is None else _ptr(bias32), _ptr(y),
+                      weight.shape[0], weight.shape[1], torch.get_num_threads())
+    return y.to(x.dtype).view(*x.shape[:-1], weight.shape[0])
+
+
+@_gemv_bf16_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+@torch.compiler.assume_constant_result
+def gemv_bf16_available() -> bool:
+    """Whether this CPU runs the bfloat16 matrix-vector kernel (it needs AVX-512 BF16)."""
+    library = load_kernel()
+    return library is not None and bool(library.gemv_bf16_available())
+
+
+def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `linear_cpu` takes the kernel path: inference on CPU, one row, plain bfloat16 weights (not a
+    quantized or distributed tensor subclass) and inputs, and a CPU with AVX-512 BF16."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.bfloat16
+        and weight.dtype == torch.bfloat16
+        and x.numel() == x.shape[-1]
+        and type(weight) in (torch.Tensor, torch.nn.Parameter)
+        and weight.is_contiguous()
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and gemv_bf16_available()
+    )
+
+
+def linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`, through the bfloat16 matrix-vector kernel when `gemv_applies` (decoding one
+    sequence). Equal to F.linear within float32 accumulation order, rounded once to bfloat16."""
+    if gemv_applies(x, weight):
+        return _gemv_bf16_op(x, weight, bias)
+    return torch.nn.functional.linear(x, weight, bias)

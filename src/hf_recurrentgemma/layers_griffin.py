@@ -15,10 +15,21 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .cache_griffin import AttentionState, RecurrentState, empty_attention_state, empty_recurrent_state
 from .configuration_griffin import GriffinConfig
-from .ops_griffin import apply_rope, causal_conv1d, local_attention_mask, rnn_scan, sqrt_bound_derivative
+from .cpu_kernels_griffin import linear_cpu
+from .ops_griffin import (
+    causal_conv1d,
+    local_attention_mask,
+    rnn_scan,
+    rope_tables,
+    rotate_half_dims,
+    sqrt_bound_derivative,
+)
 
-# Long prompts are attended in query chunks of max(W, this) tokens: cost O(T * (W + C)), never a T x T mask.
-MIN_QUERY_CHUNK = 256
+def query_chunk_size(window: int) -> int:
+    """Long prompts are attended in query chunks of C tokens against W + C keys: cost O(T (W + C)), never a T x T
+    mask. Of the W + C keys a query may see W + 1, so small chunks waste less work and large ones fewer calls;
+    W/4 clamped to [256, 1024] was fastest on CPU for W = 2048 (docs/performance.md)."""
+    return max(256, min(1024, window // 4))
 
 
 class SequenceInfo(NamedTuple):
@@ -29,10 +40,18 @@ class SequenceInfo(NamedTuple):
     key_valid: torch.Tensor  # (B, T) bool: a real token (false for padding, which no token may see)
 
 
+class GriffinLinear(nn.Linear):
+    """`nn.Linear` (same parameters, so PEFT, quantizers and checkpoints treat it as one) whose forward takes the
+    bfloat16 matrix-vector kernel when decoding one sequence on CPU (`cpu_kernels_griffin.linear_cpu`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear_cpu(x, self.weight, self.bias)
+
+
 def linear(in_features: int, out_features: int, std: float, bias: bool = True) -> nn.Linear:
-    """An `nn.Linear` that records the normal std it is initialised with (the reference's scale for its role);
+    """A `GriffinLinear` that records the normal std it is initialised with (the reference's scale for its role);
     `GriffinPreTrainedModel._init_weights` reads it. Biases start at zero."""
-    layer = nn.Linear(in_features, out_features, bias=bias)
+    layer = GriffinLinear(in_features, out_features, bias=bias)
     layer.init_std = std
     return layer
 
@@ -87,9 +106,11 @@ class BlockDiagonalLinear(nn.Module):
         init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., L) -> (..., L)
-        x = x.unflatten(-1, (self.num_blocks, -1))
-        y = torch.einsum("... h i, h i j -> ... h j", x, self.weight) + self.bias
-        return y.flatten(-2)
+        # One batched GEMM over the H blocks: equal to the reference's einsum "... h i, h i j -> ... h j" to the
+        # bit, and fewer copies than einsum makes.
+        blocks = x.reshape(-1, self.num_blocks, x.shape[-1] // self.num_blocks).transpose(0, 1)  # (H, N, i)
+        y = torch.bmm(blocks, self.weight).transpose(0, 1) + self.bias  # (N, H, j)
+        return y.reshape(x.shape)
 
 
 class GriffinRGLRU(nn.Module):
@@ -191,6 +212,7 @@ class GriffinLocalAttention(nn.Module):
         self.head_dim = config.head_dim
         self.num_key_value_groups = config.num_attention_heads  # one shared key/value head
         self.scaling = self.head_dim**-0.5
+        self.rope_dim = int(self.head_dim * config.partial_rotary_factor)
         d = config.hidden_size
         self.q_proj = linear(d, d, std=math.sqrt(1.0 / d), bias=False)
         self.k_proj = linear(d, self.head_dim, std=math.sqrt(1.0 / d), bias=False)
@@ -200,20 +222,30 @@ class GriffinLocalAttention(nn.Module):
     def forward(self, x: torch.Tensor, seq: SequenceInfo, state: AttentionState | None):
         """x: (B, T, D) -> (B, T, D), new AttentionState."""
         batch, seq_len, _ = x.shape
-        window = self.config.attention_window_size
         if state is None:
             state = empty_attention_state(self.config, batch, x.dtype, x.device)
         q = self.q_proj(x).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
         k = self.k_proj(x).view(batch, seq_len, 1, self.head_dim).transpose(1, 2)  # (B, 1, T, Dh)
         v = self.v_proj(x).view(batch, seq_len, 1, self.head_dim).transpose(1, 2)
-        rope = dict(positions=seq.positions, rope_fraction=self.config.partial_rotary_factor, theta=self.config.rope_theta)
-        q, k = apply_rope(q, **rope), apply_rope(k, **rope)
+        sin, cos = rope_tables(seq.positions, self.rope_dim, self.config.rope_theta, q.dtype)
+        q, k = rotate_half_dims(q, sin, cos), rotate_half_dims(k, sin, cos)
 
         implementation = self.config._attn_implementation or "sdpa"
         attend = eager_local_attention if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
-        chunk = max(window, MIN_QUERY_CHUNK)
+        if seq_len == 1:
+            out, state = self._attend_one_token(attend, q, k, v, seq, state)
+        else:
+            out, state = self._attend_chunks(attend, q, k, v, seq, state)
+        out = out.reshape(batch, seq_len, -1)
+        return self.o_proj(out), state
+
+    def _attend_chunks(self, attend, q, k, v, seq: SequenceInfo, state: AttentionState):
+        """Queries in chunks of C against the W carried keys plus the chunk's own: O(T (W + C)), no T x T mask.
+        q (B, H, T, Dh), k and v (B, 1, T, Dh) -> out (B, T, H, Dh), new state."""
+        window = self.config.attention_window_size
+        chunk = query_chunk_size(window)
         outputs = []
-        for start in range(0, seq_len, chunk):
+        for start in range(0, q.shape[2], chunk):
             part = slice(start, start + chunk)
             keys = torch.cat([state.keys, k[:, :, part]], dim=2)  # (B, 1, W + C, Dh)
             values = torch.cat([state.values, v[:, :, part]], dim=2)
@@ -223,5 +255,16 @@ class GriffinLocalAttention(nn.Module):
             # Keep the last W keys; those before the chunk's last document start become invisible for good.
             valid = torch.cat([state.valid, seq.key_valid[:, part]], dim=1) & (doc == doc[:, -1:])
             state = AttentionState(keys[:, :, -window:], values[:, :, -window:], valid[:, -window:])
-        out = torch.cat(outputs, dim=1).reshape(batch, seq_len, -1)
-        return self.o_proj(out), state
+        return torch.cat(outputs, dim=1), state
+
+    def _attend_one_token(self, attend, q, k, v, seq: SequenceInfo, state: AttentionState):
+        """`_attend_chunks` for one token (decoding), with its mask written out: the query sees itself and the
+        valid carried keys, unless a document starts at it."""
+        past_valid = state.valid & ~seq.reset  # (B, W)
+        keys = torch.cat([state.keys, k], dim=2)  # (B, 1, W + 1, Dh)
+        values = torch.cat([state.values, v], dim=2)
+        itself = torch.ones_like(past_valid[:, :1])
+        mask = torch.cat([past_valid, itself], dim=1)[:, None, None, :]  # (B, 1, 1, W + 1)
+        out, _ = attend(self, q, keys, values, mask, scaling=self.scaling, dropout=0.0)
+        valid = torch.cat([past_valid, seq.key_valid], dim=1)
+        return out, AttentionState(keys[:, :, 1:], values[:, :, 1:], valid[:, 1:])

@@ -9,6 +9,7 @@ conv1d does not look back across it and attention does not cross it. Padding (at
 no token. Without position ids, each row's first real token (per the attention mask) starts a document.
 """
 
+import copy
 import math
 
 import torch
@@ -25,6 +26,7 @@ from .configuration_griffin import ATTENTION, GriffinConfig
 from .layers_griffin import (
     BlockDiagonalLinear,
     GriffinConv1d,
+    GriffinLinear,
     GriffinLocalAttention,
     GriffinMLP,
     GriffinRecurrentBlock,
@@ -231,7 +233,7 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
     def __init__(self, config: GriffinConfig):
         super().__init__(config)
         self.model = GriffinModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = GriffinLinear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -297,6 +299,19 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
                 "(both give the fixed-size GriffinCache)"
             )
         model_kwargs["cache"] = GriffinCache(self.config)
+
+    def _valid_auto_compile_criteria(self, model_kwargs, generation_config) -> bool:
+        """Compile the decode step when asked: `cache_implementation="static"` (as for Transformers' static caches;
+        a GriffinCache is fixed-size either way, so it is not taken as a request by itself) or a `compile_config`,
+        which on CPU also counts as a request (Transformers alone compiles only on accelerators)."""
+        if generation_config.cache_implementation != "static" and generation_config.compile_config is None:
+            return False
+        config = generation_config.compile_config
+        if config is not None and self.device.type == "cpu" and config._compile_all_devices is None:
+            config = copy.copy(config)
+            config._compile_all_devices = True
+            generation_config.compile_config = config
+        return super()._valid_auto_compile_criteria(model_kwargs, generation_config)
 
     def create_masks_for_generate(self, config=None, inputs_embeds=None, attention_mask=None, **kwargs):
         """Griffin builds its local masks itself from the 2D padding mask, so `generate` passes that on."""

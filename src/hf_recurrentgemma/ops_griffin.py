@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from .scan_cpu_griffin import kernel_error, rnn_scan_cpu
+from .cpu_kernels_griffin import kernel_error, rnn_scan_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,8 @@ def causal_conv1d(
     """
     width = weight.shape[0]
     seq_len = x.shape[1]
+    if seq_len == 1:
+        return _causal_conv1d_step(x, tail, weight, bias, reset)
     x_ext = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, K-1+T, L)
     y = x * weight[width - 1]
     keep = torch.ones_like(reset)
@@ -161,6 +163,19 @@ def causal_conv1d(
     visible = (starts_after == 0)[:, -(width - 1) :, None]
     new_tail = x_ext[:, -(width - 1) :] * visible.to(x.dtype)
     return y, new_tail
+
+
+def _causal_conv1d_step(x, tail, weight, bias, reset):
+    """`causal_conv1d` for one token (decoding), with the same operations in the same order and fewer of them:
+    a document start at this token hides the whole tail."""
+    width = weight.shape[0]
+    tail = tail.to(x.dtype)
+    keep = (~reset)[..., None].to(x.dtype)  # (B, 1, 1)
+    y = x * weight[width - 1]
+    for shift in range(1, width):
+        y = y + tail[:, width - 1 - shift : width - shift] * keep * weight[width - 1 - shift]
+    y = y + bias
+    return y, torch.cat([tail[:, 1:] * keep, x], dim=1)
 
 
 def _shift_right(mask: torch.Tensor, shift: int) -> torch.Tensor:
@@ -180,13 +195,23 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, rope_fraction: float, t
     Returns:
         (B, H, T, Dh) in `x.dtype`; the rotated part comes first, the rest is unchanged.
     """
-    rope_dim = int(x.shape[-1] * rope_fraction)
-    x_rope, x_pass = x[..., :rope_dim], x[..., rope_dim:]
-    freq = torch.arange(rope_dim // 2, device=x.device)
-    timescale = theta ** (2 * freq / rope_dim)  # float32, as in the reference
+    return rotate_half_dims(x, *rope_tables(positions, int(x.shape[-1] * rope_fraction), theta, x.dtype))
+
+
+def rope_tables(positions: torch.Tensor, rope_dim: int, theta: float, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """sin and cos (B, 1, T, rope_dim/2) in `dtype` for `rotate_half_dims`; computed once, used for queries and
+    keys alike. The angles are float32, as in the reference."""
+    freq = torch.arange(rope_dim // 2, device=positions.device)
+    timescale = theta ** (2 * freq / rope_dim)
     inv_frequencies = 1.0 / timescale
     sinusoid = positions[:, None, :, None] * inv_frequencies  # (B, 1, T, rope_dim/2) float32
-    sin, cos = torch.sin(sinusoid).to(x.dtype), torch.cos(sinusoid).to(x.dtype)
+    return torch.sin(sinusoid).to(dtype), torch.cos(sinusoid).to(dtype)
+
+
+def rotate_half_dims(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, Dh) with its first `2 * sin.shape[-1]` dimensions rotated by the angles of `rope_tables`."""
+    rope_dim = 2 * sin.shape[-1]
+    x_rope, x_pass = x[..., :rope_dim], x[..., rope_dim:]
     first, second = x_rope.chunk(2, dim=-1)
     return torch.cat([first * cos - second * sin, second * cos + first * sin, x_pass], dim=-1)
 
