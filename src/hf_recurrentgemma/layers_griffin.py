@@ -188,6 +188,16 @@ class GriffinRecurrentBlock(nn.Module):
         return self.linear_out(x * y), RecurrentState(conv=conv_state, rg_lru=rg_lru_state)
 
 
+def _first_visible_slot(valid: torch.Tensor) -> int:
+    """Index of the first carried key slot that some row may see (W if none): at the start of a prompt, and for
+    the first chunks of one, the carried slots are empty and attending to them would only be masked work.
+    valid: (B, W) bool. Inside a compiled graph it keeps every slot (0) rather than read a value back."""
+    if torch.compiler.is_compiling():
+        return 0
+    seen = valid.any(0)
+    return int(seen.int().argmax()) if bool(seen.any()) else valid.shape[1]
+
+
 def eager_local_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Plain attention: logits in the input dtype, softmax in float32 (as the reference)."""
     key = key.expand(-1, query.shape[1], -1, -1)
@@ -250,7 +260,9 @@ class GriffinLocalAttention(nn.Module):
             keys = torch.cat([state.keys, k[:, :, part]], dim=2)  # (B, 1, W + C, Dh)
             values = torch.cat([state.values, v[:, :, part]], dim=2)
             mask, doc = local_attention_mask(state.valid, seq.key_valid[:, part], seq.reset[:, part], window)
-            out, _ = attend(self, q[:, :, part], keys, values, mask, scaling=self.scaling, dropout=0.0)
+            first = _first_visible_slot(state.valid)  # carried slots before it are invisible to every query
+            out, _ = attend(self, q[:, :, part], keys[:, :, first:], values[:, :, first:], mask[..., first:],
+                            scaling=self.scaling, dropout=0.0)
             outputs.append(out)
             # Keep the last W keys; those before the chunk's last document start become invisible for good.
             valid = torch.cat([state.valid, seq.key_valid[:, part]], dim=1) & (doc == doc[:, -1:])
