@@ -60,6 +60,39 @@ def time_it(fn: Callable[[], object], repeats: int = 3, device="cpu", budget_s: 
     return Timing(runs, warmup)
 
 
+def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int = 3, device="cpu",
+                     budget_s: float | None = None, on_error=None) -> dict[str, Timing]:
+    """`time_it` for several implementations at once, their runs taken in turn (a, b, c, a, b, c, ...) so that a
+    change in the machine's load during the measurement hits all of them alike. Each warms up first and keeps
+    its own budget. A call that raises is left out (and passed to `on_error(name, error)` if given)."""
+    warm, runs, allowed = {}, {}, {}
+    for name, fn in calls.items():
+        try:
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            warm[name] = time.perf_counter() - start
+        except Exception as error:
+            if on_error is None:
+                raise
+            on_error(name, error)
+            continue
+        runs[name] = []
+        allowed[name] = repeats
+        if budget_s is not None and warm[name] > budget_s:
+            allowed[name], runs[name] = 0, [warm[name]]
+        elif budget_s is not None and warm[name] * repeats > budget_s:
+            allowed[name] = max(1, int(budget_s // max(warm[name], 1e-9)))
+    for round_ in range(repeats):
+        for name in runs:
+            if round_ < allowed[name]:
+                start = time.perf_counter()
+                calls[name]()
+                sync(device)
+                runs[name].append(time.perf_counter() - start)
+    return {name: Timing(runs[name], warm[name]) for name in runs}
+
+
 class StepClock(LogitsProcessor):
     """A logits processor that only records when `generate()` reaches it: once per new token, right after that
     token's forward. Differences between consecutive stamps are per-token decode latencies (forward plus
@@ -152,7 +185,19 @@ def machine(device) -> dict:
     import transformers
 
     info["transformers"] = transformers.__version__
+    info["load_average_at_start"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return info
+
+
+def busy_warning(info: dict) -> str | None:
+    """A warning when other processes already use the CPU: a torch thread waiting for a busy core stalls every
+    parallel op (on 2 shared cores, ~10 ms per op was seen), so figures then mean little."""
+    load, cores = info.get("load_average_at_start"), info.get("cores_visible") or 1
+    if load is not None and info.get("device") == "cpu" and load > 0.5 and load + info["threads"] > cores + 0.5:
+        return (f"warning: 1-minute load average {load:.1f} on {cores} cores before this run started: other "
+                f"processes compete with torch's {info['threads']} threads and the figures will be noisy; run on "
+                "an idle machine, or pass --threads to leave cores free")
+    return None
 
 
 @dataclasses.dataclass
@@ -249,6 +294,11 @@ def sizes(text: str) -> list[int]:
         scale = {"k": 1024, "m": 1024 * 1024}.get(item[-1].lower(), 1)
         out.append(int(float(item[:-1] if scale > 1 else item) * scale))
     return out
+
+
+def size(text) -> int:
+    """'32k' -> 32768, '16M' -> 16777216, '512' -> 512."""
+    return sizes(text)[0]
 
 
 def plot_path(img_dir: str, name: str) -> str:

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from common import Report, machine, sizes
+from common import Report, busy_warning, machine, size, sizes
 from models import Trio, build_trio, small_config
 from sections import decode, peaks, prefill, scan, throughput, training
 
@@ -35,33 +35,33 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIONS = {
     "repeats": (3, 1, int, "timed runs per figure (median reported), after one warm-up run"),
     "max_seconds": (300.0, 20.0, float, "time budget of one measurement (see above)"),
-    "width": (512, 64, int, "small model: width D (heads of 64)"),
-    "layers": (6, 3, int, "small model: layers, pattern recurrent, recurrent, attention"),
-    "window": (2048, 32, int, "small model: attention window W"),
-    "vocab": (4096, 256, int, "small model: vocabulary V"),
+    "width": (512, 64, size, "small model: width D (heads of 64)"),
+    "layers": (6, 3, size, "small model: layers, pattern recurrent, recurrent, attention"),
+    "window": (2048, 32, size, "small model: attention window W"),
+    "vocab": (4096, 256, size, "small model: vocabulary V"),
     "dtypes": ("fp32,bf16", "fp32,bf16", str, "prefill dtypes"),
-    "matmul_size": (4096, 256, int, "peaks: N of the N×N×N GEMM"),
-    "gemv_rows": (8192, 1024, int, "peaks: R of the R×R GEMV"),
-    "reduce_numel": (1 << 26, 1 << 20, int, "peaks: elements of the fp32 tensor summed"),
-    "scan_len": ("4096", "256", lambda s: sizes(s)[0], "scan: T of the main table"),
-    "scan_width": (2560, 64, int, "scan: L"),
+    "matmul_size": (4096, 256, size, "peaks: N of the N×N×N GEMM"),
+    "gemv_rows": (8192, 1024, size, "peaks: R of the R×R GEMV"),
+    "reduce_numel": (1 << 26, 1 << 20, size, "peaks: elements of the fp32 tensor summed"),
+    "scan_len": ("4096", "256", size, "scan: T of the main table"),
+    "scan_width": (2560, 64, size, "scan: L"),
     "scan_batches": ("1,8", "1,2", sizes, "scan: batch sizes of the main table"),
     "scan_sweep": ("256,512,1k,2k,4k", "64,128,256", sizes, "scan: T values of the sweep (batch 1)"),
-    "scan_grad_len": (512, 128, int, "scan: T at which gradient errors are compared"),
+    "scan_grad_len": (512, 128, size, "scan: T at which gradient errors are compared"),
     "prefill_lens": ("2k,8k,32k", "64,128", sizes, "prefill: prompt lengths"),
-    "others_max_len": (8192, 128, int, "longest T for the built-in and the reference (they build T×T masks)"),
+    "others_max_len": (8192, 128, size, "longest T for the built-in and the reference (they build T×T masks)"),
     "decode_contexts": ("1k,32k", "16,48", sizes, "decode: context lengths of the small model"),
-    "decode_tokens": (32, 4, int, "decode: new tokens per generate() call"),
+    "decode_tokens": (32, 4, size, "decode: new tokens per generate() call"),
     "compile_backend": ("inductor", "none", str, "decode: torch.compile backend, static-cache variant ('none' skips)"),
     "big_preset": ("recurrentgemma-2b", "recurrentgemma-2b", str, "decode: large model shape ('none' skips it)"),
-    "big_prompt": (32, 8, int, "decode: prompt length of the large model"),
-    "big_tokens": (8, 4, int, "decode: new tokens per call of the large model"),
+    "big_prompt": (32, 8, size, "decode: prompt length of the large model"),
+    "big_tokens": (8, 4, size, "decode: new tokens per call of the large model"),
     "tp_batches": ("1,4,16,64", "1,2", sizes, "throughput: batch sizes"),
     "tp_lens": ("256,1k,4k", "8,16", sizes, "throughput: generated lengths"),
-    "tp_prompt": (16, 8, int, "throughput: prompt length"),
+    "tp_prompt": (16, 8, size, "throughput: prompt length"),
     "memory_budget_gb": (16.0, 16.0, float, "throughput: memory budget for the largest batch"),
     "train_lens": ("1k,2k,4k,8k", "64,128", sizes, "training: sequence lengths"),
-    "train_builtin_max_len": (2048, 128, int, "training: longest T for the built-in (very slow beyond 2k)"),
+    "train_builtin_max_len": (2048, 128, size, "training: longest T for the built-in (very slow beyond 2k)"),
 }
 # --quick shrinks the large decode model to a toy of the same layout (the preset's pattern and ratios).
 QUICK_BIG = dict(hidden_size=128, intermediate_size=384, num_attention_heads=2, lru_width=128, vocab_size=512,
@@ -149,6 +149,9 @@ def main(argv=None) -> dict:
     print(f"{info['cpu']} ({', '.join(info['cpu_flags']) or 'no AVX flags read'}), {info['threads']} torch threads of "
           f"{info['cores_visible']} visible cores; torch {info['torch']}, transformers {info['transformers']}; "
           f"device {device}{' (' + info['gpu'] + ')' if 'gpu' in info else ''}", flush=True)
+    warning = busy_warning(info)
+    if warning:
+        print(warning, flush=True)
     from hf_recurrentgemma import ops_griffin
 
     print(f"scan backends available: {list(ops_griffin.SCAN_BACKENDS)}", flush=True)
@@ -170,6 +173,7 @@ def main(argv=None) -> dict:
             path = plot(ctx) if plot else None
             if path:
                 plots.append(path)
+    info["load_average_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     meta = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "section_wall_s": wall,
             "scan_backends": list(ops_griffin.SCAN_BACKENDS), "peaks": ctx.peaks, "plots": plots,
             "command": " ".join([os.path.basename(sys.argv[0]), *(argv if argv is not None else sys.argv[1:])])}

@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 SECTIONS = ["peaks", "scan", "prefill", "decode", "throughput", "training"]
@@ -17,14 +18,17 @@ PLOTS = ["scan.png", "prefill.png", "throughput.png", "training.png"]
 def run_all(monkeypatch):
     """benchmarks/run_all.py imported in this process (the scripts import their siblings by plain name)."""
     monkeypatch.syspath_prepend(BENCHMARKS)
+    threads = torch.get_num_threads()
     yield importlib.import_module("run_all")
+    torch.set_num_threads(threads)
     for name in [n for n in sys.modules if n in ("run_all", "common", "models") or n.split(".")[0] == "sections"]:
         del sys.modules[name]
 
 
 def test_run_all_quick_writes_json_and_plots(run_all, tmp_path, capsys):
     out = tmp_path / "results.json"
-    written = run_all.main(["--quick", "--json", str(out), "--img-dir", str(tmp_path / "img"),
+    # One thread: on a shared machine, a second thread waiting for a busy core makes every op ~10 ms slower.
+    written = run_all.main(["--quick", "--threads", "1", "--json", str(out), "--img-dir", str(tmp_path / "img"),
                             "--prefill-lens", "32,64", "--train-lens", "32,64"])
     assert "Targets of issue 6" in capsys.readouterr().out
     results = json.loads(out.read_text())

@@ -1,6 +1,7 @@
 """Section 3: prefill — one forward over a prompt of T tokens, logits at every position, no cache returned
 (ours `use_cache=False`, built-in `use_cache=False`, reference `return_cache=False`; the reference always
-computes every position's logits, so all three do). Same weights in all three; batch 1.
+computes every position's logits, so all three do). Same weights in all three; batch 1; their runs are taken in
+turn, so that a change in the machine's load hits all three alike.
 
 Model FLOP/s = (2·(non-embedding params + V·D head)·T + attention 4·D·pairs per attention layer) / seconds, and its
 share of the matmul peak of the same dtype measured in section 1.
@@ -8,7 +9,7 @@ share of the matmul peak of the same dtype measured in section 1.
 
 import torch
 
-from common import at_least, at_most, new_figure, plot_path, ratio, save_figure, time_it
+from common import at_least, at_most, new_figure, plot_path, ratio, save_figure, time_interleaved
 from models import parameter_counts, prefill_flops
 
 NAME = "prefill"
@@ -37,13 +38,13 @@ def run(ctx) -> None:
                 calls["builtin"] = lambda: trio.builtin(ids, use_cache=False)
                 if trio.reference is not None:
                     calls["reference"] = lambda: trio.reference(ids, pos, return_cache=False)
-            times = {}
-            for name, call in calls.items():
-                try:
-                    with torch.inference_mode():
-                        times[name] = time_it(call, args.repeats, device, budget_s=args.max_seconds).median
-                except Exception as error:  # e.g. out of memory for T × T masks
-                    report.note(NAME, f"{name} {dtype_name} T={seq_len} failed: {type(error).__name__}: {error}")
+            failed = lambda name, error: report.note(  # noqa: E731 - e.g. out of memory for T × T masks
+                NAME, f"{name} {dtype_name} T={seq_len} failed: {type(error).__name__}: {error}")
+            with torch.inference_mode():
+                timings = time_interleaved(calls, args.repeats, device, args.max_seconds, on_error=failed)
+            times = {name: t.median for name, t in timings.items()}
+            if "ours" not in times:
+                continue
             flops = prefill_flops(config, counts["non_embedding"], seq_len)
             ours = times["ours"]
             gflops = flops / ours / 1e9

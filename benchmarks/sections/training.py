@@ -1,13 +1,14 @@
 """Section 6: a training step — forward with the LM loss plus backward (no optimizer), fp32 weights, batch 1 —
 for ours (plain, with gradient checkpointing, under bf16 autocast) and the built-in (up to
 `--train-builtin-max-len`, 2k; it is very slow beyond), against our own inference forward (no grad, `use_cache=False`).
+At each T the variants' runs are taken in turn, so that a change in the machine's load hits all of them alike.
 """
 
 import contextlib
 
 import torch
 
-from common import at_least, at_most, new_figure, plot_path, ratio, save_figure, time_it
+from common import at_least, at_most, new_figure, plot_path, ratio, save_figure, time_interleaved
 
 NAME = "training"
 
@@ -27,35 +28,24 @@ def run(ctx) -> None:
     for seq_len in args.train_lens:
         ids = torch.randint(3, ctx.config.vocab_size, (1, seq_len), device=device,
                             generator=torch.Generator(device=device).manual_seed(seq_len))
-        with torch.inference_mode():
-            forward[seq_len] = time_it(lambda: trio.ours(ids, use_cache=False), args.repeats, device).median
-        for name, (model, checkpointing, context) in variants.items():
-            if name == "builtin" and seq_len > args.train_builtin_max_len:
-                continue
+        calls = {name: _step(model, ids, checkpointing, context) for name, (model, checkpointing, context)
+                 in variants.items() if name != "builtin" or seq_len <= args.train_builtin_max_len}
+        calls["forward"] = _forward(trio.ours, ids)
 
-            def step():
-                with context():
-                    loss = model(ids, labels=ids, use_cache=False).loss
-                loss.backward()
-                model.zero_grad(set_to_none=True)
+        def failed(name, error, seq_len=seq_len):
+            report.note(NAME, f"{name} T={seq_len} failed: {type(error).__name__}: {error}")
 
-            model.train()
-            if checkpointing:  # the new name where Transformers has it (the old one warns)
-                getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-            try:
-                steps[(name, seq_len)] = time_it(step, args.repeats, device, budget_s=args.max_seconds).median
-            except Exception as error:
-                report.note(NAME, f"{name} T={seq_len} failed: {type(error).__name__}: {error}")
-            finally:
-                if checkpointing:
-                    getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
-                model.eval()
+        for name, t in time_interleaved(calls, args.repeats, device, args.max_seconds, on_error=failed).items():
+            if name == "forward":
+                forward[seq_len] = t.median
+            else:
+                steps[(name, seq_len)] = t.median
     rows = []
     for seq_len in args.train_lens:
         ours = steps.get(("ours", seq_len))
-        rows.append([str(seq_len), forward[seq_len], *(steps.get((n, seq_len)) for n in variants),
-                     ratio(ours, forward[seq_len]), ratio(steps.get(("builtin", seq_len)), ours)])
-        data[f"T{seq_len}"] = {"forward_s": forward[seq_len], **{n: steps.get((n, seq_len)) for n in variants}}
+        rows.append([str(seq_len), forward.get(seq_len), *(steps.get((n, seq_len)) for n in variants),
+                     ratio(ours, forward.get(seq_len)), ratio(steps.get(("builtin", seq_len)), ours)])
+        data[f"T{seq_len}"] = {"forward_s": forward.get(seq_len), **{n: steps.get((n, seq_len)) for n in variants}}
     report.table(NAME, f"Training step (forward+backward), {ctx.params_line}, fp32 weights, batch 1 (s)",
                  ["T", "ours fwd", *variants, "step/fwd", "built-in/ours"], rows)
 
@@ -68,11 +58,36 @@ def run(ctx) -> None:
             linear_bound = 4.5 * (hi / lo) / 4  # 8k <= 4.5x the 2k step: 12.5% over linear
             report.check(NAME, f"{name} step T={hi} / T={lo}", growth, f"<= {linear_bound:g}",
                          at_most(growth, linear_bound))
-        if (name, lo) in steps:
+        if (name, lo) in steps and lo in forward:
             over_fwd = steps[(name, lo)] / forward[lo]
             report.check(NAME, f"{name} step / ours forward, T={lo}", over_fwd, "<= 4", at_most(over_fwd, 4.0))
             r = ratio(steps.get(("builtin", lo)), steps[(name, lo)])
             report.check(NAME, f"built-in step / {name} step, T={lo}", r, ">= 8x", at_least(r, 8.0))
+
+
+def _forward(model, ids):
+    def forward():
+        with torch.inference_mode():
+            model(ids, use_cache=False)
+    return forward
+
+
+def _step(model, ids, checkpointing: bool, context):
+    """One training step as a call that leaves the model as it found it (eval mode, no checkpointing)."""
+    def step():
+        model.train()
+        if checkpointing:  # the new name where Transformers has it (the old one warns)
+            getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+        try:
+            with context():
+                loss = model(ids, labels=ids, use_cache=False).loss
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        finally:
+            if checkpointing:
+                getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
+            model.eval()
+    return step
 
 
 def plot(ctx) -> str | None:
