@@ -107,6 +107,22 @@ class Context:
         return self._trios[dtype]
 
 
+def auto_scan_backends(device) -> dict[str, str]:
+    """What the model's `auto` scan backend resolves to here, per dtype (where the package can tell)."""
+    from hf_recurrentgemma import ops_griffin
+
+    resolve = getattr(ops_griffin, "resolve_scan_backend", None)
+    if resolve is None:
+        return {}
+    out = {}
+    for name in ("fp32", "bf16"):
+        try:
+            out[name] = resolve("auto", device, DTYPES[name])
+        except Exception as error:  # report, do not stop the benchmark
+            out[name] = f"error: {error}"
+    return out
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {list(SECTIONS)}")
@@ -154,7 +170,8 @@ def main(argv=None) -> dict:
         print(warning, flush=True)
     from hf_recurrentgemma import ops_griffin
 
-    print(f"scan backends available: {list(ops_griffin.SCAN_BACKENDS)}", flush=True)
+    info["scan_auto"] = auto_scan_backends(device)
+    print(f"scan backends available: {list(ops_griffin.SCAN_BACKENDS)}; 'auto' picks {info['scan_auto']}", flush=True)
     wall = {}
     order = [name for name in SECTIONS if name in args.only]
     if any(name in ("prefill", "decode") for name in order) and "peaks" not in order:

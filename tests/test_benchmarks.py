@@ -11,7 +11,7 @@ import torch
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 SECTIONS = ["peaks", "scan", "prefill", "decode", "throughput", "training"]
-PLOTS = ["scan.png", "prefill.png", "throughput.png", "training.png"]
+PLOTS = ["scan.png", "prefill.png", "decode.png", "throughput.png", "training.png"]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import tempfile
 
 import torch
 
-from common import at_least, at_most, decode_latency, greedy_kwargs, ratio
+from common import at_least, at_most, decode_latency, greedy_kwargs, new_figure, plot_path, ratio, save_figure
 from models import builtin_from_ours, random_griffin
 
 NAME = "decode"
@@ -221,3 +221,34 @@ def torchao_config_check(ctx) -> str:
         logging.enable_progress_bar()
     ctx.report.note(NAME, f"Transformers TorchAoConfig(Int8WeightOnlyConfig()) on a saved Griffin: {result}")
     return result
+
+
+def plot(ctx) -> str | None:
+    data = ctx.report.section(NAME)["data"]
+    small = {}
+    for key, value in data.items():
+        if key.startswith("small/"):
+            _, name, context = key.split("/")
+            small.setdefault(name, {})[int(context[3:])] = value["per_token_s"] * 1e3
+    large = {k[len("large/"):]: v["per_token_s"] for k, v in data.items()
+             if k.startswith("large/") and isinstance(v, dict) and "per_token_s" in v}
+    if not small and not large:
+        return None
+    fig, axes = new_figure(2 if small and large else 1)
+    if small:
+        ax = axes[0]
+        contexts = sorted({c for values in small.values() for c in values})
+        width = 0.8 / len(small)
+        for i, (name, values) in enumerate(small.items()):
+            xs = [j + i * width for j, c in enumerate(contexts) if c in values]
+            ax.bar(xs, [values[c] for c in contexts if c in values], width, label=name)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(contexts))], [f"context {c}" for c in contexts])
+        ax.set(ylabel="ms per token", title=f"{ctx.params_line}, batch 1, fp32")
+        ax.legend(fontsize=8)
+    if large:
+        ax = axes[-1]
+        ax.bar(range(len(large)), list(large.values()), color=[f"C{i}" for i in range(len(large))])
+        ax.set_xticks(range(len(large)), list(large), fontsize=8)
+        ax.set(ylabel="s per token", title=f"{ctx.args.big_preset} shape, batch 1")
+    return save_figure(fig, plot_path(ctx.args.img_dir, "decode.png"),
+                       f"Decode through generate() — {ctx.machine_line}")
