@@ -20,7 +20,7 @@ RECURRENT = "recurrent"
 ATTENTION = "attention"
 BLOCK_TYPES = (RECURRENT, ATTENTION)
 # RG-LRU scan implementations (ops_griffin.SCAN_BACKENDS); "auto" picks the fastest one available for the device.
-SCAN_BACKEND_NAMES = ("auto", "sequential", "cpu_kernel")
+SCAN_BACKEND_NAMES = ("auto", "sequential", "cpu_kernel", "triton")
 
 
 def griffin_block_pattern(num_layers: int) -> list[str]:
@@ -80,7 +80,8 @@ class GriffinConfig(PreTrainedConfig):
         w_init_variance_scale: Variance scale of the RG-LRU gate and conv1d initialisation.
         tie_word_embeddings: Decode with the input embedding matrix (true for every released model).
         scan_backend: RG-LRU scan implementation: `"auto"` (the fastest available for the device and dtype),
-            `"sequential"` (the reference loop) or `"cpu_kernel"` (compiled C/OpenMP, CPU tensors).
+            `"sequential"` (the reference loop), `"cpu_kernel"` (compiled C/OpenMP, CPU tensors) or `"triton"`
+            (a Triton kernel, CUDA tensors; needs the `gpu` extra).
             Every backend computes the same function; this only changes speed.
 
     Example:

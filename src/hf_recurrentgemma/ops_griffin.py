@@ -14,6 +14,7 @@ import warnings
 import torch
 
 from .cpu_kernels_griffin import kernel_error, rnn_scan_cpu
+from .scan_triton_griffin import rnn_scan_triton, triton_error
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def rnn_scan_step(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple[t
     return h.to(x.dtype)[:, None], h
 
 
-SCAN_BACKENDS = {"sequential": rnn_scan_sequential, "cpu_kernel": rnn_scan_cpu}
+SCAN_BACKENDS = {"sequential": rnn_scan_sequential, "cpu_kernel": rnn_scan_cpu, "triton": rnn_scan_triton}
 _auto_choice: dict[tuple, str] = {}
 
 
@@ -85,6 +86,8 @@ def scan_backend_available(name: str, device: torch.device) -> str | None:
         if device.type != "cpu":
             return f"the cpu_kernel backend runs on CPU tensors, not {device.type}"
         return kernel_error()
+    if name == "triton":
+        return triton_error(device)
     return f"unknown scan backend {name!r}; available: {['auto', *SCAN_BACKENDS]}"
 
 
@@ -109,6 +112,15 @@ def resolve_scan_backend(backend: str, device: torch.device, dtype: torch.dtype)
                     f"hf_recurrentgemma: the compiled RG-LRU scan is unavailable ({reason}); falling back to the "
                     "sequential scan, which is correct but much slower (install a C compiler with OpenMP to fix)",
                     RuntimeWarning, stacklevel=3,
+                )
+        elif device.type == "cuda":
+            reason = scan_backend_available("triton", device)
+            if reason is None:
+                choice = "triton"
+            else:
+                warnings.warn(
+                    f"hf_recurrentgemma: the Triton RG-LRU scan is unavailable ({reason}); falling back to the "
+                    "sequential scan, which is correct but much slower", RuntimeWarning, stacklevel=3,
                 )
         _auto_choice[key] = choice
         logger.info("RG-LRU scan backend for %s/%s: %s", device.type, dtype, choice)
