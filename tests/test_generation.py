@@ -180,6 +180,27 @@ def test_static_cache_implementation_and_compiled_decode_step(model):
     assert buffers == [t.data_ptr() for layer in cache.layers for t in layer.state]
 
 
+def test_compiled_decode_step_compiles_once(model):
+    """Nothing a decode step reads changes type or Python value from step to step (the token counter is a
+    tensor), so torch.compile builds one graph and never recompiles."""
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    prompt = _prompt(PROMPT, 23)
+    with torch.no_grad():
+        out = model(prompt, use_cache=True)
+        cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
+        step = torch.compile(model, backend=counting_backend, fullgraph=True)
+        for _ in range(5):
+            token = step(token, cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+    assert len(graphs) == 1
+    assert cache.seen_tokens == prompt.shape[1] + 5
+
+
 def test_assisted_decoding_is_refused(model):
     prompt = _prompt(PROMPT, 18)
     with pytest.raises(ValueError, match="stateful"):

@@ -107,7 +107,9 @@ class GriffinCache(Cache):
     def __init__(self, config: GriffinConfig, batch_size: int | None = None, dtype=None, device=None):
         super().__init__(layers=[GriffinCacheLayer(block_type) for block_type in config.block_types])
         self.config = config
-        self.seen_tokens = 0
+        # Tokens seen, as a 0-d tensor updated in place: a compiled decode step then reads no Python number that
+        # changes every step (which would make torch.compile specialise on it and compile again).
+        self._seen_tokens: torch.Tensor | None = None
         self.next_position: torch.Tensor | None = None  # (B,) long
         if batch_size is not None:
             self.allocate(batch_size, dtype or torch.float32, device)
@@ -118,7 +120,7 @@ class GriffinCache(Cache):
             make = empty_attention_state if layer.block_type == ATTENTION else empty_recurrent_state
             layer.state = make(self.config, batch_size, dtype, device)
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.seen_tokens = 0
+        self._seen_tokens = torch.zeros((), dtype=torch.long, device=device)
 
     def fits(self, config: GriffinConfig) -> bool:
         """Whether this cache's buffers have the shapes a model with `config` needs."""
@@ -136,12 +138,17 @@ class GriffinCache(Cache):
 
     def advance(self, last_positions: torch.Tensor, num_tokens: int) -> None:
         """Records that `num_tokens` more tokens were seen, the last of each row at `last_positions` (B,)."""
-        self.seen_tokens += num_tokens
+        self._seen_tokens.add_(num_tokens)
         next_position = last_positions.to(torch.long) + 1
         if self.next_position is None or torch.is_grad_enabled() or self.next_position.shape != next_position.shape:
             self.next_position = next_position
         else:
             self.next_position.copy_(next_position)
+
+    @property
+    def seen_tokens(self) -> int:
+        """Tokens processed so far, padding included (reads the counter back from its device)."""
+        return 0 if self._seen_tokens is None else int(self._seen_tokens)
 
     @property
     def has_previous_state(self) -> bool:  # noqa: D401 - matches the Transformers attribute's meaning
@@ -179,7 +186,8 @@ class GriffinCache(Cache):
             layer.reset()
         if self.next_position is not None:
             self.next_position.zero_()
-        self.seen_tokens = 0
+        if self._seen_tokens is not None:
+            self._seen_tokens.zero_()
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError(

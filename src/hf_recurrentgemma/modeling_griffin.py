@@ -187,7 +187,9 @@ class GriffinModel(GriffinPreTrainedModel):
     @staticmethod
     def _sequence_info(batch, seq_len, attention_mask, position_ids, cache, device) -> SequenceInfo:
         """Positions, document starts and padding of the T tokens of this call."""
-        has_history = cache is not None and cache.has_previous_state
+        # What the cache knows, read from tensors only (no host sync, nothing for a compiled step to specialise on):
+        # the next position of each row, and whether a real token came before this call.
+        allocated = cache is not None and cache.next_position is not None
         mask = None
         if attention_mask is not None:
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim != 2:
@@ -203,11 +205,13 @@ class GriffinModel(GriffinPreTrainedModel):
             mask = full[:, -seq_len:]
             if full.shape[1] > seq_len:
                 before = full[:, -seq_len - 1]
+            elif allocated:
+                before = cache.next_position > 0
             else:
-                before = torch.full((batch,), has_history, dtype=torch.bool, device=device)
+                before = torch.zeros(batch, dtype=torch.bool, device=device)
             after_padding = mask & ~torch.cat([before[:, None], mask[:, :-1]], dim=1)
 
-        start = cache.next_position if has_history else torch.zeros(batch, dtype=torch.long, device=device)
+        start = cache.next_position if allocated else torch.zeros(batch, dtype=torch.long, device=device)
         if position_ids is None:
             if mask is not None:
                 positions = start[:, None] + mask.long().cumsum(1) - 1
