@@ -171,7 +171,8 @@ def main(argv=None) -> dict:
     from hf_recurrentgemma import ops_griffin
 
     info["scan_auto"] = auto_scan_backends(device)
-    print(f"scan backends available: {list(ops_griffin.SCAN_BACKENDS)}; 'auto' picks {info['scan_auto']}", flush=True)
+    runnable = [n for n in ops_griffin.SCAN_BACKENDS if ops_griffin.scan_backend_available(n, torch.device(device)) is None]
+    print(f"scan backends that run on {device}: {runnable}; 'auto' picks {info['scan_auto']}", flush=True)
     wall = {}
     order = [name for name in SECTIONS if name in args.only]
     if any(name in ("prefill", "decode") for name in order) and "peaks" not in order:

@@ -18,10 +18,13 @@ NAME = "scan"
 TARGET = 10.0
 
 
-def backends() -> dict:
+def backends(device) -> dict:
+    """The backends that run on `device` (a CUDA-only one is left out on CPU, and the other way round)."""
     from hf_recurrentgemma import ops_griffin
 
-    return dict(ops_griffin.SCAN_BACKENDS)
+    device = torch.device(device)
+    return {name: fn for name, fn in ops_griffin.SCAN_BACKENDS.items()
+            if ops_griffin.scan_backend_available(name, device) is None}
 
 
 def inputs(batch: int, seq_len: int, width: int, device, seed: int = 0, grad: bool = False):
@@ -94,7 +97,7 @@ def errors(fn, reference, batch, seq_len, width, device) -> dict:
 
 def run(ctx) -> None:
     args, device, report = ctx.args, ctx.device, ctx.report
-    found = backends()
+    found = backends(device)
     sequential = found["sequential"]
     data = report.section(NAME)["data"]
     data["backends"] = list(found)
