@@ -17,6 +17,7 @@ from reference_helpers import (
 )
 
 import hf_recurrentgemma.layers_griffin as layers_griffin
+import hf_recurrentgemma.modeling_griffin as modeling_griffin
 
 SEQ = 19  # longer than every test window, so the sliding window is exercised
 
@@ -51,6 +52,24 @@ def test_long_prompt_in_query_chunks(models, monkeypatch):
     positions = torch.arange(3 * SEQ)[None].expand(2, -1)
     monkeypatch.setattr(layers_griffin, "query_chunk_size", lambda window: 5)
     assert_close(ours(tokens).logits, reference_logits(ref, tokens, positions))
+
+
+@torch.no_grad()
+def test_long_prompt_in_segments(models, monkeypatch):
+    """An inference prompt run through the stack in segments (state carried between them) equals the reference,
+    and so does decoding from the cache it leaves; a left-padded batch whose padding crosses a segment boundary
+    gives the same logits segmented or not."""
+    case, ref, ours = models
+    tokens = _tokens(case, length=3 * SEQ)
+    positions = torch.arange(3 * SEQ)[None].expand(2, -1)
+    mask = torch.ones_like(tokens)
+    mask[0, :9] = 0
+    whole_padded = ours(tokens, attention_mask=mask).logits
+    monkeypatch.setattr(modeling_griffin, "PREFILL_SEGMENT", 7)
+    expected = reference_logits(ref, tokens, positions)
+    assert_close(ours(tokens).logits, expected)
+    assert_close(prefill_then_decode(ours, tokens, None, 2 * SEQ), expected)
+    assert_close(ours(tokens, attention_mask=mask).logits, whole_padded)
 
 
 @pytest.mark.parametrize("prefill", [1, 4, 11])

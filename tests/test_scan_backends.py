@@ -189,3 +189,13 @@ def test_model_decodes_the_same_tokens_with_and_without_the_gemv_kernel(monkeypa
     monkeypatch.setattr(cpu_kernels_griffin, "gemv_bf16_available", lambda: False)
     slow = model.generate(prompt, max_new_tokens=12, do_sample=False)
     assert torch.equal(fast, slow)
+
+
+def test_cpu_kernel_streams_large_outputs_exactly():
+    """Outputs of 32 MiB and more take the non-temporal-store path of the CPU kernel: still bit-identical."""
+    x, a, h0 = scan_inputs(1, 2048, 4096, torch.float32, reset_every=500)
+    with torch.inference_mode():
+        y, h = SCAN_BACKENDS["cpu_kernel"](x, a, h0)
+        ref_y, ref_h = rnn_scan_sequential(x, a, h0)
+    assert y.numel() * 4 >= 32 << 20
+    assert torch.equal(y, ref_y) and torch.equal(h, ref_h)

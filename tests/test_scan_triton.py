@@ -76,10 +76,12 @@ def assert_matches(results, reference, float32_tol):
 
 # Runs in the subprocess: `run` above, repeated because importing this file would import the package.
 _INTERPRETER_SCRIPT = """
-import importlib.util, sys, torch
-spec = importlib.util.spec_from_file_location("scan_triton_griffin", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
+import importlib, os, sys, types, torch
+# The model files as a bare package of flat siblings, as Hub remote code loads them (no hf_recurrentgemma import).
+package = types.ModuleType("griffin_files")
+package.__path__ = [os.path.dirname(sys.argv[1])]
+sys.modules["griffin_files"] = package
+module = importlib.import_module("griffin_files.scan_triton_griffin")
 results = {}
 for name, ((x, a, h0, dy, dh), grad) in torch.load(sys.argv[2]).items():
     if not grad:
@@ -146,8 +148,9 @@ def test_explicit_triton_backend_is_refused_on_cpu():
 def test_module_imports_without_triton_and_says_why(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now raises ImportError
     monkeypatch.setitem(sys.modules, "triton.language", None)
-    spec = importlib.util.spec_from_file_location("scan_triton_without_triton", scan_triton_griffin.__file__)
-    module = importlib.util.module_from_spec(spec)
+    spec = importlib.util.spec_from_file_location("hf_recurrentgemma.scan_triton_without_triton",
+                                                  scan_triton_griffin.__file__)
+    module = importlib.util.module_from_spec(spec)  # a sibling in the package, so its relative imports resolve
     spec.loader.exec_module(module)
     assert module.triton is None
     assert "triton is not installed" in module.triton_error(torch.device("cuda"))
@@ -168,7 +171,7 @@ def test_auto_on_cuda_without_triton_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setattr(scan_triton_griffin, "_IMPORT_ERROR", "triton is not installed (test)")
     monkeypatch.setattr(ops_griffin, "_auto_choice", {})
     cuda = torch.device("cuda")
-    with pytest.warns(RuntimeWarning, match=r"Triton RG-LRU scan is unavailable \(triton is not installed.*sequential"):
+    with pytest.warns(RuntimeWarning, match=r"triton RG-LRU scan is unavailable \(triton is not installed.*sequential"):
         assert ops_griffin.resolve_scan_backend("auto", cuda, torch.float32) == "sequential"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # only once

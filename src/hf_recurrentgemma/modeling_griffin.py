@@ -36,6 +36,14 @@ from .layers_griffin import (
 )
 
 
+# Inference prompts longer than this run through the layers in segments of this many tokens.
+PREFILL_SEGMENT = 2048
+
+
+def prefill_segment_size(seq_len: int) -> int:
+    return min(seq_len, PREFILL_SEGMENT)
+
+
 class GriffinDecoderLayer(GradientCheckpointingLayer):
     """Residual block: `x + temporal(norm(x))`, then `+ mlp(norm(.))`."""
 
@@ -158,6 +166,8 @@ class GriffinModel(GriffinPreTrainedModel):
         )
 
         batch, seq_len = inputs_embeds.shape[:2]
+        if seq_len == 0:
+            raise ValueError("the input has no tokens (sequence length 0); pass at least one token per row")
         if cache is not None and not cache.is_initialized:
             cache.allocate(batch, inputs_embeds.dtype, inputs_embeds.device)
         if cache is not None and cache.batch_size != batch:
@@ -167,17 +177,27 @@ class GriffinModel(GriffinPreTrainedModel):
         # The reference multiplies by sqrt(D) rounded to bfloat16, as in training.
         x = inputs_embeds * self.config.embedding_scale if self.config.embeddings_scale_by_sqrt_dim else inputs_embeds
         all_hidden = [] if output_hidden_states else None
-        for idx, layer in enumerate(self.layers):
-            if all_hidden is not None:
-                all_hidden.append(x)
-            state = cache.layer_state(idx) if cache is not None else None
-            x, new_state = layer(x, seq, state)
-            if cache is not None:
-                cache.update_state(idx, new_state)
-        x = self.final_norm(x)
+        states = [cache.layer_state(idx) if cache is not None else None for idx in range(len(self.layers))]
+        # Without autograd, a long prompt goes through the whole stack in segments, the state carried from one to
+        # the next exactly as a cache carries it: each segment's activations stay in the CPU's caches, so the cost
+        # per token does not grow with the prompt (docs/performance.md). One segment otherwise.
+        segment = seq_len if torch.is_grad_enabled() or all_hidden is not None else prefill_segment_size(seq_len)
+        outputs = []
+        for start in range(0, seq_len, segment):
+            part = slice(start, start + segment)
+            h = x[:, part] if segment < seq_len else x
+            seq_part = SequenceInfo(*(t[:, part] for t in seq)) if segment < seq_len else seq
+            for idx, layer in enumerate(self.layers):
+                if all_hidden is not None:
+                    all_hidden.append(h)
+                h, states[idx] = layer(h, seq_part, states[idx])
+            outputs.append(self.final_norm(h))
+        x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
         if all_hidden is not None:
             all_hidden.append(x)
         if cache is not None:
+            for idx, state in enumerate(states):
+                cache.update_state(idx, state)
             cache.advance(seq.positions[:, -1], seq_len)
         return BaseModelOutputWithPast(
             last_hidden_state=x, cache=cache if use_cache else None,

@@ -76,6 +76,11 @@ def rnn_scan_step(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple[t
 
 SCAN_BACKENDS = {"sequential": rnn_scan_sequential, "cpu_kernel": rnn_scan_cpu, "triton": rnn_scan_triton}
 _auto_choice: dict[tuple, str] = {}
+# The backend `auto` picks for each device type, and what makes it available where it is missing.
+_FAST_BACKEND = {
+    "cpu": ("cpu_kernel", "install a C compiler with OpenMP to fix"),
+    "cuda": ("triton", "pip install 'hf-recurrentgemma[gpu]' to fix"),
+}
 
 
 def scan_backend_available(name: str, device: torch.device) -> str | None:
@@ -103,24 +108,15 @@ def resolve_scan_backend(backend: str, device: torch.device, dtype: torch.dtype)
     key = (device.type, dtype)
     if key not in _auto_choice:
         choice = "sequential"
-        if device.type == "cpu":
-            reason = scan_backend_available("cpu_kernel", device)
+        if device.type in _FAST_BACKEND:
+            fast, fix = _FAST_BACKEND[device.type]
+            reason = scan_backend_available(fast, device)
             if reason is None:
-                choice = "cpu_kernel"
+                choice = fast
             else:
                 warnings.warn(
-                    f"hf_recurrentgemma: the compiled RG-LRU scan is unavailable ({reason}); falling back to the "
-                    "sequential scan, which is correct but much slower (install a C compiler with OpenMP to fix)",
-                    RuntimeWarning, stacklevel=3,
-                )
-        elif device.type == "cuda":
-            reason = scan_backend_available("triton", device)
-            if reason is None:
-                choice = "triton"
-            else:
-                warnings.warn(
-                    f"hf_recurrentgemma: the Triton RG-LRU scan is unavailable ({reason}); falling back to the "
-                    "sequential scan, which is correct but much slower", RuntimeWarning, stacklevel=3,
+                    f"hf_recurrentgemma: the {fast} RG-LRU scan is unavailable ({reason}); falling back to the "
+                    f"sequential scan, which is correct but much slower ({fix})", RuntimeWarning, stacklevel=3,
                 )
         _auto_choice[key] = choice
         logger.info("RG-LRU scan backend for %s/%s: %s", device.type, dtype, choice)

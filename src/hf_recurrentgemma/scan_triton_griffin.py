@@ -22,6 +22,8 @@ import re
 
 import torch
 
+from .scan_autograd_griffin import register_reverse_scan_autograd, scan_with_backend
+
 try:
     import triton
     import triton.language as tl
@@ -175,25 +177,7 @@ def _(a, states, h0, dy, dh_last):
     return torch.empty_like(states), torch.empty_like(states), torch.empty_like(h0, dtype=torch.float32)
 
 
-def _setup_context(ctx, inputs, output):
-    x, a, h0 = inputs
-    states, _ = output
-    ctx.save_for_backward(a, states, h0)
-    ctx.dtypes = (x.dtype, a.dtype, h0.dtype)
-
-
-def _backward(ctx, dstates, dh_last):
-    a, states, h0 = ctx.saved_tensors
-    if dstates is None:
-        dstates = torch.zeros_like(states)
-    if dh_last is None:
-        dh_last = torch.zeros_like(h0, dtype=torch.float32)
-    dx, da, dh0 = _rnn_scan_backward_op(a, states, h0, dstates, dh_last)
-    x_dtype, a_dtype, h0_dtype = ctx.dtypes
-    return dx.to(x_dtype), da.to(a_dtype), dh0.to(h0_dtype)
-
-
-_rnn_scan_states_op.register_autograd(_backward, setup_context=_setup_context)
+register_reverse_scan_autograd(_rnn_scan_states_op, _rnn_scan_backward_op)
 
 
 def rnn_scan_triton(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,7 +203,4 @@ def rnn_scan_triton(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple
     """
     if triton is None:
         raise RuntimeError(_IMPORT_ERROR)
-    if torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or h0.requires_grad):
-        states, h_last = _rnn_scan_states_op(x, a, h0)
-        return states.to(x.dtype), h_last
-    return _rnn_scan_op(x, a, h0)
+    return scan_with_backend(_rnn_scan_op, _rnn_scan_states_op, x, a, h0)
