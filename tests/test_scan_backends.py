@@ -138,7 +138,14 @@ def test_config_names_an_unknown_scan_backend():
 
 # --- the bfloat16 matrix-vector kernel of decode-time linear layers ----------------------------------------------
 
-from hf_recurrentgemma.cpu_kernels_griffin import gemv_applies, gemv_bf16_available, linear_cpu  # noqa: E402
+from hf_recurrentgemma import cpu_kernels_griffin  # noqa: E402
+from hf_recurrentgemma.cpu_kernels_griffin import (  # noqa: E402
+    gemv_applies,
+    gemv_avx512_available,
+    gemv_bf16_available,
+    gemv_kind,
+    linear_cpu,
+)
 
 needs_gemv = pytest.mark.skipif(not gemv_bf16_available(), reason="this CPU has no AVX-512 BF16")
 
@@ -166,36 +173,58 @@ def test_gemv_only_where_it_applies():
     w = torch.randn(8, 64).bfloat16()
     with torch.inference_mode():
         assert not gemv_applies(torch.randn(2, 64).bfloat16(), w)  # two rows: torch's GEMM
-        assert not gemv_applies(torch.randn(1, 64), w.float())  # float32: torch's GEMV is fast already
+        assert not gemv_applies(torch.randn(1, 64), w)  # mixed dtypes: F.linear says what it thinks
         assert not gemv_applies(torch.randn(1, 64).bfloat16(), w.t().contiguous().t())  # not contiguous
+        assert gemv_kind(torch.randn(1, 1, 64), w.float()) == ("f32" if gemv_avx512_available() else None)
     w.requires_grad_()
     assert not gemv_applies(torch.randn(1, 64).bfloat16(), w)  # training: autograd through F.linear
 
 
-@needs_gemv
-def test_model_decodes_the_same_tokens_with_and_without_the_gemv_kernel(monkeypatch):
-    """A bfloat16 model decodes greedily to the same tokens through the kernel as through F.linear."""
-    from reference_helpers import CASES, our_config
-
-    from hf_recurrentgemma import GriffinForCausalLM, cpu_kernels_griffin
-
-    model = GriffinForCausalLM(our_config(CASES[0])).eval().to(torch.bfloat16)
-    prompt = torch.randint(0, model.config.vocab_size, (1, 9))
-    calls = []
-    kernel = cpu_kernels_griffin._gemv_bf16_op
-    monkeypatch.setattr(cpu_kernels_griffin, "_gemv_bf16_op", lambda *args: calls.append(1) or kernel(*args))
-    fast = model.generate(prompt, max_new_tokens=12, do_sample=False)
-    assert len(calls) > 11 * len(model.model.layers)  # every decode step's projections went through the kernel
-    monkeypatch.setattr(cpu_kernels_griffin, "gemv_bf16_available", lambda: False)
-    slow = model.generate(prompt, max_new_tokens=12, do_sample=False)
-    assert torch.equal(fast, slow)
+needs_avx512 = pytest.mark.skipif(not gemv_avx512_available(), reason="this CPU has no AVX-512F")
 
 
-def test_cpu_kernel_streams_large_outputs_exactly():
-    """Outputs of 32 MiB and more take the non-temporal-store path of the CPU kernel: still bit-identical."""
-    x, a, h0 = scan_inputs(1, 2048, 4096, torch.float32, reset_every=500)
+@needs_avx512
+@pytest.mark.parametrize("out_features,in_features", [(1, 1), (5, 31), (7, 33), (130, 700)], ids=lambda v: str(v))
+def test_float32_gemv_equals_linear(out_features, in_features):
+    x, w, b = torch.randn(1, 1, in_features), torch.randn(out_features, in_features), torch.randn(out_features)
     with torch.inference_mode():
-        y, h = SCAN_BACKENDS["cpu_kernel"](x, a, h0)
-        ref_y, ref_h = rnn_scan_sequential(x, a, h0)
-    assert y.numel() * 4 >= 32 << 20
-    assert torch.equal(y, ref_y) and torch.equal(h, ref_h)
+        assert gemv_kind(x, w) == "f32"
+        y = linear_cpu(x, w, b)
+    exact = torch.nn.functional.linear(x.double(), w.double(), b.double())
+    # float32 accumulation in another order than torch's: a few float32 ulps of the terms' magnitude.
+    bound = 4 * in_features * 2.0**-24 * (x.abs().double() @ w.abs().double().T + b.abs().double())
+    assert ((y.double() - exact).abs() <= bound).all()
+
+
+@needs_avx512
+@pytest.mark.parametrize("zero_point", [False, True], ids=["symmetric", "zero-point"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+def test_int8_gemv_kernel(dtype, zero_point):
+    """y = x (scale (q - zero))^T + bias, within one rounding to x's dtype (float32 accumulation)."""
+    qdata = torch.randint(-127, 128, (130, 700), dtype=torch.int8)
+    scale = torch.rand(130, 1) * 0.01
+    zero = torch.randint(-3, 4, (130, 1), dtype=torch.int8) if zero_point else None
+    x, bias = torch.randn(1, 1, 700).to(dtype), torch.randn(130).to(dtype)
+    with torch.inference_mode():
+        y = cpu_kernels_griffin._gemv_int8_op(x, qdata, scale, zero, bias)
+    weight = (qdata.double() - (zero.double() if zero_point else 0)) * scale.double()
+    exact = torch.nn.functional.linear(x.double(), weight, bias.double())
+    ulp = 2.0**-7 if dtype == torch.bfloat16 else 1e-5
+    assert y.dtype == dtype and (y.double() - exact).abs().max() <= ulp * exact.abs().max()
+
+
+@needs_avx512
+def test_torchao_int8_layer_decodes_through_the_kernel():
+    """torchao's weight-only int8 (one scale per row) is recognised, and gives torchao's own result within one
+    bfloat16 rounding."""
+    torchao = pytest.importorskip("torchao.quantization")
+    from hf_recurrentgemma.layers_griffin import GriffinLinear
+
+    layer = GriffinLinear(700, 130).to(torch.bfloat16)
+    torchao.quantize_(layer, torchao.Int8WeightOnlyConfig())
+    x = torch.randn(1, 1, 700).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert gemv_kind(x, layer.weight) == "int8"
+        ours = layer(x)
+        theirs = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    assert (ours.float() - theirs.float()).abs().max() <= 2 * 2.0**-7 * theirs.abs().max()

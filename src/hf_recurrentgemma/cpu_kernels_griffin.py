@@ -203,6 +203,75 @@ int gemv_bf16_available(void) { return 0; }
 void gemv_bf16(const uint16_t *w, const uint16_t *x, const float *bias, float *y, int64_t N, int64_t K,
                int threads) {}
 #endif
+/* The same for float32 weights, and for int8 weights with a float32 scale (and int8 zero point, or none) per
+   output row (the layout of torchao's weight-only int8): y_n = scale_n (sum_k q_nk x_k - zero_n sum_k x_k) + bias_n.
+   AVX-512F (fused multiply-add; a GEMV's summation order is not the reference's anyway). */
+#if defined(__AVX512F__)
+int gemv_avx512_available(void) { return 1; }
+
+static void gemv4_f32(const float *w, const float *x, float *out, int64_t rows, int64_t K) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 xv = _mm512_loadu_ps(x + k);
+        for (int r = 0; r < rows; r++) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(w + r * K + k), xv, acc[r]);
+    }
+    for (int r = 0; r < rows; r++) {
+        float total = _mm512_reduce_add_ps(acc[r]);
+        for (int64_t j = k; j < K; j++) total += w[r * K + j] * x[j];
+        out[r] = total;
+    }
+}
+
+static void gemv4_i8(const int8_t *q, const float *x, float *out, int64_t rows, int64_t K) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 xv = _mm512_loadu_ps(x + k);
+        for (int r = 0; r < rows; r++) {
+            __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + r * K + k))));
+            acc[r] = _mm512_fmadd_ps(wv, xv, acc[r]);
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        float total = _mm512_reduce_add_ps(acc[r]);
+        for (int64_t j = k; j < K; j++) total += (float)q[r * K + j] * x[j];
+        out[r] = total;
+    }
+}
+
+/* w (N, K), x (K), bias (N) or NULL, y (N): float32. */
+void gemv_f32(const float *w, const float *x, const float *bias, float *y, int64_t N, int64_t K, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n += 4) {
+        int64_t rows = N - n < 4 ? N - n : 4;
+        gemv4_f32(w + n * K, x, y + n, rows, K);
+        if (bias) for (int64_t r = 0; r < rows; r++) y[n + r] += bias[n + r];
+    }
+}
+
+/* q (N, K) int8, scale (N) float32, zero (N) int8 or NULL, x (K) float32, bias (N) float32 or NULL, y (N). */
+void gemv_i8(const int8_t *q, const float *scale, const int8_t *zero, const float *x, const float *bias, float *y,
+             int64_t N, int64_t K, int threads) {
+    float x_sum = 0.0f;
+    if (zero) for (int64_t k = 0; k < K; k++) x_sum += x[k];
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n += 4) {
+        int64_t rows = N - n < 4 ? N - n : 4;
+        gemv4_i8(q + n * K, x, y + n, rows, K);
+        for (int64_t r = 0; r < rows; r++) {
+            float dot = y[n + r] - (zero ? (float)zero[n + r] * x_sum : 0.0f);
+            y[n + r] = scale[n + r] * dot + (bias ? bias[n + r] : 0.0f);
+        }
+    }
+}
+#else
+int gemv_avx512_available(void) { return 0; }
+void gemv_f32(const float *w, const float *x, const float *bias, float *y, int64_t N, int64_t K, int threads) {}
+void gemv_i8(const int8_t *q, const float *scale, const int8_t *zero, const float *x, const float *bias, float *y,
+             int64_t N, int64_t K, int threads) {}
+#endif
+
 """
 
 # The op namespace is this module's name, so the package and a copy shipped as Hub remote code (another module
@@ -263,7 +332,10 @@ def _build() -> ctypes.CDLL:
         getattr(library, name).argtypes = [pointer] * 5 + [i64, i64, i64, c_int]
     library.scan_bwd_f32.argtypes = [pointer] * 8 + [i64, i64, i64, c_int]
     library.gemv_bf16.argtypes = [pointer] * 4 + [i64, i64, c_int]
+    library.gemv_f32.argtypes = [pointer] * 4 + [i64, i64, c_int]
+    library.gemv_i8.argtypes = [pointer] * 6 + [i64, i64, c_int]
     library.gemv_bf16_available.restype = c_int
+    library.gemv_avx512_available.restype = c_int
     return library
 
 
@@ -368,6 +440,41 @@ def _(x, weight, bias):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
+@torch.library.custom_op(f"{_NS}::gemv_f32", mutates_args=(), device_types="cpu")
+def _gemv_f32_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    library = load_kernel()
+    row = x.reshape(-1).contiguous()
+    y = torch.empty(weight.shape[0], dtype=torch.float32)
+    library.gemv_f32(_ptr(weight), _ptr(row), None if bias is None else _ptr(bias.contiguous()), _ptr(y),
+                     weight.shape[0], weight.shape[1], torch.get_num_threads())
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+@_gemv_f32_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+@torch.library.custom_op(f"{_NS}::gemv_int8", mutates_args=(), device_types="cpu")
+def _gemv_int8_op(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    library = load_kernel()
+    row = x.reshape(-1).float().contiguous()
+    scale32 = scale.reshape(-1).float().contiguous()
+    zero = None if zero_point is None else zero_point.reshape(-1).contiguous()
+    bias32 = None if bias is None else bias.float().contiguous()
+    y = torch.empty(qdata.shape[0], dtype=torch.float32)
+    library.gemv_i8(_ptr(qdata), _ptr(scale32), None if zero is None else _ptr(zero), _ptr(row),
+                    None if bias32 is None else _ptr(bias32), _ptr(y), qdata.shape[0], qdata.shape[1],
+                    torch.get_num_threads())
+    return y.to(x.dtype).view(*x.shape[:-1], qdata.shape[0])
+
+
+@_gemv_int8_op.register_fake
+def _(x, qdata, scale, zero_point, bias):
+    return x.new_empty(*x.shape[:-1], qdata.shape[0])
+
+
 @torch.compiler.assume_constant_result
 def gemv_bf16_available() -> bool:
     """Whether this CPU runs the bfloat16 matrix-vector kernel (it needs AVX-512 BF16)."""
@@ -375,24 +482,65 @@ def gemv_bf16_available() -> bool:
     return library is not None and bool(library.gemv_bf16_available())
 
 
-def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `linear_cpu` takes the kernel path: inference on CPU, one row, plain bfloat16 weights (not a
-    quantized or distributed tensor subclass) and inputs, and a CPU with AVX-512 BF16."""
+@torch.compiler.assume_constant_result
+def gemv_avx512_available() -> bool:
+    """Whether this CPU runs the float32 and int8 matrix-vector kernels (they need AVX-512F)."""
+    library = load_kernel()
+    return library is not None and bool(library.gemv_avx512_available())
+
+
+def _int8_rows(weight) -> bool:
+    """Whether `weight` is torchao's weight-only int8 tensor with one scale (and zero point) per output row:
+    `qdata` (N, K) int8, `scale` (N, 1), blocks of one whole row, no activation quantization."""
+    qdata = getattr(weight, "qdata", None)
     return (
-        x.device.type == "cpu"
-        and x.dtype == torch.bfloat16
-        and weight.dtype == torch.bfloat16
-        and x.numel() == x.shape[-1]
-        and type(weight) in (torch.Tensor, torch.nn.Parameter)
-        and weight.is_contiguous()
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and gemv_bf16_available()
+        type(weight).__name__ == "Int8Tensor"
+        and isinstance(qdata, torch.Tensor) and qdata.dtype == torch.int8 and qdata.ndim == 2
+        and qdata.is_contiguous()
+        and tuple(getattr(weight, "block_size", ())) == (1, qdata.shape[1])
+        and getattr(weight, "scale", None) is not None and weight.scale.numel() == qdata.shape[0]
+        and getattr(weight, "act_quant_kwargs", None) is None
+        and getattr(weight, "act_pre_scale", None) is None
     )
 
 
+def gemv_kind(x: torch.Tensor, weight: torch.Tensor) -> str | None:
+    """Which matrix-vector kernel `linear_cpu` uses for this call ("bf16", "f32", "int8"), or None for `F.linear`:
+    inference on CPU, one row (decoding one sequence; from two rows on, torch's GEMM was as fast or faster),
+    x in the weight's dtype and plain weights (a sharded or otherwise wrapped one goes to F.linear), or torchao's
+    per-row weight-only int8."""
+    if x.device.type != "cpu" or x.numel() != x.shape[-1] or not x.is_floating_point():
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return None
+    if type(weight) in (torch.Tensor, torch.nn.Parameter) and weight.is_contiguous() and x.dtype == weight.dtype:
+        if weight.dtype == torch.bfloat16 and gemv_bf16_available():
+            return "bf16"
+        if weight.dtype == torch.float32 and gemv_avx512_available():
+            return "f32"
+        return None
+    if _int8_rows(weight) and gemv_avx512_available():
+        return "int8"
+    return None
+
+
+def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return gemv_kind(x, weight) is not None
+
+
 def linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, through the bfloat16 matrix-vector kernel when `gemv_applies` (decoding one
-    sequence). Equal to F.linear within float32 accumulation order, rounded once to bfloat16."""
-    if gemv_applies(x, weight):
+    """`F.linear(x, weight, bias)`, through a matrix-vector kernel where `gemv_kind` says one applies (decoding one
+    sequence): torch's GEMV reads small float32 and all bfloat16 matrices well below memory speed, and torchao's
+    int8 path on CPU dequantizes first (docs/performance.md). Equal to F.linear within float32 accumulation
+    order, rounded once to x's dtype."""
+    kind = gemv_kind(x, weight)
+    if kind == "bf16":
         return _gemv_bf16_op(x, weight, bias)
+    if kind == "f32":
+        return _gemv_f32_op(x, weight, bias)
+    if kind == "int8":
+        zero = getattr(weight, "zero_point", None)
+        if zero is not None and not bool((zero != 0).any()):
+            zero = None  # symmetric quantization: skip the correction
+        return _gemv_int8_op(x, weight.qdata, weight.scale, zero, bias)
     return torch.nn.functional.linear(x, weight, bias)
