@@ -424,33 +424,20 @@ def rnn_scan_cpu(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple[to
 # --- matrix-vector product for decoding ---------------------------------------------------------------------------
 
 
-@torch.library.custom_op(f"{_NS}::gemv_bf16", mutates_args=(), device_types="cpu")
-def _gemv_bf16_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+@torch.library.custom_op(f"{_NS}::gemv", mutates_args=(), device_types="cpu")
+def _gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One row of x (..., K) times a bfloat16 or float32 weight (N, K); bias in any float dtype."""
     library = load_kernel()
+    kernel = library.gemv_bf16 if weight.dtype == torch.bfloat16 else library.gemv_f32
     row = x.reshape(-1).contiguous()
     bias32 = None if bias is None else bias.float().contiguous()
     y = torch.empty(weight.shape[0], dtype=torch.float32)
-    library.gemv_bf16(_ptr(weight), _ptr(row), None if bias32 is None else _ptr(bias32), _ptr(y),
-                      weight.shape[0], weight.shape[1], torch.get_num_threads())
+    kernel(_ptr(weight), _ptr(row), None if bias32 is None else _ptr(bias32), _ptr(y),
+           weight.shape[0], weight.shape[1], torch.get_num_threads())
     return y.to(x.dtype).view(*x.shape[:-1], weight.shape[0])
 
 
-@_gemv_bf16_op.register_fake
-def _(x, weight, bias):
-    return x.new_empty(*x.shape[:-1], weight.shape[0])
-
-
-@torch.library.custom_op(f"{_NS}::gemv_f32", mutates_args=(), device_types="cpu")
-def _gemv_f32_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    library = load_kernel()
-    row = x.reshape(-1).contiguous()
-    y = torch.empty(weight.shape[0], dtype=torch.float32)
-    library.gemv_f32(_ptr(weight), _ptr(row), None if bias is None else _ptr(bias.contiguous()), _ptr(y),
-                     weight.shape[0], weight.shape[1], torch.get_num_threads())
-    return y.view(*x.shape[:-1], weight.shape[0])
-
-
-@_gemv_f32_op.register_fake
+@_gemv_op.register_fake
 def _(x, weight, bias):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
@@ -534,13 +521,8 @@ def linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     int8 path on CPU dequantizes first (docs/performance.md). Equal to F.linear within float32 accumulation
     order, rounded once to x's dtype."""
     kind = gemv_kind(x, weight)
-    if kind == "bf16":
-        return _gemv_bf16_op(x, weight, bias)
-    if kind == "f32":
-        return _gemv_f32_op(x, weight, bias)
+    if kind in ("bf16", "f32"):
+        return _gemv_op(x, weight, bias)
     if kind == "int8":
-        zero = getattr(weight, "zero_point", None)
-        if zero is not None and not bool((zero != 0).any()):
-            zero = None  # symmetric quantization: skip the correction
-        return _gemv_int8_op(x, weight.qdata, weight.scale, zero, bias)
+        return _gemv_int8_op(x, weight.qdata, weight.scale, getattr(weight, "zero_point", None), bias)
     return torch.nn.functional.linear(x, weight, bias)

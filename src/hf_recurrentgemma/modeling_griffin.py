@@ -40,10 +40,6 @@ from .layers_griffin import (
 PREFILL_SEGMENT = 2048
 
 
-def prefill_segment_size(seq_len: int) -> int:
-    return min(seq_len, PREFILL_SEGMENT)
-
-
 class GriffinDecoderLayer(GradientCheckpointingLayer):
     """Residual block: `x + temporal(norm(x))`, then `+ mlp(norm(.))`."""
 
@@ -181,12 +177,11 @@ class GriffinModel(GriffinPreTrainedModel):
         # Without autograd, a long prompt goes through the whole stack in segments, the state carried from one to
         # the next exactly as a cache carries it: each segment's activations stay in the CPU's caches, so the cost
         # per token does not grow with the prompt (docs/performance.md). One segment otherwise.
-        segment = seq_len if torch.is_grad_enabled() or all_hidden is not None else prefill_segment_size(seq_len)
+        segment = seq_len if torch.is_grad_enabled() or all_hidden is not None else min(seq_len, PREFILL_SEGMENT)
         outputs = []
         for start in range(0, seq_len, segment):
             part = slice(start, start + segment)
-            h = x[:, part] if segment < seq_len else x
-            seq_part = SequenceInfo(*(t[:, part] for t in seq)) if segment < seq_len else seq
+            h, seq_part = x[:, part], SequenceInfo(*(t[:, part] for t in seq))
             for idx, layer in enumerate(self.layers):
                 if all_hidden is not None:
                     all_hidden.append(h)

@@ -184,16 +184,8 @@ def rnn_scan_triton(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple
     """Same contract as `ops_griffin.rnn_scan_sequential`, on CUDA tensors; differentiable in x, a and h0.
 
     Without autograd the kernel writes `y` in `x.dtype` directly. With autograd it writes the float32 states
-    (for float32 inputs they are `y` itself, no copy) and the backward runs the reverse scan on them.
-
-    Args:
-        x: (B, T, L) inputs, any float dtype.
-        a: (B, T, L) decay, same dtype as `x`; document resets are already folded in as `a_t = 0`.
-        h0: (B, L) float32 state before the first step.
-
-    Returns:
-        y: (B, T, L) every state, cast to `x.dtype`.
-        h: (B, L) float32 state after the last step.
+    (for float32 inputs they are `y` itself, no copy) and the backward runs the reverse scan on them. Arguments and
+    results (shapes, dtypes) are those of `rnn_scan_sequential`.
 
     Example (on a machine with a CUDA GPU and triton):
         >>> x, a = torch.randn(2, 8, 16, device="cuda"), torch.rand(2, 8, 16, device="cuda")
