@@ -4,6 +4,9 @@
                                       [--verify] [--push-to-hub USER/REPO [--private]] [--force]
     hf-recurrentgemma export-orbax FOLDER OUT      # our folder -> Orbax checkpoint of the JAX release
     hf-recurrentgemma export-builtin FOLDER OUT    # our folder -> Transformers' built-in recurrent_gemma
+    hf-recurrentgemma generate MODEL "PROMPT"      # stream a continuation (--prompts-file for a batch)
+    hf-recurrentgemma chat MODEL                   # talk to an instruction-tuned model; /save, /load, /reset
+    hf-recurrentgemma perplexity MODEL --dataset D # exact perplexity of whole documents in constant memory
 
 SRC is detected: an Orbax checkpoint directory (JAX release), a torch state-dict file (PyTorch release) or a
 Transformers `recurrent_gemma` folder. Errors are one line on stderr (`error: ...`) with exit status 2; a failed
@@ -17,6 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from .commands import chat, generate, perplexity
 from .configuration_griffin import PRESETS
 from .convert.builtin import export_builtin
 from .convert.orbax_release import export_orbax
@@ -73,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("out", help="output folder (or checkpoint directory)")
         sub.add_argument("--force", action="store_true", help="replace OUT if it exists")
         sub.set_defaults(func=functools.partial(run_export, export))
+    for command in (generate, chat, perplexity):  # inference commands: hf_recurrentgemma/commands/
+        command.add_parser(commands)
     return parser
 
 

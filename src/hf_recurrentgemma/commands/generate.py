@@ -1,0 +1,139 @@
+"""`hf-recurrentgemma generate MODEL "PROMPT"`: stream a continuation; `--prompts-file` runs a batch.
+
+One prompt streams its continuation to stdout token by token (statistics go to stderr). A prompts file holds one
+prompt per line; they run in left-padded batches of `--batch-size` and each result is one JSON line on stdout,
+`{"prompt": ..., "completion": ...}`, in the file's order.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .loading import CommandError, add_model_arguments, load_model, load_tokenizer
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise ValueError
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def add_sampling_arguments(parser) -> None:
+    """The sampling flags shared by `generate` and `chat` (Transformers' GenerationConfig fields)."""
+    parser.add_argument("--max-new-tokens", type=_positive(int), default=128, metavar="N",
+                        help="stop after N new tokens (default 128)")
+    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=_positive(float), metavar="T", help="sampling temperature")
+    parser.add_argument("--top-k", type=_positive(int), metavar="K", help="sample among the K likeliest tokens")
+    parser.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: smallest set with mass P")
+    parser.add_argument("--repetition-penalty", type=_positive(float), metavar="R",
+                        help="divide the logits of tokens already in the sequence by R (> 1 discourages repeats)")
+    parser.add_argument("--seed", type=int, help="random seed (sampling is reproducible with the same seed)")
+
+
+def check_sampling_arguments(args) -> None:
+    """Refuses sampling-only flags without --do-sample (Transformers would ignore them with a warning) and values
+    out of range; runs before the model loads."""
+    if not args.do_sample:
+        given = [f for f in ("temperature", "top_k", "top_p") if getattr(args, f) is not None]
+        if given:
+            raise CommandError(f"--{given[0].replace('_', '-')} only applies with --do-sample")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise CommandError(f"--top-p must be in (0, 1], got {args.top_p}")
+
+
+def generation_kwargs(args, tokenizer) -> dict:
+    """`generate()` keyword arguments from the sampling flags (checked by `check_sampling_arguments`); seeds
+    the random generators when --seed is given."""
+    check_sampling_arguments(args)
+    kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, pad_token_id=tokenizer.pad_token_id)
+    for flag in ("temperature", "top_k", "top_p", "repetition_penalty"):
+        if getattr(args, flag) is not None:
+            kwargs[flag] = getattr(args, flag)
+    if args.seed is not None:
+        from transformers import set_seed
+
+        set_seed(args.seed)
+    return kwargs
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt per line of a UTF-8 text file; blank lines are skipped; `\\n` in a line stands for a newline."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise CommandError(f"--prompts-file {path}: no such file") from None
+    except UnicodeDecodeError as err:
+        raise CommandError(f"--prompts-file {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    prompts = [line.replace("\\n", "\n") for line in lines if line.strip()]
+    if not prompts:
+        raise CommandError(f"--prompts-file {path}: no prompts (the file has no non-blank line)")
+    return prompts
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, prompts: list[str], batch_size: int = 8, **kwargs) -> list[str]:
+    """Completions of `prompts` (without the prompts), run in left-padded batches of `batch_size`."""
+    tokenizer.padding_side = "left"
+    completions = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True).to(model.device)
+        out = model.generate(**batch, **kwargs)
+        new = out[:, batch["input_ids"].shape[1]:]
+        completions += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return completions
+
+
+def run_generate(args) -> int:
+    if (args.prompt is None) == (args.prompts_file is None):
+        raise CommandError("give exactly one of PROMPT and --prompts-file")
+    prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
+    check_sampling_arguments(args)
+    tokenizer = load_tokenizer(args.model, args.tokenizer)
+    model = load_model(args.model, args.dtype, args.device)
+    kwargs = generation_kwargs(args, tokenizer)
+    if args.prompts_file:
+        start = time.perf_counter()
+        completions = generate_batch(model, tokenizer, prompts, args.batch_size, **kwargs)
+        for prompt, completion in zip(prompts, completions):
+            print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False), flush=True)
+        print(f"{len(prompts)} prompts in {time.perf_counter() - start:.2f}s", file=sys.stderr)
+        return 0
+
+    from transformers import TextStreamer
+
+    inputs = tokenizer(args.prompt, return_tensors="pt").to(model.device)
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(**inputs, streamer=streamer, **kwargs)
+    elapsed = time.perf_counter() - start
+    new_tokens = out.shape[1] - inputs["input_ids"].shape[1]
+    print(f"{new_tokens} tokens in {elapsed:.2f}s ({new_tokens / elapsed:.1f} tokens/s, prompt "
+          f"{inputs['input_ids'].shape[1]} tokens)", file=sys.stderr)
+    return 0
+
+
+def add_parser(commands) -> None:
+    sub = commands.add_parser("generate", help="stream a continuation of a prompt (or a file of prompts)",
+                              description=__doc__.split("\n\n")[0])
+    add_model_arguments(sub)
+    sub.add_argument("prompt", nargs="?", help="the prompt (or use --prompts-file)")
+    sub.add_argument("--prompts-file", metavar="FILE", help="one prompt per line; prints one JSON line per prompt")
+    sub.add_argument("--batch-size", type=_positive(int), default=8, metavar="B",
+                     help="prompts per left-padded batch with --prompts-file (default 8)")
+    add_sampling_arguments(sub)
+    sub.set_defaults(func=run_generate)
+
+
+__all__ = ["add_parser", "add_sampling_arguments", "check_sampling_arguments", "generation_kwargs", "generate_batch",
+           "read_prompts", "run_generate"]

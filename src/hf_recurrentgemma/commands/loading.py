@@ -1,0 +1,80 @@
+"""Loading a model folder and its tokenizer for the inference commands.
+
+Both our folders and Transformers' built-in `recurrent_gemma` folders load as `GriffinForCausalLM`: the package
+registers a checkpoint loader (`convert/builtin.py`) that converts a built-in folder in memory.
+"""
+
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CommandError(ValueError):
+    """A bad argument or input file; the CLI prints it as one line and exits with status 2."""
+
+
+def add_model_arguments(parser) -> None:
+    """The MODEL argument and the loading flags that every inference command shares."""
+    parser.add_argument("model", help="a folder written by `convert`/save_pretrained, or a recurrent_gemma folder")
+    parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer folder (default: the model folder)")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                        help="weights' dtype in memory (auto: as stored)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+
+
+def check_model_folder(path: str | Path) -> None:
+    """Refuses a local path that is not a model folder (a Hub repo id is left to from_pretrained)."""
+    if Path(path).exists() and not (Path(path) / "config.json").is_file():
+        raise CommandError(f"{path}: not a model folder (no config.json)")
+
+
+def load_model(path: str | Path, dtype: str = "auto", device: str = "cpu"):
+    """`GriffinForCausalLM` from our folder or a built-in `recurrent_gemma` folder, in eval mode.
+
+    Args:
+        path: a local folder with config.json (Hub repo ids also work where the Hub can be reached).
+        dtype: "auto" (as stored) or one of `DTYPES`.
+        device: where the weights go.
+    """
+    from ..modeling_griffin import GriffinForCausalLM
+
+    path = str(path)
+    check_model_folder(path)
+    if dtype != "auto" and dtype not in DTYPES:
+        raise CommandError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError as err:
+        raise CommandError(f"--device: {err}") from None
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the commands print their own progress; a loading bar is noise here
+    try:
+        model = GriffinForCausalLM.from_pretrained(path, dtype="auto" if dtype == "auto" else DTYPES[dtype])
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+    return model.to(torch_device).eval()
+
+
+def load_tokenizer(model_path: str | Path, tokenizer_path: str | Path | None = None):
+    """The tokenizer saved with the model (or at `tokenizer_path`); a clear error when there is none."""
+    from transformers import AutoTokenizer
+
+    check_model_folder(model_path)
+    where = str(tokenizer_path or model_path)
+    folder = Path(where)
+    if folder.is_dir() and not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
+                                                                       "tokenizer.model")):
+        flag = "--tokenizer" if tokenizer_path else "--tokenizer PATH (or convert with --tokenizer tokenizer.model)"
+        raise CommandError(f"{where}: no tokenizer files (tokenizer.json, tokenizer_config.json); pass {flag}")
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # batches need one; Gemma tokenizers have <pad>=0
+    return tokenizer
+
+
+__all__ = ["CommandError", "DTYPES", "add_model_arguments", "check_model_folder", "load_model", "load_tokenizer"]
