@@ -34,6 +34,16 @@ from .layers_griffin import (
     GriffinRMSNorm,
     SequenceInfo,
 )
+from .validation_griffin import (
+    ValueChecks,
+    check_attention_mask,
+    check_cache,
+    check_lm_arguments,
+    check_position_ids_shape,
+    check_positions,
+    check_token_ids,
+    check_token_inputs,
+)
 
 
 # Inference prompts longer than this run through the layers in segments of this many tokens.
@@ -136,39 +146,38 @@ class GriffinModel(GriffinPreTrainedModel):
                 (generate passes the whole history).
             position_ids: (B, T) positions within each document; 0 starts a document. Derived when omitted.
             cache: a `GriffinCache` to continue from and update (created when `use_cache` and none is given).
+
+        Every argument is checked before any state is written (validation_griffin.py): a refused call leaves the
+        cache as it was.
         """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        batch, seq_len = check_token_inputs(input_ids, inputs_embeds, self.config.hidden_size,
+                                            self.embed_tokens.weight.dtype)
         if "past_key_values" in kwargs:
             raise TypeError("past_key_values is not a Griffin argument: pass the GriffinCache as `cache=`")
         if kwargs.get("output_attentions"):
             raise ValueError("output_attentions=True is not supported: Griffin's local attention returns no weights")
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        dtype = inputs_embeds.dtype if inputs_embeds is not None else self.embed_tokens.weight.dtype
+        check_cache(cache, self.config, batch, dtype, device)
+        checks = ValueChecks()
+        check_attention_mask(checks, attention_mask, batch, seq_len)
+        check_position_ids_shape(position_ids, batch, seq_len)
+        check_token_ids(checks, input_ids, self.embed_tokens.num_embeddings)
+        seq = self._sequence_info(batch, seq_len, attention_mask, position_ids, cache, device, checks)
+        checks.raise_first()
+
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             use_cache = False
-        if cache is not None and not isinstance(cache, GriffinCache):
-            raise TypeError(f"cache must be a GriffinCache, got {type(cache).__name__}")
-        if cache is not None and not cache.fits(self.config):
-            raise ValueError(
-                "cache was made for another architecture (block_types, widths or attention_window_size differ); "
-                "make it with GriffinCache(model.config)"
-            )
         if use_cache and cache is None:
             cache = GriffinCache(self.config)
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
-
-        batch, seq_len = inputs_embeds.shape[:2]
-        if seq_len == 0:
-            raise ValueError("the input has no tokens (sequence length 0); pass at least one token per row")
         if cache is not None and not cache.is_initialized:
             cache.allocate(batch, inputs_embeds.dtype, inputs_embeds.device)
-        if cache is not None and cache.batch_size != batch:
-            raise ValueError(f"cache holds {cache.batch_size} sequences but the inputs have batch size {batch}")
-        seq = self._sequence_info(batch, seq_len, attention_mask, position_ids, cache, inputs_embeds.device)
 
         # The reference multiplies by sqrt(D) rounded to bfloat16, as in training.
         x = inputs_embeds * self.config.embedding_scale if self.config.embeddings_scale_by_sqrt_dim else inputs_embeds
@@ -200,22 +209,14 @@ class GriffinModel(GriffinPreTrainedModel):
         )
 
     @staticmethod
-    def _sequence_info(batch, seq_len, attention_mask, position_ids, cache, device) -> SequenceInfo:
-        """Positions, document starts and padding of the T tokens of this call."""
+    def _sequence_info(batch, seq_len, attention_mask, position_ids, cache, device, checks=None) -> SequenceInfo:
+        """Positions, document starts and padding of the T tokens of this call. Given `position_ids` are checked
+        against the mask and the cache through `checks` (a `ValueChecks`), when there is one."""
         # What the cache knows, read from tensors only (no host sync, nothing for a compiled step to specialise on):
         # the next position of each row, and whether a real token came before this call.
         allocated = cache is not None and cache.next_position is not None
         mask = None
         if attention_mask is not None:
-            if not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim != 2:
-                raise ValueError(
-                    "attention_mask must be a 2D (batch, sequence) padding mask of 0/1, got "
-                    f"{type(attention_mask).__name__} with shape {getattr(attention_mask, 'shape', None)}"
-                )
-            if attention_mask.shape[0] != batch or attention_mask.shape[1] < seq_len:
-                raise ValueError(
-                    f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({batch}, >= {seq_len})"
-                )
             full = attention_mask.to(device=device, dtype=torch.bool)
             mask = full[:, -seq_len:]
             if full.shape[1] > seq_len:
@@ -234,9 +235,12 @@ class GriffinModel(GriffinPreTrainedModel):
             else:
                 positions = start[:, None] + torch.arange(seq_len, device=device)
         else:
-            if position_ids.shape[-1] != seq_len:
-                raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected (B, {seq_len})")
             positions = position_ids.to(device=device, dtype=torch.long).expand(batch, seq_len)
+            if checks is not None and checks.enabled():
+                real = mask if mask is not None else torch.ones(batch, seq_len, dtype=torch.bool, device=device)
+                before_padding = (~before if mask is not None and full.shape[1] > seq_len
+                                  else torch.zeros(batch, dtype=torch.bool, device=device))
+                check_positions(checks, positions, real, before_padding, cache.next_position if allocated else None)
         reset = positions == 0
         if mask is not None:
             reset = reset | after_padding  # the first real token after padding starts a document
@@ -248,6 +252,9 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
     """Griffin with the (tied) LM head and the logit soft cap `c * tanh(logits / c)`."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # Tensor parallelism: the head is sharded over the vocabulary like the tied embedding, logits gathered.
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _fsdp_plan = {}
 
     def __init__(self, config: GriffinConfig):
         super().__init__(config)
@@ -278,6 +285,9 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         """Same arguments as `GriffinModel.forward`, plus `labels` (B, T) for the shifted LM loss (-100 ignored)
         and `logits_to_keep` (keep the last N positions' logits, or those indexed by a tensor)."""
         kwargs.pop("return_dict", None)
+        batch, seq_len = check_token_inputs(input_ids, inputs_embeds, self.config.hidden_size,
+                                            self.model.embed_tokens.weight.dtype)
+        check_lm_arguments(labels, logits_to_keep, batch, seq_len, self.lm_head.out_features)
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
