@@ -122,7 +122,9 @@ def load_documents(dataset: str, split: str | None = None, text_column: str = "t
                                f"{', '.join(sorted({Path(f).suffix or '(none)' for f in files}))}")
         (builder,) = kinds
         extra = {"sample_by": sample_by} if builder == "text" else {}
-        ds = datasets.load_dataset(builder, data_files=files, split=split or "train", streaming=streaming, **extra)
+        if split not in (None, "train"):  # datasets puts files given as data_files in "train"
+            raise CommandError(f"--split {split}: local files form one split, train")
+        ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming, **extra)
     else:
         try:
             splits = datasets.get_dataset_split_names(dataset, config)
