@@ -21,6 +21,11 @@ ATTENTION = "attention"
 BLOCK_TYPES = (RECURRENT, ATTENTION)
 # RG-LRU scan implementations (ops_griffin.SCAN_BACKENDS); "auto" picks the fastest one available for the device.
 SCAN_BACKEND_NAMES = ("auto", "sequential", "cpu_kernel", "triton")
+# Sanity bounds on a config (a file from the Hub may be hostile): 10x the largest published model (9B), and a window
+# far beyond the published 2048 (the cache allocates W keys and values per attention layer and sequence).
+MAX_PARAMETERS = 100_000_000_000
+MAX_WINDOW = 1 << 20
+MAX_LAYERS = 100_000
 
 
 def griffin_block_pattern(num_layers: int) -> list[str]:
@@ -120,6 +125,9 @@ class GriffinConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         if self.block_types is None:
+            # Checked before building the list: a config.json asking for 1e12 layers must not fill memory first.
+            if isinstance(self.num_hidden_layers, int) and not 0 < self.num_hidden_layers <= MAX_LAYERS:
+                raise ValueError(f"num_hidden_layers must be in [1, {MAX_LAYERS}], got {self.num_hidden_layers}")
             self.block_types = griffin_block_pattern(self.num_hidden_layers or 26)
         self.block_types = list(self.block_types)
         if self.num_hidden_layers is None:
@@ -129,7 +137,10 @@ class GriffinConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
-        """Part of `@strict` validation: each error names the offending field."""
+        """Part of `@strict` validation: each error names the offending field. Runs at construction and on every
+        config.json read, so a bad or hostile file fails here, before any weight is allocated."""
+        if isinstance(self.block_types, str) or not self.block_types:
+            raise ValueError(f"block_types must be a non-empty list of {BLOCK_TYPES}, got {self.block_types!r}")
         bad = [t for t in self.block_types if t not in BLOCK_TYPES]
         if bad:
             raise ValueError(f"block_types: entries must be one of {BLOCK_TYPES}, got {bad[0]!r}")
@@ -150,14 +161,41 @@ class GriffinConfig(PreTrainedConfig):
             raise ValueError(f"lru_width={self.lru_width} is not divisible by num_attention_heads={self.num_attention_heads}")
         if self.num_key_value_heads != 1:
             raise ValueError(f"num_key_value_heads must be 1 (Griffin uses multi-query attention), got {self.num_key_value_heads}")
-        if (self.hidden_size // self.num_attention_heads) % 4:
-            raise ValueError(f"head_dim={self.head_dim} must be divisible by 4 for half-dimension RoPE")
+        for name in ("logits_soft_cap", "rope_theta", "rms_norm_eps", "partial_rotary_factor", "w_init_variance_scale"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if not 0 < self.partial_rotary_factor <= 1:
+            raise ValueError(f"partial_rotary_factor must be in (0, 1], got {self.partial_rotary_factor}")
+        rope_dim = self.head_dim * self.partial_rotary_factor
+        if rope_dim != int(rope_dim) or int(rope_dim) % 2:  # RoPE rotates pairs of dimensions
+            raise ValueError(f"head_dim={self.head_dim} times partial_rotary_factor={self.partial_rotary_factor} must "
+                             f"be an even number of rotated dimensions, got {rope_dim:g}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}")
+        # A hostile or mistyped config.json must not make the model ask for terabytes: refuse what no machine holds.
+        if self.num_parameters_estimate() > MAX_PARAMETERS:
+            raise ValueError(
+                f"the sizes (vocab_size={self.vocab_size}, hidden_size={self.hidden_size}, intermediate_size="
+                f"{self.intermediate_size}, lru_width={self.lru_width}, num_hidden_layers={self.num_hidden_layers}) "
+                f"make {self.num_parameters_estimate():.3g} parameters, more than the {MAX_PARAMETERS:.0e} allowed"
+            )
+        if self.attention_window_size > MAX_WINDOW:
+            raise ValueError(f"attention_window_size must be <= {MAX_WINDOW} (the cache holds W keys per layer), "
+                             f"got {self.attention_window_size}")
         if self.logits_soft_cap < 0:
             raise ValueError(f"logits_soft_cap must be >= 0 (0 turns it off), got {self.logits_soft_cap}")
         if self.scan_backend not in SCAN_BACKEND_NAMES:
             raise ValueError(f"scan_backend must be one of {SCAN_BACKEND_NAMES}, got {self.scan_backend!r}")
         if self.rms_norm_eps <= 0:
             raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps}")
+
+    def num_parameters_estimate(self) -> int:
+        """Parameters of a model with this config, to within the biases and norms (checked before allocation)."""
+        d, m, lru, layers = self.hidden_size, self.intermediate_size, self.lru_width, self.num_hidden_layers
+        recurrent = 3 * d * lru + 2 * lru * lru // self.num_attention_heads + self.conv1d_width * lru
+        attention = 2 * d * d + 2 * d * self.head_dim
+        temporal = sum(attention if t == ATTENTION else recurrent for t in self.block_types)
+        return self.vocab_size * d * (1 if self.tie_word_embeddings else 2) + layers * 3 * d * m + temporal
 
     @property
     def head_dim(self) -> int:
