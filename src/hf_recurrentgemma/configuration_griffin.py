@@ -98,6 +98,25 @@ class GriffinConfig(PreTrainedConfig):
 
     model_type = "griffin"
     keys_to_ignore_at_inference = ["cache"]
+    # Tensor parallelism (`from_pretrained(..., tp_plan="auto")` under torchrun; docs/scaling.md). Sharded: the MLP,
+    # the query/output projections of attention (by head; tp must divide num_attention_heads), and the recurrent
+    # block's input projections (outputs gathered) and output projection. Replicated: the single key/value head,
+    # and the conv1d and RG-LRU, whose state the cache holds at full width `lru_width` on every rank.
+    base_model_tp_plan = {
+        "layers.*.temporal_block.q_proj": "colwise",
+        "layers.*.temporal_block.o_proj": "rowwise",
+        "layers.*.temporal_block.linear_x": "colwise_rep",
+        "layers.*.temporal_block.linear_y": "colwise_rep",
+        "layers.*.temporal_block.linear_out": "rowwise_split_input",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    # Transformers' own FSDP2 (`DistributedConfig(fsdp_size=N)`): one shard group per decoder layer, the final norm
+    # kept gathered after forward (the default plan names it `norm`); the tied embedding and head share the root
+    # group. docs/scaling.md: a Transformers 5.24 bug with shards of unequal size on this path.
+    base_model_fsdp_plan = {"embed_tokens": "free_full_weight", "layers.*": "free_full_weight",
+                            "final_norm": "keep_full_weight"}
     attribute_map = {"width": "hidden_size", "mlp_expanded_width": "intermediate_size", "num_heads": "num_attention_heads"}
 
     vocab_size: int = 256_000

@@ -220,7 +220,6 @@ class GriffinLocalAttention(nn.Module):
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
-        self.num_key_value_groups = config.num_attention_heads  # one shared key/value head
         self.scaling = self.head_dim**-0.5
         self.rope_dim = int(self.head_dim * config.partial_rotary_factor)
         d = config.hidden_size
@@ -229,12 +228,22 @@ class GriffinLocalAttention(nn.Module):
         self.v_proj = linear(d, self.head_dim, std=math.sqrt(1.0 / d), bias=False)
         self.o_proj = linear(d, d, std=math.sqrt(config.final_w_init_variance_scale / d))
 
+    @property
+    def num_key_value_groups(self) -> int:
+        """Query heads per key/value head, as Transformers' attention functions read it: all of this module's
+        query heads share the one key/value head. Under tensor parallelism q_proj holds a shard of the heads
+        (a DTensor whose local rows are this rank's), so the count is read from the weight, not the config."""
+        weight = self.q_proj.weight
+        rows = weight.to_local().shape[0] if hasattr(weight, "to_local") else weight.shape[0]
+        return rows // self.head_dim
+
     def forward(self, x: torch.Tensor, seq: SequenceInfo, state: AttentionState | None):
         """x: (B, T, D) -> (B, T, D), new AttentionState."""
         batch, seq_len, _ = x.shape
         if state is None:
             state = empty_attention_state(self.config, batch, x.dtype, x.device)
-        q = self.q_proj(x).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        # -1 heads: under tensor parallelism q_proj is column-sharded and a rank holds H / tp of them.
+        q = self.q_proj(x).view(batch, seq_len, -1, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
         k = self.k_proj(x).view(batch, seq_len, 1, self.head_dim).transpose(1, 2)  # (B, 1, T, Dh)
         v = self.v_proj(x).view(batch, seq_len, 1, self.head_dim).transpose(1, 2)
         sin, cos = rope_tables(seq.positions, self.rope_dim, self.config.rope_theta, q.dtype)

@@ -39,6 +39,7 @@ from .validation_griffin import (
     check_attention_mask,
     check_cache,
     check_lm_arguments,
+    check_loaded_weights,
     check_position_ids_shape,
     check_positions,
     check_token_ids,
@@ -91,12 +92,20 @@ class GriffinPreTrainedModel(PreTrainedModel):
     checkpoint_loaders: list = []
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True,
+                        nonfinite: str = "error", **kwargs):
+        """Transformers' `from_pretrained`, refusing a checkpoint with missing, unexpected or mis-shaped tensors
+        (`strict=False`: warn and initialise, as Transformers does) or with NaN/Inf values (`nonfinite="warn"`:
+        warn naming the tensor). Configs are validated before anything is allocated."""
         for loader in GriffinPreTrainedModel.checkpoint_loaders:
             model = loader(cls, pretrained_model_name_or_path, *model_args, **kwargs)
             if model is not None:
                 return model
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                              **kwargs)
+        check_loaded_weights(model, info, pretrained_model_name_or_path, strict=strict, nonfinite=nonfinite)
+        return (model, info) if want_info else model
 
     def _init_weights(self, module: nn.Module) -> None:
         # The reference's initialisation. Transformers visits modules that hold parameters directly, so each one
@@ -254,7 +263,6 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     # Tensor parallelism: the head is sharded over the vocabulary like the tied embedding, logits gathered.
     _tp_plan = {"lm_head": "colwise_gather_output"}
-    _fsdp_plan = {}
 
     def __init__(self, config: GriffinConfig):
         super().__init__(config)
