@@ -223,5 +223,32 @@ def check_lm_arguments(labels, logits_to_keep, batch: int, seq_len: int, vocab_s
     checks.raise_first()
 
 
-__all__ = ["ValueChecks", "check_token_inputs", "check_token_ids", "check_attention_mask", "check_position_ids_shape",
+def check_loaded_weights(model, info: dict, source, strict: bool = True, nonfinite: str = "error") -> None:
+    """After `from_pretrained`: a checkpoint that lacks a parameter or holds one the model does not have is refused
+    (Transformers alone would warn and initialise the missing one at random: a silently different model), and so
+    is one with a NaN or infinite value (`nonfinite="warn"` warns instead, naming the tensor). `strict=False` keeps
+    Transformers' behaviour for keys. Quantized and distributed tensors (subclasses) are not scanned for values."""
+    if nonfinite not in ("error", "warn"):
+        raise ValueError(f"nonfinite must be 'error' or 'warn', got {nonfinite!r}")
+    if strict and getattr(model, "hf_quantizer", None) is None:
+        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+            keys = sorted(str(k) for k in info.get(kind) or ())
+            if keys:
+                shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+                raise ValueError(f"{source}: the checkpoint's tensors do not match the model: {kind.replace('_', ' ')}"
+                                 f" {shown} (pass strict=False to load anyway)")
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if type(tensor.data) is not torch.Tensor or not tensor.dtype.is_floating_point or tensor.is_meta:
+            continue
+        if not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            message = f"{source}: tensor {name} holds {count} NaN or infinite values"
+            if nonfinite == "error":
+                raise ValueError(message + " (pass nonfinite='warn' to load anyway)")
+            import warnings
+
+            warnings.warn(message, stacklevel=3)
+
+
+__all__ = ["ValueChecks", "check_loaded_weights", "check_token_inputs", "check_token_ids", "check_attention_mask", "check_position_ids_shape",
            "check_positions", "check_cache", "check_lm_arguments"]
