@@ -17,6 +17,7 @@ The key map is `BUILTIN_RENAMES` (name parts) plus the conv1d reshape: Transform
 conversions, and `builtin_rules` turns it into `Rule`s over our parameter names for the streaming reader/export.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -334,6 +335,7 @@ def export_builtin(folder: str | Path, out: str | Path, *, force: bool = False,
         writer.close()
         reader.close()
         builtin_config.save_pretrained(staged)
+        _add_top_level_rope(staged / CONFIG, config)
         for entry in sorted(os.listdir(folder)):  # tokenizer, generation config, README, ...
             src = os.path.join(folder, entry)
             if os.path.isfile(src) and entry not in _NOT_COPIED and not entry.endswith(_NOT_COPIED_SUFFIXES):
@@ -349,6 +351,16 @@ def export_builtin(folder: str | Path, out: str | Path, *, force: bool = False,
 
 
 export_to_builtin = export_builtin  # the name benchmarks/bench_inference.py uses
+
+
+def _add_top_level_rope(config_file: Path, config: GriffinConfig) -> None:
+    """Also writes `rope_theta` and `partial_rotary_factor` at the top level of the exported config.json, beside
+    Transformers 5.x's `rope_parameters`: the Hub's recurrentgemma configs (written by 4.40) carry them there, and
+    readers of the format other than Transformers require them there (mlx-lm's `ModelArgs.rope_theta`, candle's
+    `Config.rope_theta` and `partial_rotary_factor` have no default; docs/interop.md)."""
+    data = json.loads(config_file.read_text())
+    data.update(rope_theta=config.rope_theta, partial_rotary_factor=config.partial_rotary_factor)
+    config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 # --- from_pretrained ----------------------------------------------------------------------------------------------
 
