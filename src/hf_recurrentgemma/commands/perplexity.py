@@ -112,7 +112,10 @@ def load_documents(dataset: str, split: str | None = None, text_column: str = "t
     Local `.txt`/`.md` files are read whole, one document per file (`sample_by="line"` or "paragraph" splits them);
     `.jsonl`/`.json`/`.csv`/`.parquet` rows are documents, their text in `text_column`.
     """
-    import datasets
+    try:
+        import datasets
+    except ImportError:
+        raise CommandError("the perplexity command reads documents with `datasets`: pip install datasets") from None
 
     files = resolve_local_files(dataset)
     if files is not None:
