@@ -11,6 +11,7 @@ no token. Without position ids, each row's first real token (per the attention m
 
 import copy
 import math
+import os
 
 import torch
 from torch import nn
@@ -40,6 +41,7 @@ from .validation_griffin import (
     check_cache,
     check_lm_arguments,
     check_loaded_weights,
+    check_stored_dtypes,
     check_position_ids_shape,
     check_positions,
     check_token_ids,
@@ -101,9 +103,17 @@ class GriffinPreTrainedModel(PreTrainedModel):
             model = loader(cls, pretrained_model_name_or_path, *model_args, **kwargs)
             if model is not None:
                 return model
+        folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        if os.path.isdir(folder):
+            check_stored_dtypes(folder)
         want_info = kwargs.pop("output_loading_info", False)
+        # Mis-shaped tensors come back in the loading info, so the error can name them (Transformers' own says
+        # only "look at the above report").
+        ignore_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
-                                              **kwargs)
+                                              ignore_mismatched_sizes=True, **kwargs)
+        if ignore_mismatched:
+            info = {**info, "mismatched_keys": set()}
         check_loaded_weights(model, info, pretrained_model_name_or_path, strict=strict, nonfinite=nonfinite)
         return (model, info) if want_info else model
 
