@@ -107,3 +107,16 @@ def test_layer_count_is_checked_before_the_layout_is_built(layers, tmp_path):
     with pytest.raises(ValueError, match="num_hidden_layers must be in"):
         AutoConfig.from_pretrained(tmp_path)
     assert time.perf_counter() - start < 5
+
+
+def test_dtype_that_names_no_torch_dtype(tmp_path):
+    """Found by tests/test_fuzz.py: a config.json `dtype` of "\\r" made PreTrainedConfig raise an AttributeError
+    naming no field."""
+    with pytest.raises(ValueError, match=r"dtype must name a torch dtype \(e.g. 'bfloat16'\), got 'float31'"):
+        GriffinConfig(**SMALL, dtype="float31")
+    GriffinConfig(**SMALL).save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**data, "dtype": "\r"}))
+    with pytest.raises(ValueError, match=r"dtype must name a torch dtype"):
+        GriffinForCausalLM.from_pretrained(tmp_path)
+    assert GriffinConfig(**SMALL, dtype="bfloat16").dtype is not None

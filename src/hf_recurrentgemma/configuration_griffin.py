@@ -153,6 +153,14 @@ class GriffinConfig(PreTrainedConfig):
             self.num_hidden_layers = len(self.block_types)
         if self.lru_width is None:
             self.lru_width = self.hidden_size
+        # PreTrainedConfig looks a dtype name up on the torch module, which for a stray string in a config.json
+        # raises an AttributeError that names no field.
+        dtype = getattr(self, "dtype", None)
+        if isinstance(dtype, str) and dtype != "auto":
+            import torch
+
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(f"dtype must name a torch dtype (e.g. 'bfloat16'), got {dtype!r}")
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import RecurrentGemmaConfig
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
@@ -273,7 +274,10 @@ class BuiltinSource(Source):
         raw = folder_config(self.path)
         if raw is None:
             raise ConversionError(f"{self.path}: no {CONFIG}; not a model folder")
-        self._config = config_from_builtin(raw, where=str(self.path / CONFIG))
+        try:
+            self._config = config_from_builtin(raw, where=str(self.path / CONFIG))
+        except (TypeError, StrictDataclassError) as err:  # the config's own error, without @strict's header line
+            raise ConversionError(f"{self.path / CONFIG}: {err.__cause__ or err}") from None
         self.reader = FolderReader(self.path)
 
     def config(self, preset=None, overrides=None) -> GriffinConfig:

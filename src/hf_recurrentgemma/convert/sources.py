@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from ..configuration_griffin import GriffinConfig
 from .errors import ConversionError, KeyMismatchError
@@ -113,8 +114,9 @@ class ReferenceSource(Source):
             return config_from_reference(self.metas(), preset=preset, **(overrides or {}))
         except ConversionError:
             raise
-        except ValueError as err:
-            raise ConversionError(f"{self.path}: {err}") from None
+        except (ValueError, TypeError, StrictDataclassError) as err:
+            # @strict wraps the config's own one-line error under a header line; report the error itself.
+            raise ConversionError(f"{self.path}: {err.__cause__ or err}") from None
 
     def key_map(self, config: GriffinConfig) -> list[Rule]:
         return rules_for(config)
