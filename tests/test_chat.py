@@ -154,3 +154,28 @@ def test_chat_command_on_a_builtin_folder(tmp_path):
         "> ",
     ]
     assert result.stdout == "\n".join(expected)
+
+
+def test_an_interrupted_turn_leaves_the_conversation_as_it_was(model):
+    """Ctrl-C in the middle of a reply (here: a streamer that raises after three tokens) drops the turn."""
+
+    class Interrupt:
+        def __init__(self):
+            self.calls = 0
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls > 3:
+                raise KeyboardInterrupt
+
+        def end(self):
+            pass
+
+    chat, reference = session(model), session(model)
+    chat.send(TURNS[0])
+    reference.send(TURNS[0])
+    with pytest.raises(KeyboardInterrupt):
+        chat.send(TURNS[1], streamer=Interrupt())
+    assert torch.equal(chat.token_ids, reference.token_ids) and chat.messages == reference.messages
+    assert chat.send(TURNS[2]) == reference.send(TURNS[2])
+    assert torch.equal(chat.token_ids, reference.token_ids)

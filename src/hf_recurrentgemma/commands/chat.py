@@ -29,6 +29,17 @@ _SENTINEL = "GRIFFIN_REPLY_SENTINEL"  # stands in for a reply when the template 
 END_OF_TURN = "<end_of_turn>"
 
 
+def _copy_cache(cache: GriffinCache) -> GriffinCache:
+    """A copy of `cache` with its own buffers."""
+    copy = GriffinCache(cache.config)
+    if cache.is_initialized:
+        for mine, theirs in zip(copy.layers, cache.layers):
+            mine.state = type(theirs.state)(*(t.clone() for t in theirs.state))
+        copy.next_position = cache.next_position.clone()
+        copy._seen_tokens = cache._seen_tokens.clone()
+    return copy
+
+
 class ChatSession:
     """A conversation kept in a `GriffinCache`, advanced one turn at a time.
 
@@ -103,10 +114,12 @@ class ChatSession:
                 new_ids[0, 0].item() == self.token_ids[0, -1].item():
             new_ids = new_ids[:, 1:]  # the reply already ended with the template's closing token
         ids = torch.cat([self.token_ids, new_ids], dim=1)
-        # generate() feeds only the tokens the cache has not seen: the last reply token and this turn.
+        # generate() feeds only the tokens the cache has not seen: the last reply token and this turn. It updates
+        # the cache in place, so it gets a copy (fixed size): a turn interrupted by Ctrl-C or an error leaves
+        # the conversation as it was before the turn.
         out = self.model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), cache=self.cache, eos_token_id=self.stop_ids,
-            streamer=streamer, return_dict_in_generate=True, **self.generate_kwargs,
+            input_ids=ids, attention_mask=torch.ones_like(ids), cache=_copy_cache(self.cache),
+            eos_token_id=self.stop_ids, streamer=streamer, return_dict_in_generate=True, **self.generate_kwargs,
         )
         self.cache = out.cache
         self.reply_ids = out.sequences[0, ids.shape[1]:]  # (R,) this turn's generated tokens, stop token included
@@ -241,7 +254,7 @@ def run_chat(args) -> int:
     while True:
         try:
             line = input("> ").strip()
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at the prompt leaves
             print()
             return 0
         if not line:
@@ -259,6 +272,8 @@ def run_chat(args) -> int:
                       f"{time.perf_counter() - start:.2f}s]", file=sys.stderr, flush=True)
         except CommandError as err:
             print(f"error: {err}", flush=True)
+        except KeyboardInterrupt:  # Ctrl-C during a reply: the turn is dropped, the conversation goes on
+            print("\n[interrupted; this turn was discarded]", flush=True)
 
 
 def add_parser(commands) -> None:
