@@ -73,8 +73,8 @@ def load_documents(files: list[str], text_column: str, sample_by: str):
     if missing:
         raise SystemExit(f"error: --data {missing[0]}: no such file")
     if None in kinds or len(kinds) != 1:
-        raise SystemExit(f"error: --data files must all be text ({', '.join(k for k, v in BUILDERS.items() if v == 'text')}) "
-                         f"or all JSON (.json, .jsonl); got {', '.join(files)}")
+        raise SystemExit(f"error: --data files must all be text (.txt, .md, .text) or all JSON (.json, .jsonl); "
+                         f"got {', '.join(files)}")
     (builder,) = kinds
     extra = {"sample_by": sample_by} if builder == "text" else {}
     ds = datasets.load_dataset(builder, data_files=files, split="train", **extra)

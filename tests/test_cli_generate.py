@@ -107,8 +107,6 @@ def test_bad_arguments_are_one_line_errors(folders, tmp_path, monkeypatch, args,
 
 
 def test_folder_without_tokenizer_or_config_is_named(folders, tmp_path):
-    from hf_recurrentgemma.commands.generate import run_generate  # noqa: F401  (the module the CLI calls)
-
     bare = tmp_path / "bare"
     save_tiny_folder(bare)
     for f in bare.iterdir():

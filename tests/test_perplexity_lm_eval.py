@@ -45,8 +45,8 @@ def test_lm_eval_hf_model_on_a_converted_folder(tmp_path):
         "doc_to_choice: '{{choices}}'\ndoc_to_target: answer\nmetric_list:\n  - metric: acc\n"
     )
     results = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={folder},dtype=float32", tasks=["griffin_tiny_mc"], batch_size=4, device="cpu",
-        task_manager=TaskManager(include_path=str(tmp_path / "tasks")), log_samples=True,
+        model="hf", model_args=f"pretrained={folder},dtype=float32", tasks=["griffin_tiny_mc"], batch_size=4,
+        device="cpu", task_manager=TaskManager(include_path=str(tmp_path / "tasks")), log_samples=True,
     )
     model, tokenizer = tiny_model(seed=9), tiny_tokenizer()
     samples = results["samples"]["griffin_tiny_mc"]

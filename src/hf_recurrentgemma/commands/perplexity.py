@@ -44,7 +44,8 @@ class PerplexityResult:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "nll_per_token": self.nll / self.tokens if self.tokens else None,
-                "perplexity": self.perplexity, "tokens_per_second": self.tokens / self.seconds if self.seconds else None}
+                "perplexity": self.perplexity,
+                "tokens_per_second": self.tokens / self.seconds if self.seconds else None}
 
 
 def _nll_sum(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
