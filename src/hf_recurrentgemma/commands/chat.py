@@ -91,7 +91,9 @@ class ChatSession:
         """The text the template puts between the end of the last reply and this turn's reply: the previous
         model turn's closing, the user turn and the model turn's opening (everything, with <bos>, on turn one).
 
-        It is rendered over a stand-in history of one exchange, so its cost does not grow with the conversation.
+        It is rendered over a stand-in history of one exchange, so its cost does not grow with the conversation;
+        this assumes, as Gemma's template does, that a turn renders the same whatever came before it (the tests
+        check that the pieces compose the template's rendering of the whole conversation).
         """
         user = {"role": "user", "content": message}
         if not self.messages:
