@@ -56,6 +56,12 @@ PRESETS: dict[str, dict] = {
         block_types=[RECURRENT] * 32, embeddings_scale_by_sqrt_dim=False, attention_window_size=1024,
         logits_soft_cap=0.0,
     ),
+    # The small Griffin this package ships (trained on Jane Austen's novels, training/README.md): the main job's model.
+    "griffin-austen-6m": dict(
+        vocab_size=4096, hidden_size=256, intermediate_size=3 * 256, num_attention_heads=4, lru_width=256,
+        block_types=griffin_block_pattern(6), embeddings_scale_by_sqrt_dim=True, attention_window_size=128,
+        logits_soft_cap=30.0,
+    ),
 }
 # Instruction-tuned releases share the architecture of their base model.
 PRESETS["recurrentgemma-2b-it"] = PRESETS["recurrentgemma-2b"]

@@ -1,0 +1,109 @@
+"""The checkpoint this package ships (src/hf_recurrentgemma/assets/griffin-austen, trained by training/train.py) and
+the main job on it: the release layout, its conversion, a short generation equal to the reference's, and the demo
+command end to end."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import sentencepiece as spm
+import torch
+from recurrentgemma import jax as ref_jax
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_recurrentgemma import PRESETS, GriffinConfig
+from hf_recurrentgemma.convert.pipeline import convert_checkpoint
+from hf_recurrentgemma.demo import BUNDLED_PRESET, BUNDLED_RELEASE, DEFAULT_PROMPT
+
+CHECKPOINT = BUNDLED_RELEASE / "6m"
+TOKENIZER = BUNDLED_RELEASE / "tokenizer.model"
+STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shipped") / "griffin-austen-hf"
+    return convert_checkpoint(BUNDLED_RELEASE, out, preset=BUNDLED_PRESET, tokenizer=TOKENIZER, verify=True)
+
+
+def test_release_layout_is_the_original_one():
+    assert TOKENIZER.is_file() and (BUNDLED_RELEASE / "README.md").is_file()
+    assert (CHECKPOINT / "_METADATA").is_file() or (CHECKPOINT / "checkpoint").is_file(), "not an Orbax checkpoint"
+    size = sum(p.stat().st_size for p in BUNDLED_RELEASE.rglob("*") if p.is_file())
+    assert size <= 40 * 2**20, f"the shipped release is {size / 2**20:.1f} MiB"
+    sp = spm.SentencePieceProcessor(model_file=str(TOKENIZER))
+    assert [sp.IdToPiece(i) for i in range(4)] == ["<pad>", "<eos>", "<bos>", "<unk>"]
+    assert sp.GetPieceSize() == PRESETS[BUNDLED_PRESET]["vocab_size"]
+
+
+def test_converts_in_bfloat16_equal_to_the_reference(converted):
+    assert converted.source_format == "orbax" and converted.dtype == torch.bfloat16
+    assert converted.verification.ok, converted.verification
+    assert "reference" in converted.verification.against
+    preset = GriffinConfig.from_preset(BUNDLED_PRESET)
+    for field in PRESETS[BUNDLED_PRESET]:
+        assert getattr(converted.config, field) == getattr(preset, field), field
+
+
+def reference_greedy(prompt: str, steps: int) -> list[int]:
+    """Google DeepMind's JAX sampler on the shipped Orbax checkpoint (float32): the continuation's token ids."""
+    # (recurrentgemma.jax.utils.load_parameters passes restore args this Orbax version refuses: restore directly.)
+    params = ocp.PyTreeCheckpointer().restore(str(CHECKPOINT))
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    preset = PRESETS[BUNDLED_PRESET]
+    config = ref_jax.GriffinConfig(
+        vocab_size=preset["vocab_size"], width=preset["hidden_size"], mlp_expanded_width=preset["intermediate_size"],
+        num_heads=preset["num_attention_heads"], lru_width=preset["lru_width"],
+        block_types=tuple(ref_jax.TemporalBlockType.RECURRENT if t == "recurrent" else
+                          ref_jax.TemporalBlockType.ATTENTION for t in preset["block_types"]),
+        embeddings_scale_by_sqrt_dim=preset["embeddings_scale_by_sqrt_dim"],
+        attention_window_size=preset["attention_window_size"], logits_soft_cap=preset["logits_soft_cap"],
+    )
+    vocab = spm.SentencePieceProcessor(model_file=str(TOKENIZER))
+    sampler = ref_jax.Sampler(model=ref_jax.Griffin(config), vocab=vocab, params=params["params"])
+    out = sampler([prompt], total_generation_steps=steps, end_sampling_at_eos_token=False)
+    return [int(t) for t in np.asarray(out.tokens[0])][:steps]
+
+
+def test_greedy_continuation_equals_the_reference_sampler(converted):
+    model = AutoModelForCausalLM.from_pretrained(converted.out, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(converted.out)
+    inputs = tokenizer(DEFAULT_PROMPT, return_tensors="pt")
+    ours = model.generate(**inputs, max_new_tokens=STEPS, do_sample=False, min_new_tokens=STEPS)
+    ours = ours[0, inputs["input_ids"].shape[1]:].tolist()
+    assert ours == reference_greedy(DEFAULT_PROMPT, STEPS)
+    text = tokenizer.decode(ours, skip_special_tokens=True)
+    words = text.split()
+    assert len(words) >= STEPS // 3, text  # words, not fragments
+    assert all(c.isalpha() or c in " ,.;:!?'\"-_()\n" for c in text), text
+
+
+def test_main_job_end_to_end(tmp_path):
+    env = {**os.environ, "HF_RECURRENTGEMMA_CACHE": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "hf_recurrentgemma.demo", "--max-new-tokens", "12", "--greedy"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "converting" in run.stdout and DEFAULT_PROMPT in run.stdout
+    assert "tokens/s" in run.stdout and "recurrent state" in run.stdout
+    assert "converting" in run.stderr  # the progress bar
+    again = subprocess.run([sys.executable, "-m", "hf_recurrentgemma.demo", "--max-new-tokens", "12", "--greedy"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and "converted before" in again.stdout
+    # Greedy decoding: the same continuation both times.
+    assert run.stdout.split(DEFAULT_PROMPT)[1].split("tokens in")[0] == \
+        again.stdout.split(DEFAULT_PROMPT)[1].split("tokens in")[0]
+
+
+def test_main_job_takes_a_converted_folder_and_names_a_missing_model(converted, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "hf_recurrentgemma.demo", str(converted.out), "--prompt", "Emma",
+                          "--max-new-tokens", "5"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "a converted folder" in run.stdout and "converting" not in run.stdout
+    missing = subprocess.run([sys.executable, "-m", "hf_recurrentgemma.demo", str(tmp_path / "nope")],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "nope: no such checkpoint or folder" in missing.stderr

@@ -1,0 +1,105 @@
+"""Ship a trained Griffin the way Google shipped RecurrentGemma: an Orbax checkpoint directory, in bfloat16, next
+to the SentencePiece `tokenizer.model`, with a model card.
+
+    python training/release.py runs/griffin/final src/hf_recurrentgemma/assets/griffin-austen \
+        --metrics runs/griffin/metrics.json [--force]
+
+OUT receives `6m/` (the Orbax checkpoint, written by our `export_orbax`) and `README.md` (the model card); the
+tokenizer.model must already be in OUT (training/tokenizer.py writes it there). Atomic per part: the checkpoint is
+staged and renamed by `export_orbax`.
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from hf_recurrentgemma import GriffinForCausalLM
+from hf_recurrentgemma.convert.orbax_release import export_orbax
+
+CHECKPOINT_DIR = "6m"
+
+
+def model_card(metrics: dict, corpus_manifest: dict, comparison: dict | None) -> str:
+    ppl = metrics["heldout_perplexity"]
+    lines = [
+        "# griffin-austen-6m",
+        "",
+        "A 6M-parameter **Griffin** (RecurrentGemma's architecture: RG-LRU recurrent blocks and local multi-query "
+        "attention, two recurrent blocks to one attention block) trained by hf-recurrentgemma on Jane Austen's novels. "
+        "It is laid out as the RecurrentGemma releases are: an Orbax checkpoint directory "
+        f"(`{CHECKPOINT_DIR}/`, bfloat16, the parameter tree of `recurrentgemma.jax`) and a SentencePiece "
+        "`tokenizer.model` with Gemma's special ids (<pad>=0, <eos>=1, <bos>=2, <unk>=3).",
+        "",
+        "```bash",
+        "hf-recurrentgemma convert 6m/ griffin-austen-hf --preset griffin-austen-6m --tokenizer tokenizer.model",
+        "python -m hf_recurrentgemma.demo          # converts, loads and continues a prompt",
+        "```",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| parameters | {metrics['parameters']:,} |",
+        "| blocks | 6 (recurrent, recurrent, attention) x 2; width 256, MLP 768, 4 heads, 1 key/value head |",
+        "| attention window | 128 tokens (a query sees itself and 128 previous tokens) |",
+        f"| vocabulary | {metrics['vocab_size']} SentencePiece BPE pieces, byte fallback |",
+        f"| training | {metrics['tokens_seen']:,} tokens ({metrics['steps']} steps of {metrics['batch_size']} x "
+        f"{metrics['train_length']}), AdamW, peak lr {metrics['lr']}, cosine, bf16 autocast, CPU |",
+        f"| held-out loss | {metrics['heldout_loss']:.3f} nats/token, perplexity {ppl:.1f} on *Persuasion* "
+        f"({metrics['heldout_tokens']:,} tokens, never trained on) |",
+        "",
+        "## Data and license",
+        "",
+        "Trained on *Sense and Sensibility*, *Pride and Prejudice*, *Mansfield Park*, *Emma* and *Northanger Abbey*; "
+        "*Persuasion* is held out. " + corpus_manifest["license"] + " The corpus is rebuilt from Debian's "
+        f"`{corpus_manifest['source']['package']}` ({corpus_manifest['source']['file']}, SHA-256 "
+        f"`{corpus_manifest['source']['sha256'][:16]}...`) by `training/corpus.py`. The weights are released "
+        "under the package's license (Apache-2.0).",
+        "",
+        "## Retrain",
+        "",
+        "```bash",
+        "python training/corpus.py --out corpus/",
+        "python training/tokenizer.py corpus/train.txt src/hf_recurrentgemma/assets/griffin-austen/tokenizer.model",
+        "python training/train.py griffin --tokenizer src/hf_recurrentgemma/assets/griffin-austen/tokenizer.model "
+        f"--out runs/griffin --tokens {metrics['tokens_seen']}",
+        "python training/release.py runs/griffin/final src/hf_recurrentgemma/assets/griffin-austen "
+        "--metrics runs/griffin/metrics.json --force",
+        "```",
+        "",
+        "It is a small model trained for about an hour on two CPU cores: it writes Austen-like sentences, not "
+        "coherent stories. See docs/reproduction.md for its comparison with a Hawk and a Transformer.",
+    ]
+    if comparison:
+        lines[lines.index("## Data and license"):lines.index("## Data and license")] = [comparison, ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trained", type=Path, help="the trained model folder (save_pretrained)")
+    parser.add_argument("out", type=Path, help="release folder holding tokenizer.model")
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics.json written by training/train.py")
+    parser.add_argument("--corpus-manifest", type=Path, default=Path("corpus/manifest.json"))
+    parser.add_argument("--force", action="store_true", help="replace an existing checkpoint and model card")
+    args = parser.parse_args(argv)
+    if not (args.out / "tokenizer.model").is_file():
+        print(f"error: {args.out / 'tokenizer.model'} is missing", file=sys.stderr)
+        return 2
+    model = GriffinForCausalLM.from_pretrained(args.trained, dtype=torch.float32).to(torch.bfloat16)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        export_orbax(tmp, args.out / CHECKPOINT_DIR, force=args.force)
+    metrics = json.loads(args.metrics.read_text())
+    card = model_card(metrics, json.loads(args.corpus_manifest.read_text()), None)
+    (args.out / "README.md").write_text(card)
+    size = sum(p.stat().st_size for p in (args.out / CHECKPOINT_DIR).rglob("*") if p.is_file())
+    print(f"wrote {args.out / CHECKPOINT_DIR} ({size / 2**20:.1f} MiB) and {args.out / 'README.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
