@@ -107,3 +107,26 @@ def test_prefill_split_anywhere_equals_one_prefill(model, length, data, seed):
         split_next = model(nxt, cache=cache, use_cache=True).logits
     assert_close(torch.cat(parts, dim=1), one.logits, what=f"prefill split at {cuts}")
     assert_close(split_next, one_next, tol=LOGIT_TOL, what=f"next step after split at {cuts}")
+
+
+@prop_settings(10)
+@given(length=st.integers(6, 40), data=st.data(), seed=st.integers(0, 2**16))
+def test_rg_lru_state_stays_float32_across_calls(model, length, data, seed):
+    """In a bfloat16 model, an RG-LRU run split into two calls (the state handed from one to the next, as the
+    cache does) equals one call to the last bit: the state between calls is float32, never rounded to the model
+    dtype (rounding it would lose ~3 decimal digits of state at every call boundary)."""
+    split = data.draw(st.integers(1, length - 5), label="split")
+    lru = model.model.layers[0].temporal_block.rg_lru
+    gen = torch.Generator().manual_seed(seed)
+    width = lru.a_param.shape[0]
+    x = torch.randn(2, length, width, generator=gen).to(torch.bfloat16)
+    reset = torch.zeros(2, length, dtype=torch.bool)
+    reset[:, 0] = True
+    h0 = torch.zeros(2, width)
+    lru_bf16 = __import__("copy").deepcopy(lru).to(torch.bfloat16)
+    with torch.no_grad():
+        y, h = lru_bf16(x, reset, h0)
+        y1, h1 = lru_bf16(x[:, :split], reset[:, :split], h0)
+        y2, h2 = lru_bf16(x[:, split:], reset[:, split:], h1)
+    assert h1.dtype == torch.float32 and h.dtype == torch.float32
+    assert torch.equal(torch.cat([y1, y2], dim=1), y) and torch.equal(h2, h), f"split at {split} of {length}"

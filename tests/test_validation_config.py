@@ -120,3 +120,26 @@ def test_dtype_that_names_no_torch_dtype(tmp_path):
     with pytest.raises(ValueError, match=r"dtype must name a torch dtype"):
         GriffinForCausalLM.from_pretrained(tmp_path)
     assert GriffinConfig(**SMALL, dtype="bfloat16").dtype is not None
+
+
+def test_embedding_scale_equals_torch_bfloat16_rounding_for_every_width():
+    """The reference multiplies embeddings by `torch.tensor(sqrt(D)).type(torch.bfloat16)`: sqrt rounded to
+    float32, then to bfloat16 to nearest-even. Every width up to 16384 must give torch's own value, including the
+    widths where truncating to bfloat16 would differ (48: sqrt = 6.928, truncated 6.90625, rounded 6.9375)."""
+    import math
+
+    import torch
+
+    from hf_recurrentgemma.configuration_griffin import _round_to_bfloat16
+
+    widths = torch.arange(1, 16385)
+    expected = torch.sqrt(widths.double()).float().to(torch.bfloat16).float()
+    ours = torch.tensor([_round_to_bfloat16(math.sqrt(w)) for w in range(1, 16385)])
+    bad = (ours != expected).nonzero().flatten()
+    assert bad.numel() == 0, f"widths {[int(widths[i]) for i in bad[:5]]} differ from torch's bfloat16 rounding"
+    truncated = (torch.sqrt(widths.float()).view(torch.int32) & -65536).view(torch.float32)
+    assert (truncated != expected).sum() > 1000, "too few widths where truncation and rounding differ"
+    for width in (48, 2560, 4096, 32):
+        config = GriffinConfig(**{**SMALL, "hidden_size": width, "intermediate_size": 8, "num_attention_heads": 4})
+        assert config.embedding_scale == torch.tensor(math.sqrt(width)).type(torch.bfloat16).item(), width
+    assert GriffinConfig(**{**SMALL, "hidden_size": 48, "num_attention_heads": 4}).embedding_scale == 6.9375
