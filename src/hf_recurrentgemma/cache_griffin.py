@@ -12,8 +12,8 @@ only place it is kept, so two generations can interleave on one model.
 from typing import NamedTuple
 
 import torch
-from transformers.cache_utils import Cache
 
+from .compat_griffin import Cache
 from .configuration_griffin import ATTENTION, GriffinConfig
 
 

@@ -10,10 +10,9 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from transformers import initialization as init
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .cache_griffin import AttentionState, RecurrentState, empty_attention_state, empty_recurrent_state
+from .compat_griffin import ALL_ATTENTION_FUNCTIONS, init
 from .configuration_griffin import GriffinConfig
 from .cpu_kernels_griffin import linear_cpu
 from .ops_griffin import (

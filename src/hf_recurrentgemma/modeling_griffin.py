@@ -9,20 +9,23 @@ conv1d does not look back across it and attention does not cross it. Padding (at
 no token. Without position ids, each row's first real token (per the attention mask) starts a document.
 """
 
-import copy
 import math
 import os
 
 import torch
 from torch import nn
-from transformers import initialization as init
-from transformers.generation import GenerationMixin
-from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import PreTrainedModel
-from transformers.utils.generic import can_return_tuple
 
 from .cache_griffin import GriffinCache
+from .compat_griffin import (  # Transformers internals, checked against the installed version in one place
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    GenerationMixin,
+    GradientCheckpointingLayer,
+    PreTrainedModel,
+    can_return_tuple,
+    compile_on_all_devices,
+    init,
+)
 from .configuration_griffin import ATTENTION, GriffinConfig
 from .layers_griffin import (
     BlockDiagonalLinear,
@@ -354,10 +357,8 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         if generation_config.cache_implementation != "static" and generation_config.compile_config is None:
             return False
         config = generation_config.compile_config
-        if config is not None and self.device.type == "cpu" and config._compile_all_devices is None:
-            config = copy.copy(config)
-            config._compile_all_devices = True
-            generation_config.compile_config = config
+        if config is not None and self.device.type == "cpu":
+            generation_config.compile_config = compile_on_all_devices(config)
         return super()._valid_auto_compile_criteria(model_kwargs, generation_config)
 
     def create_masks_for_generate(self, config=None, inputs_embeds=None, attention_mask=None, **kwargs):
