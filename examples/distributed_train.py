@@ -1,4 +1,4 @@
-"""Data-parallel training of a Griffin model with accelerate: DDP, FSDP2 or DeepSpeed, chosen by the launcher.
+"""Data-parallel training of a Griffin model: accelerate's DDP, FSDP or DeepSpeed (chosen by the launcher), or FSDP2.
 
 The script is the same on one process, on two CPU processes and on a cluster; `accelerate launch` (or `torchrun`)
 decides the engine (docs/scaling.md):
@@ -15,7 +15,8 @@ rows `[r * b, (r + 1) * b)` with `b = global_batch / n`, so the loss and the gra
 global batch whatever `n` is (each row has the same number of labelled tokens, so the mean of the processes' mean
 losses is the global mean). `--report` writes the losses and the first step's full gradients (gathered from the
 shards under FSDP) so runs on different process counts can be compared; `--save-state` / `--resume` write and
-read accelerate's checkpoint (a sharded distributed checkpoint under FSDP2) to continue a run where it stopped.
+read a checkpoint to continue a run where it stopped (accelerate's `save_state`; with `--fsdp2`, a sharded
+`torch.distributed.checkpoint` of the model and optimizer, one file per process).
 
 Data: `--data` takes local text files (read with `datasets`' "text" builder, tokenized with the model folder's
 tokenizer, concatenated with EOS between lines and cut into rows); without it, a fixed random token stream
@@ -49,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fsdp2", action="store_true",
-                        help="shard with FSDP2 (torch's fully_shard, launched with torchrun) instead of accelerate's engines")
+                        help="shard with FSDP2 (torch's fully_shard; launch with torchrun) instead of accelerate")
     parser.add_argument("--cpu", action="store_true",
                         help="train on CPU processes (gloo) even where an accelerator is present; the default "
                              "on a machine without one")
@@ -62,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, name) < low:
             parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
 
+    if args.data and args.tiny:
+        parser.error("--data needs --model (its tokenizer); --tiny has none")
     if args.output is not None and args.output.exists() and any(args.output.iterdir()):
         parser.error(f"--output {args.output} exists and is not empty; choose a new folder")
     return args
@@ -132,25 +135,45 @@ class AccelerateEngine(Engine):
         from accelerate import Accelerator
         from accelerate.utils import DistributedType
 
-        # Under torchrun / `accelerate launch --multi_gpu` accelerate sets up CPU processes (gloo) only when asked.
-        self.accelerator = Accelerator(cpu=args.cpu or not torch.accelerator.is_available())
+        # Under torchrun / `accelerate launch --multi_gpu` accelerate sets up CPU processes (gloo) only when asked;
+        # DeepSpeed picks its own (CPU) accelerator and process group, and accelerate hands over to it only when
+        # not told to use the CPU.
+        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        self.accelerator = Accelerator(cpu=not deepspeed and (args.cpu or not torch.accelerator.is_available()))
         if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and \
                 self.accelerator.distributed_type != DistributedType.FSDP:
             # accelerate applies FSDP only on accelerators; on CPU processes it would silently run DDP instead.
-            raise SystemExit(f"error: `accelerate launch --use_fsdp` on {self.accelerator.distributed_type}: accelerate "
-                             "runs FSDP on accelerators only; on CPU use --fsdp2 (Transformers' FSDP2) under torchrun")
+            kind = self.accelerator.distributed_type
+            raise SystemExit(f"error: `accelerate launch --use_fsdp` on {kind}: accelerate "
+                             "runs FSDP on accelerators only; on CPU use --fsdp2 (torch's FSDP2) under torchrun")
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
         self.name = str(self.accelerator.distributed_type).split(".")[-1]
+        self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+        if self.deepspeed and torch.distributed.is_initialized():
+            # On CPU processes accelerate 1.15 reports one process, main on every rank, under DeepSpeed (measured);
+            # the process group DeepSpeed set up knows the layout.
+            self.world, self.rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+            self.is_main = self.rank == 0
+        if self.deepspeed:  # DeepSpeed wants the per-process batch, which it otherwise reads off a DataLoader
+            config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            config.update(train_micro_batch_size_per_gpu=max(1, args.global_batch // self.world),
+                          train_batch_size=args.global_batch, gradient_accumulation_steps=1)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
 
     def backward(self, loss):
         self.accelerator.backward(loss)
 
     def mean(self, value: torch.Tensor) -> float:
+        if self.world > 1 and self.accelerator.num_processes != self.world:  # the DeepSpeed-on-CPU case above
+            value = value.detach().clone()
+            torch.distributed.all_reduce(value)
+            return (value / self.world).item()
         return self.accelerator.reduce(value.detach(), reduction="mean").item()
 
     def gradients(self):
+        if self.deepspeed:  # accelerate's backward already ran DeepSpeed's step, which consumed the gradients
+            return None
         return full_gradients(self.accelerator.unwrap_model(self.model))
 
     def save_state(self, path: Path):
@@ -245,7 +268,10 @@ def train(args) -> list[float]:
         return optimizer(model.parameters(), lr=args.lr)
 
     model = tiny_model(args.seed) if args.tiny else GriffinForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    engine = FSDP2Engine(args, model, make_optimizer) if args.fsdp2 else AccelerateEngine(args, model, make_optimizer(model))
+    if args.fsdp2:
+        engine = FSDP2Engine(args, model, make_optimizer)
+    else:
+        engine = AccelerateEngine(args, model, make_optimizer(model))
     torch.manual_seed(args.seed)
     if args.global_batch % engine.world:
         raise SystemExit(f"error: --global-batch {args.global_batch} is not divisible by {engine.world} processes")
@@ -259,12 +285,13 @@ def train(args) -> list[float]:
     losses = []
     engine.model.train()
     for step in range(first_step, args.steps):
-        batch = rows[step * args.global_batch : (step + 1) * args.global_batch][engine.rank * local : (engine.rank + 1) * local]
+        global_batch = rows[step * args.global_batch : (step + 1) * args.global_batch]
+        batch = global_batch[engine.rank * local : (engine.rank + 1) * local]  # this process's share
         loss = engine.model(input_ids=batch, labels=batch, use_cache=False).loss
         engine.backward(loss)
         if step == first_step and args.report is not None:
             grads = engine.gradients()
-            if engine.is_main:
+            if engine.is_main and grads is not None:
                 save_file(grads, str(args.report.with_suffix(".grads.safetensors")))
         engine.optimizer.step()
         engine.optimizer.zero_grad()
