@@ -24,7 +24,7 @@ from hf_recurrentgemma.convert.orbax_release import export_orbax
 CHECKPOINT_DIR = "6m"
 
 
-def model_card(metrics: dict, corpus_manifest: dict, comparison: dict | None) -> str:
+def model_card(metrics: dict, corpus_manifest: dict) -> str:
     ppl = metrics["heldout_perplexity"]
     lines = [
         "# griffin-austen-6m",
@@ -73,8 +73,6 @@ def model_card(metrics: dict, corpus_manifest: dict, comparison: dict | None) ->
         "It is a small model trained for about an hour on two CPU cores: it writes Austen-like sentences, not "
         "coherent stories. See docs/reproduction.md for its comparison with a Hawk and a Transformer.",
     ]
-    if comparison:
-        lines[lines.index("## Data and license"):lines.index("## Data and license")] = [comparison, ""]
     return "\n".join(lines) + "\n"
 
 
@@ -94,7 +92,7 @@ def main(argv=None) -> int:
         model.save_pretrained(tmp)
         export_orbax(tmp, args.out / CHECKPOINT_DIR, force=args.force)
     metrics = json.loads(args.metrics.read_text())
-    card = model_card(metrics, json.loads(args.corpus_manifest.read_text()), None)
+    card = model_card(metrics, json.loads(args.corpus_manifest.read_text()))
     (args.out / "README.md").write_text(card)
     size = sum(p.stat().st_size for p in (args.out / CHECKPOINT_DIR).rglob("*") if p.is_file())
     print(f"wrote {args.out / CHECKPOINT_DIR} ({size / 2**20:.1f} MiB) and {args.out / 'README.md'}")
