@@ -129,7 +129,7 @@ def plot(results: dict, img: Path) -> list[str]:
     written = []
     fig, ax = plt.subplots(figsize=(6, 4))
     for arch, r in results["models"].items():
-        evals = r["metrics"]["evals"]
+        evals = list({e["step"]: e for e in r["metrics"]["evals"]}.values())  # the final evaluation repeats the last
         ax.plot([e["tokens"] / 1e6 for e in evals], [e["loss"] for e in evals], marker="o", label=arch)
     ax.set(xlabel="training tokens (millions)", ylabel="held-out loss (nats/token)",
            title="Held-out loss (Persuasion) against tokens seen")
