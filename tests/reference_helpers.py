@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from recurrentgemma import common
 from recurrentgemma.torch import griffin as ref_griffin
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 from hf_recurrentgemma import GriffinConfig
 from hf_recurrentgemma.convert import griffin_from_reference
@@ -232,3 +234,30 @@ def assert_one_line_error(status: int, stderr: str, *needles: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), f"not a one-line error: {stderr!r}"
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+
+
+# A tokenizer for tests that need text in and out of a random-weight model (no SentencePiece training needed).
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # Gemma's ids 0..3
+WORDS = (
+    "the a an of to in and or is was be it that this on for with as by at from griffin hawk gemma recurrent "
+    "attention local window state memory token sequence model layer gate linear scan long short fast slow "
+    "river stone light night day sun moon tree wind rain sea ship road city house door book word song time "
+    "one two three four five six seven eight nine ten red blue green white black old new small large"
+).split()
+
+
+LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+
+
+def word_tokenizer():
+    """A WordPiece `PreTrainedTokenizerFast` over a small built-in vocabulary (whole words, plus letters so that
+    any lowercase word can be spelled), with Gemma's special-token ids."""
+    pieces = SPECIAL_TOKENS + WORDS + [c for c in LETTERS if c not in WORDS] + ["##" + c for c in LETTERS]
+    vocab = {token: i for i, token in enumerate(pieces)}
+    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces and pieces without
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
+        padding_side="left",
+    )

@@ -242,9 +242,9 @@ def test_stop_strings():
     from reference_helpers import our_config
 
     from hf_recurrentgemma import GriffinForCausalLM
-    from hf_recurrentgemma.demo import build_demo_tokenizer
+    from reference_helpers import word_tokenizer
 
-    tokenizer = build_demo_tokenizer()
+    tokenizer = word_tokenizer()
     torch.manual_seed(1)
     model = GriffinForCausalLM(our_config(dataclasses.replace(CASES[0], vocab_size=len(tokenizer)))).eval()
     inputs = tokenizer("the old ship", return_tensors="pt")

@@ -16,11 +16,11 @@ from reference_helpers import (
     our_config,
     reference_and_ours,
     save_torch_checkpoint,
+    word_tokenizer,
 )
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, pipeline
 
 from hf_recurrentgemma import GriffinConfig, GriffinForCausalLM, GriffinModel
-from hf_recurrentgemma.demo import build_demo_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_remote_code_without_the_package(made_by, saved, tmp_path):
 
 def test_text_generation_pipeline_with_left_padding(saved):
     _, folder = saved
-    tokenizer = build_demo_tokenizer()
+    tokenizer = word_tokenizer()
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
     prompts = ["the river is long", "a small red ship of the old city in the night"]
@@ -191,10 +191,3 @@ def test_inputs_embeds_equal_input_ids(saved):
         embeds = model.get_input_embeddings()(_ids())
         assert torch.equal(model(inputs_embeds=embeds).logits, model(_ids()).logits)
 
-
-def test_demo_main_job_runs_and_says_weights_are_random(capsys):
-    from hf_recurrentgemma import demo
-
-    assert demo.main(["--max-new-tokens", "5", "--prompt", "the old ship"]) == 0
-    out = capsys.readouterr().out
-    assert "RANDOM weights" in out and "5 tokens" in out
