@@ -11,6 +11,7 @@ import collections
 import json
 import os
 import struct
+from unittest import mock
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from reference_helpers import Case, R, A, save_torch_checkpoint
 from safetensors.torch import load_file, save_file
 
 from hf_recurrentgemma import GriffinConfig, GriffinForCausalLM
+from hf_recurrentgemma.convert.sources import Source
 
 LONG = os.environ.get("HF_RG_FUZZ") == "long"
 FUZZ_COUNTS = collections.Counter()
@@ -323,8 +325,9 @@ def torch_source(tmp_path_factory):
 @given(data=st.data())
 def test_fuzz_conversion(torch_source, tmp_path_factory, data):
     """A damaged source checkpoint (bytes cut or flipped; keys renamed, dropped or added; shapes or dtypes
-    changed): conversion either produces the original folder's tensors or fails with a one-line
-    `ConversionError`, and in both cases leaves nothing but the finished folder beside OUT."""
+    changed), or a disk that fills up while shards are written: conversion either produces the original folder's
+    tensors or fails with a one-line `ConversionError` (or the disk's OSError), and in both cases leaves nothing
+    but the finished folder beside OUT."""
     from reference_helpers import convert, folder_tensors
 
     src, expected = torch_source
@@ -358,13 +361,28 @@ def test_fuzz_conversion(torch_source, tmp_path_factory, data):
             dtype = data.draw(st.sampled_from([torch.int64, torch.int8, torch.bool, torch.float16, torch.complex64]))
             state[key] = state[key].to(dtype)
         torch.save(state, work / "src.pt")
+    # Damage is mostly found before anything is staged (keys and shapes are checked first); a disk that fills up
+    # after `disk_full_after` tensors fails once shards are on disk, so the check below has something to find.
+    disk_full_after = data.draw(st.one_of(st.none(), st.integers(0, 40)), label="disk full after")
+    original_stream = Source._stream
+
+    def stream(self, *args):
+        for count, item in enumerate(original_stream(self, *args)):
+            if count == disk_full_after:
+                raise OSError(28, "No space left on device", str(work / "out"))
+            yield item
+
     before = set(os.listdir(work))
     try:
-        convert(work / "src.pt", work / "out", CASE)
+        with mock.patch.object(Source, "_stream", stream):
+            convert(work / "src.pt", work / "out", CASE, max_shard_size="4KB")
     except Exception as err:  # noqa: BLE001
         from hf_recurrentgemma.convert.errors import ConversionError
 
-        assert isinstance(err, ConversionError), f"{type(err).__name__}: {err}"
+        if isinstance(err, OSError) and err.errno == 28:
+            FUZZ_COUNTS["outcome: disk full while writing"] += 1
+        else:
+            assert isinstance(err, ConversionError), f"{type(err).__name__}: {err}"
         FUZZ_COUNTS["outcome: conversion refused"] += 1
         one_line(err)
         assert set(os.listdir(work)) == before, f"left behind: {set(os.listdir(work)) - before}"
