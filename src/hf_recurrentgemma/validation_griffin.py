@@ -40,7 +40,8 @@ class ValueChecks:
             if smallest.item() < low or largest.item() > high:
                 raise ValueError(message((values < low) | (values > high)))
         else:
-            self.checks.append(((smallest < low) | (largest > high), lambda _: message((values < low) | (values > high))))
+            flag = (smallest < low) | (largest > high)
+            self.checks.append((flag, lambda _: message((values < low) | (values > high))))
 
     def raise_first(self) -> None:
         if not self.checks:
@@ -74,7 +75,9 @@ def check_token_inputs(input_ids, inputs_embeds, hidden_size: int, embed_dtype: 
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
     if input_ids is not None:
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or not _is_integer(input_ids):
-            raise ValueError(f"input_ids must be an integer tensor of shape (batch, sequence), got {_describe(input_ids)}")
+            raise ValueError(
+                f"input_ids must be an integer tensor of shape (batch, sequence), got {_describe(input_ids)}"
+            )
         batch, seq_len = input_ids.shape
     else:
         if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.ndim != 3:
@@ -120,7 +123,8 @@ def check_attention_mask(checks: ValueChecks, attention_mask, batch: int, seq_le
 
         def message(bad):
             row, col = _first(bad)
-            return f"attention_mask must hold only 0 and 1, got {int(attention_mask[row, col])} at row {row}, column {col}"
+            value = int(attention_mask[row, col])
+            return f"attention_mask must hold only 0 and 1, got {value} at row {row}, column {col}"
 
         checks.add_range(attention_mask, 0, 1, message)
 
@@ -215,7 +219,9 @@ def check_lm_arguments(labels, logits_to_keep, batch: int, seq_len: int, vocab_s
             raise ValueError(f"logits_to_keep must be in [0, {seq_len}] (0 keeps all), got {logits_to_keep}")
     else:
         if logits_to_keep.ndim != 1 or not _is_integer(logits_to_keep):
-            raise ValueError(f"logits_to_keep must be a 1D integer tensor of positions, got {_describe(logits_to_keep)}")
+            raise ValueError(
+                f"logits_to_keep must be a 1D integer tensor of positions, got {_describe(logits_to_keep)}"
+            )
         if checks.enabled():
             bad = (logits_to_keep < -seq_len) | (logits_to_keep >= seq_len)
             checks.add(bad, lambda bad: f"logits_to_keep positions must be in [{-seq_len}, {seq_len}), got "
@@ -288,5 +294,5 @@ def check_loaded_weights(model, info: dict, source, strict: bool = True, nonfini
             warnings.warn(message, stacklevel=3)
 
 
-__all__ = ["ValueChecks", "check_loaded_weights", "check_stored_dtypes", "check_token_inputs", "check_token_ids", "check_attention_mask", "check_position_ids_shape",
-           "check_positions", "check_cache", "check_lm_arguments"]
+__all__ = ["ValueChecks", "check_loaded_weights", "check_stored_dtypes", "check_token_inputs", "check_token_ids",
+           "check_attention_mask", "check_position_ids_shape", "check_positions", "check_cache", "check_lm_arguments"]
