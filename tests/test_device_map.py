@@ -52,11 +52,19 @@ def test_auto_device_map_splits_at_decoder_layers(saved, tmp_path):
     assert all(".layers." not in name or name.count(".") == 2 for name in placement), placement
 
 
-@pytest.mark.parametrize("fraction", [0.5, 0.0], ids=["cpu+disk", "all-disk"])
-def test_offloaded_logits_and_generations_equal_plain(saved, tmp_path, fraction):
+def test_everything_on_disk_gives_the_plain_logits(saved, tmp_path):
     plain, folder = saved
-    model = _split(folder, tmp_path, fraction)
+    model = _split(folder, tmp_path, 0.0)
+    assert set(model.hf_device_map.values()) == {"disk"}
     tokens = torch.randint(0, 97, (2, 20))  # longer than the window (6): attention state rolls over
+    with torch.no_grad():
+        assert assert_close(model(tokens).logits, plain(tokens).logits, tol=0.0) == 0.0
+
+
+def test_offloaded_logits_and_generations_equal_plain(saved, tmp_path):
+    plain, folder = saved
+    model = _split(folder, tmp_path, 0.5)  # some layers in CPU memory, the rest on disk
+    tokens = torch.randint(0, 97, (2, 20))
     with torch.no_grad():
         err = assert_close(model(tokens).logits, plain(tokens).logits, tol=0.0)
     assert err == 0.0
