@@ -96,6 +96,17 @@ def sample(model, tokenizer, length: int, seed: int = 0) -> dict:
             "rss_start_mib": recorder.rss.get(1)}
 
 
+def median_sampling(runs: list[dict]) -> dict:
+    """Per-checkpoint median rate and time over repeated sampling runs (the cache is the same in every run)."""
+    rows = []
+    for i, row in enumerate(runs[0]["rows"]):
+        rates = [r["rows"][i]["tokens_per_s_at"] for r in runs]
+        totals = [r["rows"][i]["seconds_total"] for r in runs]
+        rows.append({**row, "tokens_per_s_at": statistics.median(rates), "tokens_per_s_runs": rates,
+                     "seconds_total": statistics.median(totals), "rss_mib": max(r["rows"][i]["rss_mib"] for r in runs)})
+    return {**runs[0], "rows": rows, "repeats": len(runs)}
+
+
 @torch.no_grad()
 def continuation(model, tokenizer, tokens: int = 120, seed: int = 0) -> str:
     ids = torch.tensor([[2] + tokenizer.encode(PROMPT)])
@@ -181,6 +192,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/data/reproduction.json"))
     parser.add_argument("--img", type=Path, default=Path("docs/img"))
     parser.add_argument("--archs", nargs="+", default=list(ARCHS))
+    parser.add_argument("--repeats", type=int, default=3, help="sampling runs per model; rates are their median")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count())
 
@@ -199,7 +211,8 @@ def main(argv=None) -> int:
               flush=True)
         text = continuation(model, tokenizer)
         print(f"   {PROMPT}{text}\n", flush=True)
-        sampling = sample(model, tokenizer, args.sample_length)
+        runs = [sample(model, tokenizer, args.sample_length) for _ in range(args.repeats)]
+        sampling = median_sampling(runs)
         per_token = sampling["cache_bytes_at_end"] / (args.sample_length + len(tokenizer.encode(PROMPT)) + 1)
         grows = arch == "transformer"
         cache_mib_at = {str(r["generated"]): (per_token * r["generated"] if grows else
