@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, processors
 from transformers import PreTrainedTokenizerFast
@@ -71,12 +70,3 @@ def run_command(*args, input: str | None = None, timeout: float = 120) -> subpro
     """`hf-recurrentgemma ARGS` in a fresh Python process (as a user runs it), on one thread."""
     return subprocess.run([sys.executable, "-m", "hf_recurrentgemma.cli", *map(str, args)], input=input,
                           capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **ONE_THREAD})
-
-
-@pytest.fixture
-def one_thread():
-    """Runs a test's tiny model on one thread (see ONE_THREAD), restoring the thread count after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

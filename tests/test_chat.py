@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from command_helpers import one_thread, run_command, save_tiny_folder, tiny_model, tiny_tokenizer  # noqa: F401
+from command_helpers import run_command, save_tiny_folder, tiny_model, tiny_tokenizer
 
 from hf_recurrentgemma.commands.chat import ChatSession
 from hf_recurrentgemma.commands.loading import CommandError

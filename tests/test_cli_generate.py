@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from command_helpers import one_thread, run_command, save_tiny_folder  # noqa: F401  (fixture)
+from command_helpers import run_command, save_tiny_folder
 from reference_helpers import run_cli
 from transformers import set_seed
 

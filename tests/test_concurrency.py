@@ -11,14 +11,16 @@ THREADS = 4
 NEW = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    """The tiny model gains nothing from intra-op threads, and on a loaded machine the OpenMP decode kernels
-    stall at their barriers (measured: 2.5 s instead of 5 ms a step with 2 threads on 2 busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _run_in_threads(worker) -> None:
+    """Runs worker(k) for k in range(THREADS), each on its own thread, and waits for all of them."""
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def _prompts():
@@ -49,11 +51,7 @@ def test_threads_with_separate_caches_equal_sequential_runs():
         except Exception as err:  # noqa: BLE001 - reported by the main thread
             errors.append(err)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_in_threads(worker)
     assert not errors, errors
     for i, ((seq, scores), (ref_seq, ref_scores)) in enumerate(zip(results, sequential)):
         assert torch.equal(seq, ref_seq), f"prompt {i}: tokens differ"
@@ -84,11 +82,7 @@ def test_interleaved_manual_decoding_in_threads():
             errors.append(err)
             barrier.abort()
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_in_threads(worker)
     assert not errors, errors
     for k in range(THREADS):
         err = (results[k] - expected[k]).abs().max().item()

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from command_helpers import REPO, ONE_THREAD, one_thread, save_tiny_folder, tiny_model  # noqa: F401
+from command_helpers import REPO, ONE_THREAD, save_tiny_folder, tiny_model
 from transformers import AutoModelForCausalLM, DataCollatorWithFlattening
 
 pytestmark = pytest.mark.usefixtures("one_thread")

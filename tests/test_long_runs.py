@@ -51,14 +51,7 @@ def stream(model, tokens: int, checkpoints):
     return probe.seen
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    """The tiny model gains nothing from intra-op threads, and on a loaded machine the OpenMP decode kernels
-    stall at their barriers (measured: 2.5 s instead of 5 ms a step with 2 threads on 2 busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

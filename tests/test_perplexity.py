@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from command_helpers import one_thread, run_command, save_tiny_folder, tiny_model, tiny_tokenizer  # noqa: F401
+from command_helpers import run_command, save_tiny_folder, tiny_model, tiny_tokenizer
 
 from hf_recurrentgemma.commands import perplexity
 from hf_recurrentgemma.commands.loading import CommandError

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from command_helpers import one_thread, save_tiny_folder, tiny_model, tiny_tokenizer  # noqa: F401
+from command_helpers import save_tiny_folder, tiny_model, tiny_tokenizer
 
 lm_eval = pytest.importorskip("lm_eval")
 pytestmark = pytest.mark.usefixtures("one_thread")
