@@ -5,7 +5,7 @@ import threading
 
 import pytest
 import torch
-from reference_helpers import CASES, reference_and_ours
+from reference_helpers import CASES, KERNEL_TOL, reference_and_ours
 
 THREADS = 4
 NEW = 8
@@ -59,7 +59,9 @@ def test_threads_with_separate_caches_equal_sequential_runs():
 
 
 def test_interleaved_manual_decoding_in_threads():
-    """Threads stepping their own caches token by token, interleaving at every step, equal one full forward."""
+    """Threads stepping their own caches token by token, interleaving at every step, equal one full forward.
+    A step is a 2-row GEMM and the forward a 24-row one, which may sum in another order (KERNEL_TOL): what
+    threads could break (a state written by another thread) moves logits by O(1)."""
     _, model = reference_and_ours(CASES[1], seed=6)
     gen = torch.Generator().manual_seed(9)
     sequences = [torch.randint(0, 97, (2, 12), generator=gen) for _ in range(THREADS)]
@@ -86,7 +88,7 @@ def test_interleaved_manual_decoding_in_threads():
     assert not errors, errors
     for k in range(THREADS):
         err = (results[k] - expected[k]).abs().max().item()
-        assert err <= 1e-5, f"thread {k}: max error {err:.3g}"
+        assert err <= KERNEL_TOL, f"thread {k}: max error {err:.3g}"
 
 
 def test_rows_finishing_at_different_steps_equal_each_row_alone():

@@ -1,6 +1,8 @@
 """Big-model inference through accelerate: `from_pretrained(device_map="auto", max_memory=..., offload_folder=...)`
 splits the model at `_no_split_modules` boundaries (whole `GriffinDecoderLayer`s) and streams offloaded weights
-in from CPU memory or disk for each layer. The split model must compute exactly what the plain one does.
+in from CPU memory or disk for each layer. The split model must compute what the plain one does: the same
+functions on the same device, with weights read from the offload files at other addresses, where a BLAS may take
+another code path and sum in another order (seen on an AVX2 CPU: 1.5e-6), so within KERNEL_TOL, not bit for bit.
 
 This machine has no accelerator, so the split here is CPU memory vs disk (accelerate's offload hooks run in both
 cases; only the execution device differs). The state a layer returns is moved with its inputs by the same hooks.
@@ -11,7 +13,7 @@ import torch
 from accelerate.utils import compute_module_sizes
 
 from hf_recurrentgemma import GriffinCache, GriffinConfig, GriffinForCausalLM
-from reference_helpers import assert_close
+from reference_helpers import KERNEL_TOL, assert_close
 
 
 def _config() -> GriffinConfig:
@@ -58,7 +60,7 @@ def test_everything_on_disk_gives_the_plain_logits(saved, tmp_path):
     assert set(model.hf_device_map.values()) == {"disk"}
     tokens = torch.randint(0, 97, (2, 20))  # longer than the window (6): attention state rolls over
     with torch.no_grad():
-        assert assert_close(model(tokens).logits, plain(tokens).logits, tol=0.0) == 0.0
+        assert_close(model(tokens).logits, plain(tokens).logits, tol=KERNEL_TOL)
 
 
 def test_offloaded_logits_and_generations_equal_plain(saved, tmp_path):
@@ -66,8 +68,7 @@ def test_offloaded_logits_and_generations_equal_plain(saved, tmp_path):
     model = _split(folder, tmp_path, 0.5)  # some layers in CPU memory, the rest on disk
     tokens = torch.randint(0, 97, (2, 20))
     with torch.no_grad():
-        err = assert_close(model(tokens).logits, plain(tokens).logits, tol=0.0)
-    assert err == 0.0
+        assert_close(model(tokens).logits, plain(tokens).logits, tol=KERNEL_TOL)
 
     # Greedy and beam search go through the cache (reorder_cache moves state between rows); left padding too.
     mask = torch.ones(2, 8, dtype=torch.long)
@@ -92,7 +93,11 @@ def test_offloaded_cache_continues_like_plain(saved, tmp_path):
                 out = m(tokens[:, t : t + 1], cache=out.cache, use_cache=True)
         assert isinstance(out.cache, GriffinCache)
         caches.append(out)
-    assert_close(caches[1].logits, caches[0].logits, tol=0.0)
+    assert_close(caches[1].logits, caches[0].logits, tol=KERNEL_TOL)
     for layer_plain, layer_split in zip(caches[0].cache.layers, caches[1].cache.layers):
         for a, b in zip(layer_plain.state, layer_split.state):
-            assert b.device.type == "cpu" and torch.equal(a, b)
+            assert b.device.type == "cpu"
+            if a.dtype == torch.bool:  # which window slots are visible: no arithmetic, so exact
+                assert torch.equal(a, b)
+            else:
+                assert_close(b, a, tol=KERNEL_TOL, what=f"{layer_plain.block_type} state")
