@@ -109,11 +109,14 @@ def test_linear_takes_the_kernel_only_where_it_applies(variant, monkeypatch):
     expected_bf16 = variant  # bf16-dot for bfloat16 weights, the capped float variant below it for the others
     assert matvec_variant("bf16") == expected_bf16
     assert matvec_variant("f32") == ("fp32-fma-512" if variant == "bf16-dot" else variant)
+    limit = mv._row_limit("bf16", variant)  # 4 for bf16-dot, where torch's GEMM wins from 5 rows
     with torch.inference_mode():
-        for rows in (1, 2, MAX_ROWS):
+        for rows in (1, 2, limit):
             assert gemv_kind(torch.randn(rows, 64).bfloat16(), w) == "bf16", rows
+        assert gemv_kind(torch.randn(limit + 1, 64).bfloat16(), w) is None
         assert gemv_kind(torch.randn(1, 3, 64), w.float()) == "f32"
-        assert gemv_kind(torch.randn(MAX_ROWS + 1, 64).bfloat16(), w) is None  # a prompt: torch's GEMM
+        assert gemv_kind(torch.randn(MAX_ROWS, 64), w.float()) == "f32"
+        assert gemv_kind(torch.randn(MAX_ROWS + 1, 64), w.float()) is None  # a prompt: torch's GEMM
         assert gemv_kind(torch.randn(1, 64), w) is None  # mixed dtypes: F.linear says what it thinks
         assert gemv_kind(torch.randn(1, 64).bfloat16(), w.t().contiguous().t()) is None  # not contiguous
         x = torch.randn(3, 64).bfloat16()

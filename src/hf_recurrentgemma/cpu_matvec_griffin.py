@@ -258,7 +258,8 @@ _functions: dict[tuple, object] = {}
 
 
 def _function(name: str, variant: str):
-    key = (kernel_settings().cflags, kernel_settings().compiler, name, variant)
+    settings = kernel_settings()
+    key = (settings.cflags, settings.compiler, name, variant)
     if key not in _functions:
         _functions[key] = MATVEC_KERNEL.function(name, variant)
     return _functions[key]
@@ -344,10 +345,19 @@ def weight_kind(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     return None
 
 
+def _row_limit(kind: str, variant: str) -> int:
+    """The most rows `linear_cpu` sends to the kernel. With bfloat16 pair products (`bf16-dot`) the kernel's
+    arithmetic, not the weight reads, bounds it from 5 rows on, and torch's bfloat16 GEMM (oneDNN, which uses AMX
+    tiles where the CPU has them) was faster there (docs/performance.md); every other kind and variant wins up to
+    MAX_ROWS (float32: torch's few-row GEMM reads its weights once per row or two)."""
+    return 4 if kind == "bf16" and variant == "bf16-dot" else MAX_ROWS
+
+
 def gemv_kind(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     """The kernel family `linear_cpu` runs for this call on this machine now, or None for `F.linear`."""
     kind = weight_kind(x, weight)
-    return kind if kind is not None and matvec_variant(kind) is not None else None
+    variant = None if kind is None else matvec_variant(kind)
+    return kind if variant is not None and _rows(x) <= _row_limit(kind, variant) else None
 
 
 def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: str) -> torch.Tensor:
@@ -361,8 +371,12 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 def linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`, through the few-row kernel where `gemv_kind` says one applies. Equal to F.linear
     within float32 accumulation order, rounded once to x's dtype."""
-    kind = gemv_kind(x, weight)
-    if kind is None:
+    kind = weight_kind(x, weight)
+    variant = None if kind is None else matvec_variant(kind)
+    if variant is None or _rows(x) > _row_limit(kind, variant):
         return torch.nn.functional.linear(x, weight, bias)
-    return linear_rows(x, weight, bias, matvec_variant(kind))
+    if kind == "int8":
+        return _matmul_rows_int8_op(x, weight.qdata, weight.scale, getattr(weight, "zero_point", None), bias,
+                                    variant)
+    return _matmul_rows_op(x, weight, bias, variant)
 

@@ -96,14 +96,27 @@ class KernelSettings(NamedTuple):
 
 _SWITCHES = ("HF_RECURRENTGEMMA_CPU_KERNELS", "HF_RECURRENTGEMMA_CPU_ISA", "HF_RECURRENTGEMMA_CFLAGS", "CC")
 _parsed: dict[tuple, KernelSettings] = {}
+# `os.environ.get` encodes the key and decodes the value on every call (about a microsecond each on a busy core,
+# four per linear layer call); CPython's POSIX `os.environ` keeps the encoded mapping in `_data`, always in sync,
+# so the switches are looked up there when it exists.
+_ENCODED = getattr(os.environ, "_data", None)
+if not (isinstance(_ENCODED, dict) and all(isinstance(key, bytes) for key in list(_ENCODED)[:1])):
+    _ENCODED = None
+_ENCODED_SWITCHES = tuple(name.encode() for name in _SWITCHES)
+
+
+def _raw_switches() -> tuple:
+    if _ENCODED is not None:
+        return tuple(_ENCODED.get(name) for name in _ENCODED_SWITCHES)
+    return tuple(os.environ.get(name) for name in _SWITCHES)
 
 
 def kernel_settings() -> KernelSettings:
     """Reads the switches (see the module docstring); a bad value raises a one-line error naming the variable.
-    Called on every kernel call, so the parsing is cached by the raw values (four environment look-ups remain)."""
-    raw = tuple(os.environ.get(name) for name in _SWITCHES)
+    Called on every kernel call, so the parsing is cached by the raw values."""
+    raw = _raw_switches()
     if raw not in _parsed:
-        _parsed[raw] = _parse_settings(*raw)
+        _parsed[raw] = _parse_settings(*(None if v is None else os.fsdecode(v) for v in raw))
     return _parsed[raw]
 
 
