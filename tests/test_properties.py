@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference_helpers import CASES, LOGIT_TOL, assert_close, reference_and_ours
 
-from hf_recurrentgemma.cpu_kernels_griffin import kernel_error
-from hf_recurrentgemma.ops_griffin import SCAN_BACKENDS, rnn_scan_sequential
+from hf_recurrentgemma.cpu_scan_griffin import scan_kernel_error as kernel_error
+from hf_recurrentgemma.ops_griffin import SCAN_BACKEND_REGISTRY, SCAN_BACKENDS, rnn_scan_sequential
 
 LONG = os.environ.get("HF_RG_FUZZ") == "long"
-FAST_BACKENDS = [name for name in SCAN_BACKENDS if name not in ("sequential", "triton")]
+FAST_BACKENDS = [b.name for b in SCAN_BACKEND_REGISTRY if b.auto_for == "cpu"]  # triton: CUDA tensors only
 
 
 def prop_settings(ci_examples: int):

@@ -1,5 +1,6 @@
-"""Every fast RG-LRU scan backend against the sequential reference: outputs, final state and the gradients of
-x, a and h0, with document resets, in float32 and bfloat16; plus how `auto` chooses and falls back."""
+"""Every fast RG-LRU scan backend of the registry against the sequential reference: outputs, final state and the
+gradients of x, a and h0, with document resets, in float32 and bfloat16, the C kernel in every variant this CPU
+runs; plus how `auto` chooses and falls back (no compiler, kernels switched off)."""
 
 import os
 import subprocess
@@ -9,12 +10,18 @@ import warnings
 import pytest
 import torch
 
-from hf_recurrentgemma import ops_griffin
-from hf_recurrentgemma.ops_griffin import SCAN_BACKENDS, rnn_scan, rnn_scan_sequential
-from hf_recurrentgemma.cpu_kernels_griffin import kernel_error
+from kernel_helpers import SCAN_VARIANTS_HERE, force_variant
 
-# The CPU backends; "triton" runs on CUDA tensors only and is tested in test_scan_triton.py (interpreter and GPU).
-FAST_BACKENDS = [name for name in SCAN_BACKENDS if name not in ("sequential", "triton")]
+from hf_recurrentgemma import ops_griffin
+from hf_recurrentgemma.cpu_scan_griffin import scan_kernel_error, scan_variant
+from hf_recurrentgemma.ops_griffin import SCAN_BACKEND_REGISTRY, SCAN_BACKENDS, rnn_scan, rnn_scan_sequential
+
+pytestmark = pytest.mark.kernels
+
+# The CPU backends of the registry, the C kernel once per variant this CPU runs ("triton" is the CUDA backend,
+# tested in test_scan_triton.py).
+CASES = [(b.name, v) for b in SCAN_BACKEND_REGISTRY if b.auto_for == "cpu" for v in SCAN_VARIANTS_HERE]
+CASE_IDS = [f"{name}-{variant}" for name, variant in CASES]
 SHAPES = [(1, 2, 3), (2, 37, 300), (3, 129, 257)]  # odd sizes: partial channel blocks, one-token and short runs
 
 
@@ -35,8 +42,10 @@ def run(backend, x, a, h0, dy, dh):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"B{b}-T{t}-L{l}" for b, t, l in SHAPES])
-@pytest.mark.parametrize("name", FAST_BACKENDS)
-def test_backend_equals_sequential_reference(name, shape, dtype):
+@pytest.mark.parametrize("name,variant", CASES, ids=CASE_IDS)
+def test_backend_equals_sequential_reference(name, variant, shape, dtype, monkeypatch):
+    force_variant(monkeypatch, variant)
+    assert scan_variant() == variant
     x, a, h0 = scan_inputs(*shape, dtype)
     dy, dh = torch.randn(shape), torch.randn(shape[0], shape[2])
     ref = run(rnn_scan_sequential, x, a, h0, dy, dh)
@@ -49,8 +58,9 @@ def test_backend_equals_sequential_reference(name, shape, dtype):
         assert torch.equal(f, r), f"{what}: max error {(f.float() - r.float()).abs().max().item():.3g}"
 
 
-@pytest.mark.parametrize("name", FAST_BACKENDS)
-def test_backend_inference_mode_and_no_grad_outputs(name):
+@pytest.mark.parametrize("name,variant", CASES, ids=CASE_IDS)
+def test_backend_inference_mode_and_no_grad_outputs(name, variant, monkeypatch):
+    force_variant(monkeypatch, variant)
     x, a, h0 = scan_inputs(2, 50, 70, torch.float32)
     ref_y, ref_h = rnn_scan_sequential(x, a, h0)
     with torch.inference_mode():
@@ -59,16 +69,18 @@ def test_backend_inference_mode_and_no_grad_outputs(name):
     assert h.dtype == torch.float32
 
 
-def test_cpu_kernel_op_registration_is_consistent():
+def test_cpu_kernel_op_registration_is_consistent(monkeypatch):
     """torch.library's own checks of the custom ops: fake (meta) kernels, autograd registration, schema."""
-    from hf_recurrentgemma import cpu_kernels_griffin as k
+    monkeypatch.delenv("HF_RECURRENTGEMMA_CPU_KERNELS", raising=False)
+    from hf_recurrentgemma import cpu_scan_griffin as k
 
     x, a, h0 = scan_inputs(2, 9, 5, torch.float32)
     torch.library.opcheck(k._rnn_scan_op, (x, a, h0))
     torch.library.opcheck(k._rnn_scan_states_op, (x.requires_grad_(), a.requires_grad_(), h0.requires_grad_()))
 
 
-def test_cpu_kernel_traces_under_torch_compile():
+def test_cpu_kernel_traces_under_torch_compile(monkeypatch):
+    monkeypatch.delenv("HF_RECURRENTGEMMA_CPU_KERNELS", raising=False)
     x, a, h0 = scan_inputs(1, 16, 8, torch.float32)
     compiled = torch.compile(lambda *t: rnn_scan(*t, backend="cpu_kernel"), backend="aot_eager", fullgraph=True)
     y, h = compiled(x, a, h0)
@@ -84,43 +96,75 @@ def test_single_step_is_inline_and_equal():
         assert torch.equal(y, ref_y) and torch.equal(h, ref_h), name
 
 
-def test_auto_picks_the_cpu_kernel_when_it_builds():
-    assert kernel_error() is None, f"the kernel should build on the test machines: {kernel_error()}"
+def test_auto_picks_the_cpu_kernel_when_it_builds(monkeypatch):
+    monkeypatch.delenv("HF_RECURRENTGEMMA_CPU_KERNELS", raising=False)
+    assert scan_kernel_error() is None, f"the kernel should build on the test machines: {scan_kernel_error()}"
     assert ops_griffin.resolve_scan_backend("auto", torch.device("cpu"), torch.float32) == "cpu_kernel"
 
 
-def test_auto_falls_back_to_sequential_with_one_warning(monkeypatch):
-    monkeypatch.setattr(ops_griffin, "kernel_error", lambda: "no C compiler found")
+def test_auto_falls_back_to_sequential_with_one_warning(monkeypatch, tmp_path):
+    """No compiler in this process (a new build configuration): one warning, from the build, then the
+    sequential scan."""
+    monkeypatch.delenv("HF_RECURRENTGEMMA_CPU_KERNELS", raising=False)
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("PATH", str(tmp_path))  # nor cc, gcc or clang
     monkeypatch.setattr(ops_griffin, "_auto_choice", {})
     x, a, h0 = scan_inputs(1, 5, 4, torch.float32)
-    with pytest.warns(RuntimeWarning, match="no C compiler found.*sequential"):
+    with pytest.warns(RuntimeWarning, match="cannot be built here .scan: no C compiler found.*torch paths"):
         y, h = rnn_scan(x, a, h0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # only once
         rnn_scan(x, a, h0)
     assert torch.equal(y, rnn_scan_sequential(x, a, h0)[0])
-
-
-def test_explicit_backend_that_cannot_run_is_refused(monkeypatch):
-    monkeypatch.setattr(ops_griffin, "kernel_error", lambda: "no C compiler found")
-    x, a, h0 = scan_inputs(1, 5, 4, torch.float32)
     with pytest.raises(ValueError, match="'cpu_kernel' cannot run here: no C compiler found"):
         rnn_scan(x, a, h0, backend="cpu_kernel")
+
+
+@pytest.mark.parametrize("switch", ["off", "scan", "scan,gemv"])
+def test_switched_off_kernel_falls_back_silently(monkeypatch, switch):
+    """HF_RECURRENTGEMMA_CPU_KERNELS: `auto` takes the sequential scan without a warning (the user asked), a named
+    cpu_kernel is refused with the reason, and switching back on takes effect in the same process."""
+    monkeypatch.setenv("HF_RECURRENTGEMMA_CPU_KERNELS", switch)
+    x, a, h0 = scan_inputs(2, 9, 5, torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ops_griffin.resolve_scan_backend("auto", x.device, x.dtype) == "sequential"
+        y, h = rnn_scan(x, a, h0)
+    assert torch.equal(y, rnn_scan_sequential(x, a, h0)[0])
+    with pytest.raises(ValueError, match="cannot run here: switched off by HF_RECURRENTGEMMA_CPU_KERNELS"):
+        rnn_scan(x, a, h0, backend="cpu_kernel")
+    monkeypatch.setenv("HF_RECURRENTGEMMA_CPU_KERNELS", "gemv")  # only the other kernel off
+    assert ops_griffin.resolve_scan_backend("auto", x.device, x.dtype) == "cpu_kernel"
+
+
+def test_registry_is_the_one_list_of_backends():
+    """The config accepts exactly the registry's names (and auto); each entry says why it cannot run on a device."""
+    from hf_recurrentgemma import configuration_griffin
+
+    assert configuration_griffin.SCAN_BACKEND_NAMES == ("auto", *(b.name for b in SCAN_BACKEND_REGISTRY))
+    assert list(SCAN_BACKENDS) == [b.name for b in SCAN_BACKEND_REGISTRY]
+    assert ops_griffin.scan_backend_available("triton", torch.device("cpu")) == (
+        "the triton backend runs on CUDA tensors, not cpu")
+    assert "unknown scan backend 'nope'" in ops_griffin.scan_backend_available("nope", torch.device("cpu"))
 
 
 def test_broken_compiler_gives_a_named_error(tmp_path):
     """A compiler that fails: the kernel reports why, and the model still runs on the sequential scan."""
     code = (
         "import warnings, torch\n"
-        "from hf_recurrentgemma.cpu_kernels_griffin import kernel_error\n"
+        "from hf_recurrentgemma.cpu_scan_griffin import scan_kernel_error\n"
+        "from hf_recurrentgemma.cpu_matvec_griffin import linear_cpu\n"
         "from hf_recurrentgemma.ops_griffin import rnn_scan\n"
-        "print('ERROR:', kernel_error())\n"
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
         "    y, h = rnn_scan(torch.ones(1, 3, 2), torch.ones(1, 3, 2), torch.zeros(1, 2))\n"
+        "    with torch.inference_mode():\n"
+        "        linear_cpu(torch.ones(1, 4), torch.ones(2, 4))  # the other kernel fails too: no second warning\n"
+        "print('ERROR:', scan_kernel_error())\n"
         "print('WARNINGS:', len(w), 'H:', h.tolist())\n"
     )
     env = {**os.environ, "CC": "false", "HF_RECURRENTGEMMA_KERNEL_DIR": str(tmp_path)}
+    env.pop("HF_RECURRENTGEMMA_CPU_KERNELS", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert "ERROR: " in out and "failed to build the scan kernel" in out
     assert "WARNINGS: 1 H: [[3.0, 3.0]]" in out
@@ -134,97 +178,3 @@ def test_config_names_an_unknown_scan_backend():
     with pytest.raises(StrictDataclassClassValidationError, match="scan_backend must be one of"):
         GriffinConfig(hidden_size=64, intermediate_size=96, num_attention_heads=2, vocab_size=32,
                       num_hidden_layers=1, scan_backend="fast")
-
-
-# --- the bfloat16 matrix-vector kernel of decode-time linear layers ----------------------------------------------
-
-from hf_recurrentgemma import cpu_kernels_griffin  # noqa: E402
-from hf_recurrentgemma.cpu_kernels_griffin import (  # noqa: E402
-    gemv_applies,
-    gemv_avx512_available,
-    gemv_bf16_available,
-    gemv_kind,
-    linear_cpu,
-)
-
-needs_gemv = pytest.mark.skipif(not gemv_bf16_available(), reason="this CPU has no AVX-512 BF16")
-
-
-@needs_gemv
-@pytest.mark.parametrize("out_features,in_features", [(1, 1), (5, 31), (7, 33), (96, 64), (130, 700)],
-                         ids=lambda v: str(v))
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-def test_gemv_equals_float32_linear_rounded_once(out_features, in_features, bias):
-    """Row counts that are not multiples of 4 and widths that are not multiples of 32 take the tail paths."""
-    x = torch.randn(1, 1, in_features).bfloat16()
-    weight = torch.randn(out_features, in_features).bfloat16()
-    b = torch.randn(out_features).bfloat16() if bias else None
-    with torch.inference_mode():
-        assert gemv_applies(x, weight)
-        y = linear_cpu(x, weight, b)
-    exact = torch.nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
-    assert y.dtype == torch.bfloat16 and y.shape == (1, 1, out_features)
-    # float32 accumulation, one rounding to bfloat16: within one bfloat16 ulp of the exact result.
-    ulp = exact.abs().clamp_min(1e-30) * 2.0**-7
-    assert ((y.double() - exact).abs() <= ulp + 1e-6 * in_features).all()
-
-
-def test_gemv_only_where_it_applies():
-    w = torch.randn(8, 64).bfloat16()
-    with torch.inference_mode():
-        assert not gemv_applies(torch.randn(2, 64).bfloat16(), w)  # two rows: torch's GEMM
-        assert not gemv_applies(torch.randn(1, 64), w)  # mixed dtypes: F.linear says what it thinks
-        assert not gemv_applies(torch.randn(1, 64).bfloat16(), w.t().contiguous().t())  # not contiguous
-        assert gemv_kind(torch.randn(1, 1, 64), w.float()) == ("f32" if gemv_avx512_available() else None)
-    w.requires_grad_()
-    assert not gemv_applies(torch.randn(1, 64).bfloat16(), w)  # training: autograd through F.linear
-
-
-needs_avx512 = pytest.mark.skipif(not gemv_avx512_available(), reason="this CPU has no AVX-512F")
-
-
-@needs_avx512
-@pytest.mark.parametrize("out_features,in_features", [(1, 1), (5, 31), (7, 33), (130, 700)], ids=lambda v: str(v))
-def test_float32_gemv_equals_linear(out_features, in_features):
-    x, w, b = torch.randn(1, 1, in_features), torch.randn(out_features, in_features), torch.randn(out_features)
-    with torch.inference_mode():
-        assert gemv_kind(x, w) == "f32"
-        y = linear_cpu(x, w, b)
-    exact = torch.nn.functional.linear(x.double(), w.double(), b.double())
-    # float32 accumulation in another order than torch's: a few float32 ulps of the terms' magnitude.
-    bound = 4 * in_features * 2.0**-24 * (x.abs().double() @ w.abs().double().T + b.abs().double())
-    assert ((y.double() - exact).abs() <= bound).all()
-
-
-@needs_avx512
-@pytest.mark.parametrize("zero_point", [False, True], ids=["symmetric", "zero-point"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
-def test_int8_gemv_kernel(dtype, zero_point):
-    """y = x (scale (q - zero))^T + bias, within one rounding to x's dtype (float32 accumulation)."""
-    qdata = torch.randint(-127, 128, (130, 700), dtype=torch.int8)
-    scale = torch.rand(130, 1) * 0.01
-    zero = torch.randint(-3, 4, (130, 1), dtype=torch.int8) if zero_point else None
-    x, bias = torch.randn(1, 1, 700).to(dtype), torch.randn(130).to(dtype)
-    with torch.inference_mode():
-        y = cpu_kernels_griffin._gemv_int8_op(x, qdata, scale, zero, bias)
-    weight = (qdata.double() - (zero.double() if zero_point else 0)) * scale.double()
-    exact = torch.nn.functional.linear(x.double(), weight, bias.double())
-    ulp = 2.0**-7 if dtype == torch.bfloat16 else 1e-5
-    assert y.dtype == dtype and (y.double() - exact).abs().max() <= ulp * exact.abs().max()
-
-
-@needs_avx512
-def test_torchao_int8_layer_decodes_through_the_kernel():
-    """torchao's weight-only int8 (one scale per row) is recognised, and gives torchao's own result within one
-    bfloat16 rounding."""
-    torchao = pytest.importorskip("torchao.quantization")
-    from hf_recurrentgemma.layers_griffin import GriffinLinear
-
-    layer = GriffinLinear(700, 130).to(torch.bfloat16)
-    torchao.quantize_(layer, torchao.Int8WeightOnlyConfig())
-    x = torch.randn(1, 1, 700).to(torch.bfloat16)
-    with torch.inference_mode():
-        assert gemv_kind(x, layer.weight) == "int8"
-        ours = layer(x)
-        theirs = torch.nn.functional.linear(x, layer.weight, layer.bias)
-    assert (ours.float() - theirs.float()).abs().max() <= 2 * 2.0**-7 * theirs.abs().max()

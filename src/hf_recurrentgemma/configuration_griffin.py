@@ -7,7 +7,8 @@ usual names (`hidden_size` is the reference `width`, `intermediate_size` its `ml
 `attention_window_size=W` has the reference's meaning: a query attends to itself and the `W` previous tokens
 (`W + 1` keys). Transformers' built-in `recurrent_gemma` lets a query see only `W - 1` previous tokens.
 
-This file is shipped as Hub remote code by `save_pretrained`; it imports nothing from this package.
+This file is shipped as Hub remote code by `save_pretrained`; from this package it imports only the scan backend
+registry's names (`ops_griffin.py`, itself remote code).
 """
 
 import itertools
@@ -16,11 +17,11 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
+from .ops_griffin import SCAN_BACKEND_NAMES  # "auto" and every backend of the registry
+
 RECURRENT = "recurrent"
 ATTENTION = "attention"
 BLOCK_TYPES = (RECURRENT, ATTENTION)
-# RG-LRU scan implementations (ops_griffin.SCAN_BACKENDS); "auto" picks the fastest one available for the device.
-SCAN_BACKEND_NAMES = ("auto", "sequential", "cpu_kernel", "triton")
 # Sanity bounds on a config (a file from the Hub may be hostile): 10x the largest published model (9B), and a window
 # far beyond the published 2048 (the cache allocates W keys and values per attention layer and sequence).
 MAX_PARAMETERS = 100_000_000_000

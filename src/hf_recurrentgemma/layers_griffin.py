@@ -14,7 +14,7 @@ from torch import nn
 from .cache_griffin import AttentionState, RecurrentState, empty_attention_state, empty_recurrent_state
 from .compat_griffin import ALL_ATTENTION_FUNCTIONS, init
 from .configuration_griffin import GriffinConfig
-from .cpu_kernels_griffin import linear_cpu
+from .cpu_matvec_griffin import linear_cpu
 from .ops_griffin import (
     causal_conv1d,
     local_attention_mask,
@@ -41,7 +41,7 @@ class SequenceInfo(NamedTuple):
 
 class GriffinLinear(nn.Linear):
     """`nn.Linear` (same parameters, so PEFT, quantizers and checkpoints treat it as one) whose forward takes the
-    bfloat16 matrix-vector kernel when decoding one sequence on CPU (`cpu_kernels_griffin.linear_cpu`)."""
+    few-row matrix kernel when decoding one sequence on CPU (`cpu_matvec_griffin.linear_cpu`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear_cpu(x, self.weight, self.bias)

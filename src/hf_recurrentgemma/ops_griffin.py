@@ -10,10 +10,11 @@ Every function here takes the state it needs and returns the new one; nothing is
 
 import logging
 import warnings
+from typing import Callable, NamedTuple
 
 import torch
 
-from .cpu_kernels_griffin import kernel_error, rnn_scan_cpu
+from .cpu_scan_griffin import rnn_scan_cpu, scan_kernel_error
 from .scan_triton_griffin import rnn_scan_triton, triton_error
 
 logger = logging.getLogger(__name__)
@@ -74,49 +75,65 @@ def rnn_scan_step(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple[t
     return h.to(x.dtype)[:, None], h
 
 
-SCAN_BACKENDS = {"sequential": rnn_scan_sequential, "cpu_kernel": rnn_scan_cpu, "triton": rnn_scan_triton}
+class ScanBackend(NamedTuple):
+    """One RG-LRU scan implementation, with the contract of `rnn_scan_sequential`."""
+
+    name: str
+    fn: Callable
+    unavailable: Callable[[torch.device], str | None]  # None if it runs on that device, else the reason
+    auto_for: str | None = None  # the device type on which `auto` prefers it
+    fix: str | None = None  # how to make it available, said when `auto` falls back (None: its module warns itself)
+
+
+def _cpu_kernel_unavailable(device: torch.device) -> str | None:
+    if device.type != "cpu":
+        return f"the cpu_kernel backend runs on CPU tensors, not {device.type}"
+    return scan_kernel_error()
+
+
+# The one list of scan backends: the config validates against it, `auto` chooses from it, the tests iterate it.
+SCAN_BACKEND_REGISTRY = (
+    ScanBackend("sequential", rnn_scan_sequential, lambda device: None),
+    # The C kernel's build module warns once by itself when no compiler works (kernel_build_griffin.py).
+    ScanBackend("cpu_kernel", rnn_scan_cpu, _cpu_kernel_unavailable, auto_for="cpu"),
+    ScanBackend("triton", rnn_scan_triton, triton_error, auto_for="cuda",
+                fix="pip install 'hf-recurrentgemma[gpu]' to fix"),
+)
+SCAN_BACKENDS = {backend.name: backend.fn for backend in SCAN_BACKEND_REGISTRY}
+SCAN_BACKEND_NAMES = ("auto", *SCAN_BACKENDS)
+_BY_NAME = {backend.name: backend for backend in SCAN_BACKEND_REGISTRY}
 _auto_choice: dict[tuple, str] = {}
-# The backend `auto` picks for each device type, and what makes it available where it is missing.
-_FAST_BACKEND = {
-    "cpu": ("cpu_kernel", "install a C compiler with OpenMP to fix"),
-    "cuda": ("triton", "pip install 'hf-recurrentgemma[gpu]' to fix"),
-}
 
 
 def scan_backend_available(name: str, device: torch.device) -> str | None:
     """None if backend `name` can run on `device`, else the reason it cannot."""
-    if name == "sequential":
-        return None
-    if name == "cpu_kernel":
-        if device.type != "cpu":
-            return f"the cpu_kernel backend runs on CPU tensors, not {device.type}"
-        return kernel_error()
-    if name == "triton":
-        return triton_error(device)
-    return f"unknown scan backend {name!r}; available: {['auto', *SCAN_BACKENDS]}"
+    if name not in _BY_NAME:
+        return f"unknown scan backend {name!r}; available: {list(SCAN_BACKEND_NAMES)}"
+    return _BY_NAME[name].unavailable(device)
 
 
 @torch.compiler.assume_constant_result  # decided in Python once; a compiled graph only sees the answer
 def resolve_scan_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend that `rnn_scan` uses: `backend` itself, or for "auto" the fastest one available for this device
-    and dtype (chosen once per device type and dtype, logged once; a missing compiled kernel warns once)."""
+    and dtype (chosen once per device type, dtype and setting of the CPU kernel switches, logged once; a missing
+    compiled kernel warns once, a kernel the user switched off does not)."""
     if backend != "auto":
         reason = scan_backend_available(backend, device)
         if reason is not None:
             raise ValueError(f"scan backend {backend!r} cannot run here: {reason}")
         return backend
-    key = (device.type, dtype)
+    key = (device.type, dtype, scan_kernel_error() if device.type == "cpu" else None)
     if key not in _auto_choice:
         choice = "sequential"
-        if device.type in _FAST_BACKEND:
-            fast, fix = _FAST_BACKEND[device.type]
-            reason = scan_backend_available(fast, device)
+        for fast in (b for b in SCAN_BACKEND_REGISTRY if b.auto_for == device.type):
+            reason = fast.unavailable(device)
             if reason is None:
-                choice = fast
-            else:
+                choice = fast.name
+                break
+            if fast.fix is not None:
                 warnings.warn(
-                    f"hf_recurrentgemma: the {fast} RG-LRU scan is unavailable ({reason}); falling back to the "
-                    f"sequential scan, which is correct but much slower ({fix})", RuntimeWarning, stacklevel=3,
+                    f"hf_recurrentgemma: the {fast.name} RG-LRU scan is unavailable ({reason}); falling back to the "
+                    f"sequential scan, which is correct but much slower ({fast.fix})", RuntimeWarning, stacklevel=3,
                 )
         _auto_choice[key] = choice
         logger.info("RG-LRU scan backend for %s/%s: %s", device.type, dtype, choice)
@@ -126,8 +143,8 @@ def resolve_scan_backend(backend: str, device: torch.device, dtype: torch.dtype)
 def rnn_scan(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor, backend: str = "auto"):
     """Dispatches the RG-LRU scan to a backend (`auto` picks the fastest available one); same contract as
     `rnn_scan_sequential`. A single step (T = 1, decoding) is computed inline whatever the backend."""
-    if backend not in SCAN_BACKENDS and backend != "auto":
-        raise ValueError(f"unknown scan backend {backend!r}; available: {['auto', *SCAN_BACKENDS]}")
+    if backend not in SCAN_BACKEND_NAMES:
+        raise ValueError(f"unknown scan backend {backend!r}; available: {list(SCAN_BACKEND_NAMES)}")
     if x.shape[1] == 1:
         return rnn_scan_step(x, a, h0)
     return SCAN_BACKENDS[resolve_scan_backend(backend, x.device, x.dtype)](x, a, h0)
