@@ -31,6 +31,7 @@ import copy
 import datetime
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -47,6 +48,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MODEL_FILES = os.path.join(ROOT, "src", "hf_recurrentgemma")
+if importlib.util.find_spec("hf_recurrentgemma") is None:  # a checkout copied to the GPU machine, not installed
+    sys.path.append(os.path.join(ROOT, "src"))
 FILES = ("gpu_check.json", "gpu_check.txt")
 LOGIT_TOL = 5e-5  # float32 logits, the reference tolerance (tests/reference_helpers.py)
 BF16_CACHED_TOL = 1.0  # bfloat16 logits (soft cap 30): the stated bf16 bound of tests/test_long_runs.py
@@ -89,16 +92,25 @@ def requirements() -> list[dict]:
 
 
 def carry_advice(missing: list[dict]) -> dict:
-    """What to bring to this machine as wheels for the requirements it lacks, and how to install them."""
+    """What to bring to this machine as wheels for the requirements it lacks, and how to install them. accelerate
+    is downloaded without its dependencies, which include torch (and with it gigabytes of CUDA wheels); psutil is
+    the one it needs beyond what Transformers brings."""
     specs = [f"{r['name']}{r['spec']}" for r in missing]
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    quoted = " ".join(f"'{s}'" for s in specs)
+    with_deps = [s for s, r in zip(specs, missing) if r["name"] not in ("accelerate", "torch", "triton")]
+    without_deps = [s for s, r in zip(specs, missing) if r["name"] == "accelerate"]
+    where = (f"--only-binary=:all: --python-version {sys.version_info.major}.{sys.version_info.minor} "
+             f"--platform {_platform_tag()}")
+    quoted = lambda items: " ".join(f"'{s}'" for s in items)  # noqa: E731
+    download = []
+    if with_deps or without_deps:
+        download.append(f"pip download --dest wheels {where} {quoted(with_deps + (['psutil'] if without_deps else []))}")
+    if without_deps:
+        download.append(f"pip download --dest wheels --no-deps {where} {quoted(without_deps)}")
     return {
         "requirements": specs,
-        "download_elsewhere": f"pip download --dest wheels --only-binary=:all: --python-version {python} "
-                              f"--platform {_platform_tag()} {quoted}  # also fetches their dependencies",
-        "install_here": f"pip install --no-index --find-links wheels --target /tmp/site {quoted} && "
-                        "PYTHONPATH=/tmp/site python benchmarks/gpu_check.py ...",
+        "download_elsewhere": " && ".join(download) + "  # where PyPI is reachable; ~46 MB for Python 3.12",
+        "install_here": "pip install --no-index --no-deps --target /tmp/site wheels/*.whl && "
+                        f"PYTHONPATH=/tmp/site python benchmarks/gpu_check.py ...  # installs {quoted(specs)}",
     }
 
 
