@@ -5,6 +5,7 @@ The default run streams 2k tokens and checks 2k-token prompts; `pytest -m slow` 
 (100k streamed tokens, 32k-token prompts), and `HF_RG_SOAK=1` with `-m slow` streams 1M tokens. Figures are
 printed (`-s`) and recorded in docs/reliability.md."""
 
+import copy
 import os
 
 import pytest
@@ -95,7 +96,8 @@ def low_precision_errors(model, dtype, prompt_len: int, decode_steps: int):
     tokens = torch.randint(0, 97, (1, prompt_len + decode_steps), generator=gen)
     results = {}
     for dt in (torch.float32, dtype):
-        m = model.to(dt)
+        # A cast copy: casting the shared model down and back would leave its weights rounded for later tests.
+        m = model if dt == torch.float32 else copy.deepcopy(model).to(dt)
         with torch.no_grad():
             out = m(tokens[:, :prompt_len], use_cache=True, logits_to_keep=256)
             logits = [out.logits.float()]
@@ -105,16 +107,17 @@ def low_precision_errors(model, dtype, prompt_len: int, decode_steps: int):
             results[dt] = torch.cat(logits, dim=1)
             state_dtypes = {layer.state.rg_lru.dtype for layer in out.cache.layers if hasattr(layer.state, "rg_lru")}
             assert state_dtypes == {torch.float32}, state_dtypes
-    model.to(torch.float32)
     low = results[dtype]
     assert torch.isfinite(low).all(), f"{dtype}: NaN or Inf in logits"
     return (low - results[torch.float32]).abs().max().item()
 
 
-# Stated bounds on |logit - float32 logit| (logits soft-capped at 30): twice the error measured on a 2k prompt
-# (bfloat16 0.50, float16 0.050: 8 and 11 bits of mantissa); the 32k run must stay within the same bound, i.e.
-# the error does not grow with length, because the recurrent state is float32 (docs/reliability.md).
-BOUNDS = {torch.bfloat16: 1.0, torch.float16: 0.1}
+# Stated bounds on |logit - float32 logit| (logits soft-capped at 30): about twice the error measured on a 2k
+# prompt (bfloat16 0.50, float16 0.115: 8 and 11 bits of mantissa); the 32k run must stay within the same bound,
+# i.e. the error does not grow with length, because the recurrent state is float32 (docs/reliability.md). The
+# float16 figure was 0.050 while this test cast the shared model to bfloat16 and back: float16 then ran on weights
+# already rounded to 8 bits, which it holds exactly.
+BOUNDS = {torch.bfloat16: 1.0, torch.float16: 0.25}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])

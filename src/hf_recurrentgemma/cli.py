@@ -1,7 +1,7 @@
 """`hf-recurrentgemma`: convert the original RecurrentGemma / Griffin checkpoints to Transformers folders and back.
 
     hf-recurrentgemma convert SRC OUT --preset recurrentgemma-2b [--dtype bfloat16] [--tokenizer tokenizer.model]
-                                      [--verify] [--push-to-hub USER/REPO [--private]] [--force]
+                                      [--verify] [--allow-nonfinite] [--push-to-hub USER/REPO [--private]] [--force]
     hf-recurrentgemma export-orbax FOLDER OUT      # our folder -> Orbax checkpoint of the JAX release
     hf-recurrentgemma export-builtin FOLDER OUT    # our folder -> Transformers' built-in recurrent_gemma
     hf-recurrentgemma generate MODEL "PROMPT"      # stream a continuation (--prompts-file for a batch)
@@ -10,19 +10,23 @@
 
 SRC is detected: an Orbax checkpoint directory (JAX release), a torch state-dict file (PyTorch release) or a
 Transformers `recurrent_gemma` folder. Errors are one line on stderr (`error: ...`) with exit status 2; a failed
-`--verify` exits with 1. Nothing is left at OUT unless the conversion completed.
+`--verify` exits with 1. Nothing is left at OUT unless the conversion completed. A tensor holding NaN or infinite
+values is refused, naming it, unless `--allow-nonfinite` is given (then one `warning: ...` line names them).
 """
 
 import argparse
+import contextlib
 import functools
 import logging
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 from .commands import chat, generate, perplexity
 from .configuration_griffin import PRESETS
 from .convert.builtin import export_builtin
+from .convert.finite import NonFiniteWeightsWarning
 from .convert.orbax_release import export_orbax
 from .convert.pipeline import DTYPES, VerificationFailed, convert_checkpoint
 from .convert.reference import UNINFERABLE
@@ -64,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="compare logits of the converted model with the source's; exit 1 above tolerance")
     convert.add_argument("--verify-tolerance", type=float, default=None, metavar="TOL",
                          help="max |logit diff| accepted by --verify (default 5e-5)")
+    convert.add_argument("--allow-nonfinite", action="store_true",
+                         help="convert tensors holding NaN or infinite values (with a warning naming them) instead "
+                         "of refusing them")
     convert.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this Hub repository")
     convert.add_argument("--private", action="store_true", help="create the Hub repository as private")
     convert.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -88,14 +95,32 @@ def _public_command(args) -> str:
     return "hf-recurrentgemma " + shlex.join(paths.get(a, a) for a in args.argv)
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(category: type[Warning]):
+    """Warnings of `category` printed as one `warning: ...` line on stderr (as errors are), others as usual."""
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def one_line(message, cat, filename, lineno, file=None, line=None):
+            if issubclass(cat, category):
+                print(f"warning: {message}", file=sys.stderr)
+            else:
+                show(message, cat, filename, lineno, file, line)
+
+        warnings.showwarning = one_line
+        warnings.simplefilter("always", category)
+        yield
+
+
 def run_convert(args) -> int:
-    result = convert_checkpoint(
-        args.src, args.out, preset=args.preset, overrides={name: getattr(args, name) for name in UNINFERABLE},
-        dtype=args.dtype, max_shard_size=args.max_shard_size, tokenizer=args.tokenizer,
-        chat_template=args.chat_template, verify=args.verify, push_to_hub=args.push_to_hub, private=args.private,
-        verify_tolerance=args.verify_tolerance, force=args.force, progress=not args.quiet,
-        command=_public_command(args),
-    )
+    with _warnings_as_lines(NonFiniteWeightsWarning):
+        result = convert_checkpoint(
+            args.src, args.out, preset=args.preset, overrides={name: getattr(args, name) for name in UNINFERABLE},
+            dtype=args.dtype, max_shard_size=args.max_shard_size, tokenizer=args.tokenizer,
+            chat_template=args.chat_template, verify=args.verify, push_to_hub=args.push_to_hub, private=args.private,
+            verify_tolerance=args.verify_tolerance, allow_nonfinite=args.allow_nonfinite, force=args.force,
+            progress=not args.quiet, command=_public_command(args),
+        )
     if result.verification:
         print(result.verification.summary())
     return 0

@@ -9,6 +9,7 @@ See docs/conversion.md (the Python API and how to add a format) and docs/archite
 
 from .builtin import export_builtin
 from .errors import ConversionError, KeyMismatchError
+from .finite import NonFiniteWeightsWarning
 from .formats import FORMATS, detect_source
 from .keymap import ours_to_reference, reference_to_ours
 from .orbax_release import export_orbax
@@ -18,4 +19,5 @@ from .sources import Source
 
 __all__ = ["convert_checkpoint", "ConversionResult", "VerificationFailed", "export_orbax", "export_builtin",
            "griffin_from_reference", "config_from_reference", "torch_state_dict_from_flax", "reference_to_ours",
-           "ours_to_reference", "ConversionError", "KeyMismatchError", "Source", "FORMATS", "detect_source"]
+           "ours_to_reference", "ConversionError", "KeyMismatchError", "NonFiniteWeightsWarning", "Source", "FORMATS",
+           "detect_source"]

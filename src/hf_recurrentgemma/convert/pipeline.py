@@ -7,6 +7,7 @@ optionally push it to the Hub. The command line (`cli.py`) only maps its argumen
 """
 
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 
 from ..configuration_griffin import GriffinConfig
 from .errors import ConversionError, first_line
+from .finite import NonFiniteWeightsWarning
 from .formats import detect_source
 from .keymap import expected_shapes
 from .sources import Source
@@ -56,6 +58,7 @@ def convert_checkpoint(
     chat_template: bool | None = None,
     verify: bool = False,
     verify_tolerance: float | None = None,
+    allow_nonfinite: bool = False,
     push_to_hub: str | None = None,
     private: bool = False,
     force: bool = False,
@@ -78,6 +81,8 @@ def convert_checkpoint(
         chat_template: add the Gemma chat template (default: for `-it` presets, when a tokenizer is given).
         verify: compare the converted logits with the source's; above `verify_tolerance` (default 5e-5) raise
             `VerificationFailed` and write nothing.
+        allow_nonfinite: convert tensors holding NaN or infinite values (one `NonFiniteWeightsWarning` names them
+            all); by default the first one is a `ConversionError` naming it and its counts, and nothing is written.
         push_to_hub: upload the finished folder to this Hub repository (`private` for a new one).
         progress: a progress bar and messages on stderr.
         command: the command line to record in the model card.
@@ -105,7 +110,9 @@ def convert_checkpoint(
         stored = source.default_dtype() if dtype == "auto" else DTYPES.get(dtype, dtype)
         if dtype != "auto" and stored not in DTYPES.values():
             raise ConversionError(f"dtype must be 'auto', 'bfloat16' or 'float32', got {dtype!r}")
-        tensors = source.tensors(config, stored)  # every key and shape checked here, before any work
+        nonfinite: list[str] = []  # with allow_nonfinite: the tensors that hold NaN or infinite values
+        tensors = source.tensors(config, stored, on_nonfinite=nonfinite.append if allow_nonfinite else None)
+        # (every key and shape is checked by the line above, before any work)
         say(f"{source.describe()}: {config.num_hidden_layers} blocks, width {config.hidden_size}, vocabulary "
             f"{config.vocab_size} -> {output.out} ({str(stored).removeprefix('torch.')})")
         chat_template = bool(preset and preset.endswith("-it")) if chat_template is None else chat_template
@@ -117,9 +124,13 @@ def convert_checkpoint(
                 if chat_template and "<end_of_turn>" in turn_ids:  # instruction-tuned models end their turn with it
                     eos_ids = [config.eos_token_id, turn_ids["<end_of_turn>"]]
             _write_weights(staged, source, tensors, config, stored, max_shard_bytes, progress)
+            if nonfinite:
+                warnings.warn(NonFiniteWeightsWarning(
+                    f"{source.path}: converted {len(nonfinite)} tensor{'s' if len(nonfinite) > 1 else ''} holding "
+                    f"NaN or infinite values (allow_nonfinite): {'; '.join(nonfinite)}"), stacklevel=2)
             write_config_files(staged, config, stored, eos_token_ids=eos_ids)
-            verification = (_verify(staged, source, config, stored, verify_tolerance or TOLERANCE, output.out)
-                            if verify else None)
+            verification = (_verify(staged, source, config, stored, verify_tolerance or TOLERANCE, output.out,
+                                    allow_nonfinite) if verify else None)
             write_model_card(
                 staged, source=source, config=config, dtype=stored, preset=preset, repo=push_to_hub,
                 command=command or "hf_recurrentgemma.convert.convert_checkpoint(...)",
@@ -148,11 +159,13 @@ def _write_weights(staged: Path, source: Source, tensors, config, dtype, max_sha
         writer.close()
 
 
-def _verify(staged: Path, source: Source, config, dtype, tolerance: float, out: Path) -> Verification:
+def _verify(staged: Path, source: Source, config, dtype, tolerance: float, out: Path,
+            allow_nonfinite: bool) -> Verification:
     from .verify import verify_folder
 
     with type(source)(source.path) as fresh:  # the first pass consumed the source
-        verification = verify_folder(staged, fresh, config, dtype, tolerance=tolerance)
+        verification = verify_folder(staged, fresh, config, dtype, tolerance=tolerance,
+                                     allow_nonfinite=allow_nonfinite)
     if not verification.ok:
         raise VerificationFailed(f"verification failed; nothing written to {out}", verification)
     return verification

@@ -3,7 +3,7 @@ formats share. A source gives its names and shapes before any data (`metas`), so
 front, then our tensors one source tensor at a time (`tensors`). The formats: torch_release.py, orbax_release.py,
 builtin.py, listed in formats.py."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -11,6 +11,7 @@ from huggingface_hub.errors import StrictDataclassError
 
 from ..configuration_griffin import GriffinConfig
 from .errors import ConversionError, KeyMismatchError
+from .finite import check_outputs
 from .keymap import Rule, check_keys, expected_shapes, ours_to_reference, rules_for, source_shapes, tied_extras
 from .reference import config_from_reference
 
@@ -65,28 +66,33 @@ class Source:
         dtypes = {t.dtype for t in self.metas().values()}
         return dtypes.pop() if len(dtypes) == 1 else torch.float32
 
-    def tensors(self, config: GriffinConfig, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    def tensors(self, config: GriffinConfig, dtype: torch.dtype | None = None,
+                on_nonfinite: Callable[[str], None] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """(our name, contiguous tensor in `dtype`, or as stored) for every parameter, one source tensor at a time.
-        Every key and shape is checked before this returns (`KeyMismatchError` names the key or shape)."""
+        Every key and shape is checked before this returns (`KeyMismatchError` names the key or shape). A tensor
+        holding NaN or infinite values is a `ConversionError` naming it when it is read, unless `on_nonfinite` is
+        given: it then receives the one-line description and the tensor is yielded as it is."""
         rules = self.key_map(config)
         check_keys({k: tuple(v.shape) for k, v in self.metas().items()}, source_shapes(rules, config), self.what,
                    where=str(self.path), optional=tied_extras(config))
-        return self._stream(rules, expected_shapes(config), dtype)
+        return self._stream(rules, expected_shapes(config), dtype, on_nonfinite)
 
-    def _stream(self, rules, shapes, dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    def _stream(self, rules, shapes, dtype, on_nonfinite=None) -> Iterator[tuple[str, torch.Tensor]]:
         for rule in rules:
             tensor = self.load(rule.source)
             outs = [out.to(dtype or out.dtype).contiguous() for out in rule.forward(tensor)]
-            self.consumed(tensor, outs)
             for key, out in zip(rule.targets, outs):
                 if tuple(out.shape) != shapes[key]:  # the data disagrees with its own header
                     raise KeyMismatchError(f"{self.path}: {rule.source!r} gives {key!r} the shape "
                                            f"{tuple(out.shape)}, expected {shapes[key]}")
-                yield key, out
+            check_outputs(str(self.path), rule.source, tensor, dict(zip(rule.targets, outs)), on_nonfinite)
+            self.consumed(tensor, outs)
+            yield from zip(rule.targets, outs)
 
     def reference_state(self, config: GriffinConfig) -> dict[str, torch.Tensor]:
-        """The weights under the reference's torch names, as stored (what `verify` feeds the reference model)."""
-        return ours_to_reference(dict(self.tensors(config)), config)
+        """The weights under the reference's torch names, as stored (what `verify` feeds the reference model;
+        the conversion itself has already refused or accepted non-finite values)."""
+        return ours_to_reference(dict(self.tensors(config, on_nonfinite=lambda description: None)), config)
 
     def consumed(self, tensor: torch.Tensor, outputs: list[torch.Tensor]) -> None:
         """Called once `tensor` is converted into `outputs` (a memory-mapped source may drop its pages)."""

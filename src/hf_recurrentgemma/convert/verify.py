@@ -59,12 +59,33 @@ def _have_reference() -> bool:
     return True
 
 
-@torch.no_grad()
-def verify_folder(folder: Path, source, config: GriffinConfig, dtype: torch.dtype, num_tokens: int = 12,
-                  tolerance: float = TOLERANCE, seed: int = 0) -> Verification:
-    """Compares the logits of the converted `folder` with those of `source` on `num_tokens` random tokens."""
+def _load_quietly(folder: Path, allow_nonfinite: bool):
+    """The converted folder in float32, without Transformers' loading bar (the conversion shows its own progress,
+    and `--quiet` means quiet) and, with `allow_nonfinite`, without repeating the conversion's warning."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
     from ..modeling_griffin import GriffinForCausalLM
 
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*NaN or infinite values")
+            return GriffinForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                      nonfinite="warn" if allow_nonfinite else "error").eval()
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+
+
+@torch.no_grad()
+def verify_folder(folder: Path, source, config: GriffinConfig, dtype: torch.dtype, num_tokens: int = 12,
+                  tolerance: float = TOLERANCE, seed: int = 0, allow_nonfinite: bool = False) -> Verification:
+    """Compares the logits of the converted `folder` with those of `source` on `num_tokens` random tokens.
+    `allow_nonfinite`: the folder may hold NaN or infinite values (the conversion warned about them); it is loaded
+    anyway, and logits they make non-finite fail the comparison."""
     generator = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, config.vocab_size, (1, num_tokens), generator=generator)
     positions = torch.arange(num_tokens)[None]
@@ -80,7 +101,7 @@ def verify_folder(folder: Path, source, config: GriffinConfig, dtype: torch.dtyp
         expected = reference(input_ids=tokens, position_ids=positions, use_cache=False).logits
         against = "the source loaded in memory (recurrentgemma not installed)"
     del reference, state
-    converted = GriffinForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    converted = _load_quietly(folder, allow_nonfinite)
     logits = converted(input_ids=tokens, position_ids=positions, use_cache=False).logits
     max_diff = (logits.float() - expected.float()).abs().max().item()
     return Verification(max_diff=max_diff, tolerance=tolerance, against=against)

@@ -49,7 +49,8 @@ class OutputFolder:
 
     `__enter__` returns a path that does not exist yet, inside a private temporary folder next to OUT; the caller
     creates it. On a clean exit it is renamed to OUT (an existing OUT is replaced only with `force`); on an error
-    everything staged is deleted. An existing OUT is refused at construction, before any work.
+    everything staged is deleted, and the error names OUT wherever it named a staging path (`name_output_in`). An
+    existing OUT is refused at construction, before any work.
     """
 
     def __init__(self, out: str | Path, force: bool = False):
@@ -71,9 +72,38 @@ class OutputFolder:
         try:
             if exc_type is None:
                 self._commit(self.temp / self.out.name)
+        except BaseException as err:
+            self.name_output_in(err)
+            raise
         finally:
             shutil.rmtree(self.temp, ignore_errors=True)
+        if exc is not None:
+            self.name_output_in(exc)
         return False
+
+    def name_output_in(self, err: BaseException) -> None:
+        """Rewrites, in place, every staging path in `err` (message, OSError file names) as OUT: the user asked
+        for OUT, and the staging folder is gone by the time the message is read. The exception keeps its type."""
+        staged = self.temp / self.out.name
+        # Longest first: the staged folder (also as resolved through symlinks), the old OUT moved aside, the rest.
+        spellings = [(re.escape(str(path)), str(self.out)) for path in {staged, staged.resolve()}]
+        spellings += [(re.escape(str(self.temp)) + r"/old-[0-9a-f]{32}", str(self.out)),
+                      (re.escape(str(self.temp.resolve())), str(self.out)), (re.escape(str(self.temp)), str(self.out))]
+
+        def rewrite(value):
+            if not isinstance(value, (str, os.PathLike)):
+                return value
+            text = os.fspath(value)
+            if not isinstance(text, str):
+                return value
+            for pattern, replacement in spellings:
+                text = re.sub(pattern, lambda match: replacement, text)
+            return text if isinstance(value, str) else type(value)(text)
+
+        if isinstance(err, OSError):  # its message is built from these, not from args
+            err.filename, err.filename2, err.strerror = map(rewrite, (err.filename, err.filename2, err.strerror))
+        else:
+            err.args = tuple(rewrite(arg) for arg in err.args)
 
     def _commit(self, staged: Path) -> None:
         umask = os.umask(0)

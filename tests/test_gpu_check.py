@@ -1,0 +1,113 @@
+"""benchmarks/gpu_check.py: the dry run (`--device cpu`) runs every check on a tiny model and writes its JSON and
+summary; the script refuses to overwrite them; an unsupported Transformers is named with what to carry; the
+time budget skips and stops checks, and a failure or an error never stops the run."""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+SCRIPT = os.path.join(BENCHMARKS, "gpu_check.py")
+CHECKS = ["requirements", "triton_scan", "logits_vs_cpu_fp32", "bf16_generation", "compiled_decoding",
+          "bench_prefill", "bench_decode", "bench_training", "bench_scan"]
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check") / "out"
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, SCRIPT, "--device", "cpu", "--out", str(out)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, json.loads((out / "gpu_check.json").read_text()), time.perf_counter() - start
+
+
+def test_dry_run_runs_every_check_without_errors(dry_run):
+    out, result, seconds = dry_run
+    print(f"dry run: {seconds:.1f} s")
+    assert list(result["checks"]) == CHECKS and result["complete"] and result["dry_run"]
+    for name, check in result["checks"].items():
+        if name == "triton_scan" and check["status"] == "skipped":  # triton not installed here: the reason says so
+            assert "triton is not installed" in check["message"], check
+            continue
+        assert check["status"] == "pass", (name, check["status"], check["message"])
+    checks = result["checks"]
+    assert checks["requirements"]["details"]["transformers"] == result["environment"]["transformers"]
+    assert "carry" not in checks["requirements"]["details"]
+    if checks["triton_scan"]["status"] == "pass":
+        assert "interpreter" in checks["triton_scan"]["details"]["mode"]
+        assert len(checks["triton_scan"]["details"]["cases"]) == 4
+    assert checks["compiled_decoding"]["details"]["unique_graphs"] == 1
+    assert checks["compiled_decoding"]["details"]["speedup"] > 0
+    assert max(checks["logits_vs_cpu_fp32"]["details"]["max_abs_logit_error"].values()) <= 5e-5
+    for section in ("prefill", "decode", "training", "scan"):
+        assert checks[f"bench_{section}"]["details"]["tables"], section
+    assert "built-in s" in checks["bench_prefill"]["details"]["tables"][0]["header"]
+    summary = (out / "gpu_check.txt").read_text()
+    assert all(f"PASS     {name}" in summary or name == "triton_scan" for name in CHECKS), summary
+    assert seconds < 60
+
+
+def test_existing_results_are_kept_without_force(dry_run):
+    out, _, _ = dry_run
+    before = (out / "gpu_check.json").read_bytes()
+    done = subprocess.run([sys.executable, SCRIPT, "--device", "cpu", "--out", str(out), "--only", "requirements"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "pass --force to overwrite" in done.stderr, done.stderr
+    assert (out / "gpu_check.json").read_bytes() == before
+    assert sorted(os.listdir(out)) == ["gpu_check.json", "gpu_check.txt"]  # no temporary file left
+
+
+@pytest.fixture
+def gpu_check(monkeypatch):
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    module = importlib.import_module("gpu_check")
+    yield module
+    sys.modules.pop("gpu_check", None)
+
+
+def test_old_transformers_is_named_with_what_to_carry(gpu_check, monkeypatch):
+    """What the GPU machine has (Transformers 5.17): the requirements check fails naming it and what to bring,
+    and the checks needing the package are skipped with that reason."""
+    real = importlib.metadata.version
+    monkeypatch.setattr(gpu_check.importlib.metadata, "version",
+                        lambda name: "5.17.0" if name == "transformers" else real(name))
+    monkeypatch.setattr(gpu_check, "_package_error", lambda: "ImportError: hf-recurrentgemma's model code needs "
+                                                             "Transformers >= 5.24")
+    ctx = gpu_check.Context(gpu_check.torch.device("cpu"), 60)
+    check = gpu_check.run_check(ctx, "requirements", gpu_check.check_requirements)
+    assert check["status"] == "fail" and "transformers 5.17.0 (needs <5.25,>=5.24)" in check["message"], check
+    carry = ctx.carry
+    assert carry["requirements"] == ["transformers<5.25,>=5.24"]
+    assert "pip download --dest wheels" in carry["download_elsewhere"]
+    assert "'transformers<5.25,>=5.24'" in carry["download_elsewhere"] and "--no-deps" not in carry["download_elsewhere"]
+    assert "--target /tmp/site" in carry["install_here"]
+    # accelerate's dependencies include torch: downloaded without them (psutil added), never torch's CUDA wheels
+    both = gpu_check.carry_advice([{"name": "transformers", "spec": ">=5.24"}, {"name": "accelerate", "spec": ">=1.0"}])
+    assert "--no-deps" in both["download_elsewhere"] and "'psutil'" in both["download_elsewhere"], both
+    skipped = gpu_check.run_check(ctx, "logits_vs_cpu_fp32", gpu_check.check_logits)
+    assert skipped["status"] == "skipped" and "requirements.carry" in skipped["message"], skipped
+
+
+def test_budget_skips_and_stops_and_failures_do_not_stop(gpu_check):
+    ctx = gpu_check.Context(gpu_check.torch.device("cpu"), 1.5)
+    assert gpu_check.run_check(ctx, "bench_scan", lambda ctx: {})["status"] == "skipped"  # estimate 5 s > 1.5 s
+    stopped = gpu_check.run_check(ctx, "requirements", lambda ctx: time.sleep(10))  # estimate 1 s: starts
+    assert stopped["status"] == "skipped" and "ran out" in stopped["message"] and stopped["seconds"] < 5, stopped
+    ctx = gpu_check.Context(gpu_check.torch.device("cpu"), 60)
+
+    def failing(ctx):
+        assert 1 + 1 == 3, "arithmetic is off"
+
+    def broken(ctx):
+        raise RuntimeError("no kernel image\nsecond line")
+
+    assert gpu_check.run_check(ctx, "requirements", failing)["status"] == "fail"
+    error = gpu_check.run_check(ctx, "requirements", broken)
+    assert error["status"] == "error" and error["message"] == "RuntimeError: no kernel image", error
+    assert "traceback" in error["details"]
