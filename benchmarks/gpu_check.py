@@ -126,12 +126,12 @@ def check_requirements(ctx) -> dict:
     details = {"needs_beyond_torch_and_triton": [r for r in rows if r["name"] not in ("torch", "triton")],
                "torch": torch.__version__, "triton": _version("triton"), "transformers": _version("transformers"),
                "python": platform.python_version()}
-    if missing or ctx.package_error:
-        details["carry"] = carry_advice(missing)
-        ctx.carry = details["carry"]
+    if missing:
+        ctx.carry = carry_advice(missing)
         what = ", ".join(f"{r['name']} {r['installed'] or 'missing'} (needs {r['spec']})" for r in missing)
-        raise AssertionError(f"unsupported here: {what or ctx.package_error}; carry wheels of "
-                             f"{', '.join(details['carry']['requirements']) or 'the above'}")
+        raise AssertionError(f"unsupported here: {what}; carry wheels of {', '.join(ctx.carry['requirements'])}")
+    if ctx.package_error:
+        raise AssertionError(f"every requirement is met, but hf-recurrentgemma does not import: {ctx.package_error}")
     return details
 
 
