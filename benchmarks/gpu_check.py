@@ -103,12 +103,13 @@ def carry_advice(missing: list[dict]) -> dict:
     quoted = lambda items: " ".join(f"'{s}'" for s in items)  # noqa: E731
     download = []
     if with_deps or without_deps:
-        download.append(f"pip download --dest wheels {where} {quoted(with_deps + (['psutil'] if without_deps else []))}")
+        extra = ["psutil"] if without_deps else []
+        download.append(f"pip download --dest wheels {where} {quoted(with_deps + extra)}")
     if without_deps:
         download.append(f"pip download --dest wheels --no-deps {where} {quoted(without_deps)}")
     return {
         "requirements": specs,
-        "download_elsewhere": " && ".join(download) + "  # where PyPI is reachable; ~46 MB for Python 3.12",
+        "download_elsewhere": " && ".join(download) + "  # where PyPI is reachable (Python 3.12: 33 wheels, 46 MB)",
         "install_here": "pip install --no-index --no-deps --target /tmp/site wheels/*.whl && "
                         f"PYTHONPATH=/tmp/site python benchmarks/gpu_check.py ...  # installs {quoted(specs)}",
     }
@@ -125,12 +126,12 @@ def check_requirements(ctx) -> dict:
     details = {"needs_beyond_torch_and_triton": [r for r in rows if r["name"] not in ("torch", "triton")],
                "torch": torch.__version__, "triton": _version("triton"), "transformers": _version("transformers"),
                "python": platform.python_version()}
-    if missing or ctx.package_error:
-        details["carry"] = carry_advice(missing)
-        ctx.carry = details["carry"]
+    if missing:
+        ctx.carry = carry_advice(missing)
         what = ", ".join(f"{r['name']} {r['installed'] or 'missing'} (needs {r['spec']})" for r in missing)
-        raise AssertionError(f"unsupported here: {what or ctx.package_error}; carry wheels of "
-                             f"{', '.join(details['carry']['requirements']) or 'the above'}")
+        raise AssertionError(f"unsupported here: {what}; carry wheels of {', '.join(ctx.carry['requirements'])}")
+    if ctx.package_error:
+        raise AssertionError(f"every requirement is met, but hf-recurrentgemma does not import: {ctx.package_error}")
     return details
 
 
@@ -207,9 +208,9 @@ def check_triton_scan(ctx) -> dict:
     ops, triton_module = model_files()
     if triton_module.triton is None:
         raise Skip(triton_module._IMPORT_ERROR)
-    cases = {f"B{b}-T{t}-L{l}-{str(d)[6:]}": (b, t, l, d) for b, t, l in SCAN_CASES[ctx.device.type]
+    cases = {f"B{b}-T{t}-L{w}-{str(d)[6:]}": (b, t, w, d) for b, t, w in SCAN_CASES[ctx.device.type]
              for d in (torch.float32, torch.bfloat16)}
-    inputs = {name: scan_inputs(b, t, l, d, ctx.device) for name, (b, t, l, d) in cases.items()}
+    inputs = {name: scan_inputs(*case, ctx.device) for name, case in cases.items()}
     if ctx.device.type == "cuda":
         results = {name: run_scan(triton_module.rnn_scan_triton, *tensors) for name, tensors in inputs.items()}
         mode = "compiled kernels on " + torch.cuda.get_device_name(ctx.device)

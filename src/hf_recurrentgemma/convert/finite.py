@@ -12,7 +12,8 @@ from .errors import ConversionError
 
 
 class NonFiniteWeightsWarning(UserWarning):
-    """A conversion with `allow_nonfinite=True` wrote tensors holding NaN or infinite values (the message names them)."""
+    """A conversion with `allow_nonfinite=True` wrote tensors holding NaN or infinite values (named in the
+    message)."""
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
