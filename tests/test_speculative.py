@@ -418,3 +418,31 @@ def test_speculative_sampling_keeps_the_target_distribution(target):
     draft_tv = 0.5 * (q - p).abs().sum().item()
     assert draft_tv > 2 * tolerance, f"the test cannot tell the draft from the target ({draft_tv:.3f})"
     assert tv <= tolerance, f"TV(empirical, target) {tv:.3f} > {tolerance:.3f} (draft's TV {draft_tv:.3f})"
+
+
+# --- the state API ---------------------------------------------------------------------------------------------
+
+def test_state_dict_round_trip_and_refusals(target):
+    cache = GriffinCache(target.config)
+    with torch.no_grad():
+        target(_ids(9, 1), cache=cache, use_cache=True)
+    snapshot = cache.clone()
+    state = snapshot.state_dict()
+    restored = GriffinCache.from_state_dict(target.config, state, dtype=torch.float32)
+    _assert_bit_equal(restored, cache, "from_state_dict")
+    with torch.no_grad():  # the clone is independent: advancing the original leaves it as it was
+        target(_ids(1, 2), cache=cache, use_cache=True)
+    _assert_bit_equal(restored, snapshot, "clone")
+    assert cache.seen_tokens == 10 and snapshot.seen_tokens == 9
+
+    other = GriffinConfig(**{**target.config.to_dict(), "attention_window_size": 5})
+    with pytest.raises(ValueError, match="saved by a model with attention_window_size=6, this model has 5"):
+        GriffinCache.from_state_dict(other, state)
+    with pytest.raises(ValueError, match="saved from a float32 model, this one is bfloat16"):
+        GriffinCache.from_state_dict(target.config, state, dtype=torch.bfloat16)
+    broken = {**state, "tensors": {k: v for k, v in state["tensors"].items() if k != "layers.2.valid"}}
+    with pytest.raises(ValueError, match="lacks the tensor layers.2.valid"):
+        GriffinCache.from_state_dict(target.config, broken)
+    broken["tensors"]["layers.2.valid"] = torch.zeros(1, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"layers.2.valid is torch.bool \(1, 5\); this model needs torch.bool \(1, 6\)"):
+        GriffinCache.from_state_dict(target.config, broken)

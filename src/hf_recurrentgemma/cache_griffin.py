@@ -257,14 +257,9 @@ class GriffinCache(Cache):
         in `dtype`. Raises ValueError naming the field or tensor that does not fit. `kwargs` go to the
         constructor (`rollback_tokens`)."""
         saved = state.get("architecture") or {}
+        as_saved = lambda value: list(value) if isinstance(value, tuple) else value  # noqa: E731 - JSON has lists
         for field in ARCHITECTURE_FIELDS:
-            ours = getattr(config, field)
-            theirs = saved.get(field)
-            if isinstance(ours, tuple) and isinstance(theirs, list):
-                theirs = tuple(theirs)
-            if isinstance(theirs, tuple) and isinstance(ours, list):
-                ours = tuple(ours)
-            if theirs != ours:
+            if as_saved(saved.get(field)) != as_saved(getattr(config, field)):
                 raise ValueError(f"state was saved by a model with {field}={saved.get(field)}, this model has "
                                  f"{getattr(config, field)}")
         saved_dtype = state.get("dtype")
