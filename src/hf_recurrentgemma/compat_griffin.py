@@ -11,7 +11,8 @@ kwargs, and the field of the output classes. Our model takes `cache=` and return
 `CACHE_NAME` is the name this release's `generate()` uses, `take_cache` accepts it in `forward`,
 `move_generation_cache` files a user's `cache=` under it, and the output classes exported here take `cache=` and
 answer `.cache` on every release. Everything else the model overrides or reads is checked at import
-(`_prepare_cache_for_generation`, `_valid_auto_compile_criteria`, `CompileConfig._compile_all_devices`), so an
+(`_prepare_cache_for_generation`, `_valid_auto_compile_criteria`, `_prepare_attention_mask_for_generation`,
+`CompileConfig._compile_all_devices`), so an
 unsupported Transformers fails with one error naming the missing piece instead of a TypeError deep inside
 `generate()`.
 
@@ -78,7 +79,10 @@ if CACHE_NAME not in {f.name for f in dataclasses.fields(_BaseModelOutputWithPas
     raise _unsupported(f"the `{CACHE_NAME}` field of BaseModelOutputWithPast")
 for _hook, _params in (("_prepare_cache_for_generation", ("generation_config", "model_kwargs", "generation_mode",
                                                           "batch_size", "max_cache_length")),
-                       ("_valid_auto_compile_criteria", ("model_kwargs", "generation_config"))):
+                       ("_valid_auto_compile_criteria", ("model_kwargs", "generation_config")),
+                       # overridden for draft models (assisted decoding, docs/speculative.md)
+                       ("_prepare_attention_mask_for_generation", ("inputs_tensor", "generation_config",
+                                                                   "model_kwargs"))):
     _found = getattr(GenerationMixin, _hook, None)
     if _found is None or tuple(inspect.signature(_found).parameters)[1:] != _params:
         raise _unsupported(f"GenerationMixin.{_hook}{_params}")
