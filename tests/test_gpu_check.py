@@ -10,6 +10,9 @@ import sys
 import time
 
 import pytest
+from packaging.requirements import Requirement
+
+from hf_recurrentgemma.compat_griffin import TRANSFORMERS_REQUIREMENT
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 SCRIPT = os.path.join(BENCHMARKS, "gpu_check.py")
@@ -79,13 +82,15 @@ def test_old_transformers_is_named_with_what_to_carry(gpu_check, monkeypatch):
                         lambda name: "5.17.0" if name == "transformers" else real(name))
     monkeypatch.setattr(gpu_check, "_package_error", lambda: "ImportError: hf-recurrentgemma's model code needs "
                                                              "Transformers >= 5.24")
+    # The supported range, as pyproject declares it (compat_griffin's constant; tests/test_compat.py ties them).
+    spec = str(Requirement(TRANSFORMERS_REQUIREMENT).specifier)
     ctx = gpu_check.Context(gpu_check.torch.device("cpu"), 60)
     check = gpu_check.run_check(ctx, "requirements", gpu_check.check_requirements)
-    assert check["status"] == "fail" and "transformers 5.17.0 (needs <5.25,>=5.24)" in check["message"], check
+    assert check["status"] == "fail" and f"transformers 5.17.0 (needs {spec})" in check["message"], check
     carry = ctx.carry
-    assert carry["requirements"] == ["transformers<5.25,>=5.24"]
+    assert carry["requirements"] == [f"transformers{spec}"]
     assert "pip download --dest wheels" in carry["download_elsewhere"]
-    assert "'transformers<5.25,>=5.24'" in carry["download_elsewhere"]
+    assert f"'transformers{spec}'" in carry["download_elsewhere"]
     assert "--no-deps" not in carry["download_elsewhere"]
     assert "--target /tmp/site" in carry["install_here"]
     # accelerate's dependencies include torch: downloaded without them (psutil added), never torch's CUDA wheels
