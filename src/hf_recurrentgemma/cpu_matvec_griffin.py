@@ -24,7 +24,8 @@ from string import Template
 
 import torch
 
-from .kernel_build_griffin import CompiledKernel, kernel_enabled, kernel_settings
+from .cpu_widen_griffin import linear_widened, widen_applies
+from .kernel_build_griffin import CAPABILITIES, CompiledKernel, kernel_enabled, kernel_settings
 
 MAX_ROWS = 16
 FLOAT_VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")  # float32 and int8 weights
@@ -411,6 +412,15 @@ def weight_kind(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     return None
 
 
+@torch.compiler.assume_constant_result  # decided in Python; a compiled graph only sees the answer
+def native_bf16() -> bool:
+    """Whether the CPU (capped by HF_RECURRENTGEMMA_CPU_ISA) has bfloat16 dot products; True where nothing is
+    known (no kernel builds and no cap), so torch's own bfloat16 GEMM runs."""
+    rank = MATVEC_KERNEL.capability()
+    rank = kernel_settings().isa_cap if rank is None else rank
+    return rank >= CAPABILITIES.index("bf16-dot")
+
+
 def _row_limit(kind: str, variant: str) -> int:
     """The most rows `linear_cpu` sends to the kernel. With bfloat16 pair products (`bf16-dot`, i.e. capped below
     the AMX tiles) the kernel's arithmetic, not the weight reads, bounds it from 5 rows on, and torch's bfloat16
@@ -435,11 +445,14 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 def linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, through the few-row kernel where `gemv_kind` says one applies. Equal to F.linear
-    within float32 accumulation order, rounded once to x's dtype."""
+    """`F.linear(x, weight, bias)`, through the few-row kernel where `gemv_kind` says one applies, or for a
+    bfloat16 prompt on a CPU without native bfloat16 through float32 tiles (`cpu_widen_griffin.py`). Equal to
+    F.linear within float32 accumulation order, rounded once to x's dtype."""
     kind = weight_kind(x, weight)
     variant = None if kind is None else matvec_variant(kind)
     if variant is None or _rows(x) > _row_limit(kind, variant):
+        if widen_applies(x, weight) and not native_bf16():  # a bfloat16 prompt on a CPU without native bfloat16
+            return linear_widened(x, weight, bias)
         return torch.nn.functional.linear(x, weight, bias)
     if kind == "int8":
         return _matmul_rows_int8_op(x, weight.qdata, weight.scale, getattr(weight, "zero_point", None), bias,

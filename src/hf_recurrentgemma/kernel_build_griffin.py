@@ -16,7 +16,7 @@ Environment switches, read at every call (not frozen at import), so tests and us
 
     HF_RECURRENTGEMMA_CPU_KERNELS=off      no optional C kernel at all: the scan backend `auto` takes the
                                            sequential scan, linear layers call `F.linear`. A comma list of kernel
-                                           names (`scan`, `gemv`) turns off only those.
+                                           names (`scan`, `gemv`, `widen`) turns off only those.
     HF_RECURRENTGEMMA_CPU_ISA=<capability> the best variant any kernel may use (e.g. `fp32-fma-256` makes an
                                            AVX-512 machine run what an AVX2 one runs; `scalar` the portable path).
     HF_RECURRENTGEMMA_CFLAGS="..."         replaces the optimisation and target flags (default `-O3
@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 # Capability names, weakest first; a variant's index is its rank.
 CAPABILITIES = ("scalar", "fp32-fma-256", "fp32-fma-512", "bf16-dot", "bf16-tile")
-KERNEL_NAMES = ("scan", "gemv")
+KERNEL_NAMES = ("scan", "gemv", "widen")  # cpu_scan_griffin, cpu_matvec_griffin, cpu_widen_griffin
 DEFAULT_CFLAGS = ("-O3", "-fno-math-errno")
 REQUIRED_CFLAGS = ("-ffp-contract=off", "-fPIC", "-shared", "-fopenmp")
 
@@ -78,8 +78,14 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-/* Rank (index in CAPABILITIES) of the best variant this CPU runs and this build contains. */
+/* Rank (index in CAPABILITIES) of the best variant this CPU runs and this build contains; found once. */
+static int find_capability(void);
 int hfrg_capability(void) {
+    static int rank = -1;
+    if (rank < 0) rank = find_capability();
+    return rank;
+}
+static int find_capability(void) {
 #if defined(HF_RG_X86)
     __builtin_cpu_init();
 #if defined(__linux__)
