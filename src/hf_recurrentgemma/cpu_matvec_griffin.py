@@ -4,16 +4,16 @@ weights, or torchao's weight-only int8 layout (one float32 scale and optional in
 
 Why: decoding reads every weight once per token, so it runs at memory speed only if the product does. Torch's
 one-row bfloat16 product reads weights well below memory speed on AVX-512 CPUs, its one-row float32 product
-reaches about half the bandwidth on AVX2 ones, torchao's int8 path on CPU dequantizes first, and torch's GEMM for
-2..16 rows costs nearly one one-row product per row (docs/performance.md). Here the weights are walked in groups of
-four rows; each group is multiplied against every input row while it is in cache, so memory sees it once.
+reaches about half the bandwidth on AVX2 ones, torchao's int8 path on CPU dequantizes first, and without AMX
+torch's GEMM for 2..16 rows costs nearly one one-row product per row (docs/performance.md). Here the weights are
+walked in groups of rows; each group is multiplied against every input row while it is in cache, so memory sees
+it once.
 
 Variants (`kernel_build_griffin.py` builds them, picks one at run time, and reads the switches; kernel name
 `gemv`): `bf16-tile` (AMX tile products, bfloat16 weights only: 16 weight rows against all input rows per
 instruction, so 16 rows cost what one does), `bf16-dot` (AVX-512 BF16 pair products, bfloat16 weights only),
-`fp32-fma-512` (AVX-512F) and
-`fp32-fma-256` (AVX2 + FMA): weights widened to float32 (bfloat16 by a 16-bit shift, int8 by conversion),
-multiplied and accumulated in float32; `scalar`, portable C, tested everywhere but used by `linear_cpu` only when
+`fp32-fma-512` (AVX-512F) and `fp32-fma-256` (AVX2 + FMA): weights widened to float32 (bfloat16 by a 16-bit
+shift, int8 by conversion), multiplied and accumulated in float32; `scalar`, portable C, tested everywhere but used by `linear_cpu` only when
 asked for, since torch's own product is faster than scalar C. Every variant accumulates in float32 and rounds once
 to x's dtype: equal to F.linear within float32 accumulation order.
 """
