@@ -13,8 +13,8 @@ Variants (`kernel_build_griffin.py` builds them, picks one at run time, and read
 `gemv`): `bf16-tile` (AMX tile products, bfloat16 weights only: 16 weight rows against all input rows per
 instruction, so 16 rows cost what one does), `bf16-dot` (AVX-512 BF16 pair products, bfloat16 weights only),
 `fp32-fma-512` (AVX-512F) and `fp32-fma-256` (AVX2 + FMA): weights widened to float32 (bfloat16 by a 16-bit
-shift, int8 by conversion), multiplied and accumulated in float32; `scalar`, portable C, tested everywhere but used by `linear_cpu` only when
-asked for, since torch's own product is faster than scalar C. Every variant accumulates in float32 and rounds once
+shift, int8 by conversion), multiplied and accumulated in float32; `scalar`, portable C, tested everywhere but
+used by `linear_cpu` only when asked for, since torch's own product is faster than scalar C. Every variant accumulates in float32 and rounds once
 to x's dtype: equal to F.linear within float32 accumulation order.
 """
 
