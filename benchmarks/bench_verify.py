@@ -4,7 +4,7 @@ the MLP's 2560->7680 gate and up and 7680->2560 down), random weights, bfloat16 
 per-row layout), against the weight-read floor measured in the same run.
 
 Decoding reads every weight once per call, so a (k+1)-token call should cost what a one-token call costs while the
-weights dominate. The weights are held in enough copies to total about 1 GiB, so each call reads them from memory
+weights dominate. The weights are held in enough copies to total about 1 GiB (--total-mb), so each call reads them from memory
 as a 2B model's 5 GB do, not from the last-level cache. Floor: the bytes of one pass over the weights divided by
 the read bandwidth of a float32 sum over a buffer of the same size, measured in the same run.
 
@@ -13,7 +13,8 @@ the read bandwidth of a float32 sum over a buffer of the same size, measured in 
 
 Prints one table per dtype: for each row count, the median time of a pass (ours: `linear_cpu`; torch:
 `F.linear`, or `torch._weight_int8pack_mm` for int8), each relative to ours for one token, and ours against the
-floor. Medians of --repeats runs (each a pass over all copies).
+floor measured beside it. Medians of --repeats runs (each a pass over all copies), ours, torch's and the floor's
+runs interleaved so that other load on the machine slows all three alike.
 """
 
 import argparse
@@ -29,17 +30,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from hf_recurrentgemma.cpu_matvec_griffin import _matmul_rows_int8_op, linear_cpu, matvec_variant  # noqa: E402
 
 SHAPES = [(2560, 2560)] * 3 + [(7680, 2560), (7680, 2560), (2560, 7680)]  # (out, in) of one block pair
-TOTAL_BYTES = 1 << 30
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved_medians(fns: list, repeats: int) -> list[float]:
+    """Median seconds of each function, run in turn within each repeat, so a busy machine slows all alike."""
+    for fn in fns:
         fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
+    runs = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, times in zip(fns, runs):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return [statistics.median(times) for times in runs]
 
 
 def make_weights(dtype: str, gen: torch.Generator):
@@ -76,9 +79,6 @@ def passes(copies, rows: int, ours: bool):
     return run
 
 
-def read_bandwidth(total: int, repeats: int) -> float:
-    buffer = torch.randn(total // 4)
-    return buffer.nbytes / median_time(lambda: buffer.sum(), repeats)
 
 
 def main(argv=None) -> None:
@@ -86,29 +86,33 @@ def main(argv=None) -> None:
     parser.add_argument("--max-k", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtypes", default="bf16,int8")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    parser.add_argument("--total-mb", type=int, default=1024, help="weights held, in copies of the block pair")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     print(f"threads {torch.get_num_threads()}; variants: bf16 {matvec_variant('bf16')}, "
           f"int8 {matvec_variant('int8')}")
     with torch.inference_mode():
         for dtype in args.dtypes.split(","):
             block = make_weights(dtype, gen)
-            count = max(1, math.ceil(TOTAL_BYTES / nbytes(block)))
+            count = max(1, math.ceil(args.total_mb * 2**20 / nbytes(block)))
             copies = [block] + [[(w.clone(), s) for w, s in block] for _ in range(count - 1)]
             total = nbytes(block) * count
-            floor = total / read_bandwidth(total, args.repeats)
-            print(f"\n{dtype}: {count} copies of one block pair's linears, {total / 1e9:.2f} GB a pass; "
-                  f"floor {floor * 1e3:.1f} ms ({total / floor / 1e9:.1f} GB/s)")
+            buffer = torch.randn(total // 4)  # the floor: a float32 sum reading as many bytes
+            print(f"\n{dtype}: {count} copies of one block pair's linears, {total / 1e9:.2f} GB a pass")
             print(f"{'k':>3} {'tokens':>6} {'ours ms':>8} {'x 1 tok':>8} {'x floor':>8} {'torch ms':>9} "
-                  f"{'x ours 1':>9}")
-            one = None
+                  f"{'x ours 1':>9} {'floor ms':>9}")
+            one, rows = None, []
             for k in range(args.max_k + 1):
-                ours = median_time(passes(copies, k + 1, True), args.repeats)
-                theirs = median_time(passes(copies, k + 1, False), args.repeats)
+                ours, theirs, read = interleaved_medians(
+                    [passes(copies, k + 1, True), passes(copies, k + 1, False), lambda: buffer.sum()], args.repeats)
+                floor = read * total / buffer.nbytes
                 one = one or ours
                 print(f"{k:>3} {k + 1:>6} {ours * 1e3:>8.1f} {ours / one:>8.2f} {ours / floor:>8.2f} "
-                      f"{theirs * 1e3:>9.1f} {theirs / one:>9.2f}", flush=True)
-            del copies, block
+                      f"{theirs * 1e3:>9.1f} {theirs / one:>9.2f} {floor * 1e3:>9.1f}", flush=True)
+            del copies, block, buffer
 
 
 if __name__ == "__main__":

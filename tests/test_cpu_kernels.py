@@ -106,9 +106,9 @@ def test_linear_takes_the_kernel_only_where_it_applies(variant, monkeypatch):
     and F.linear otherwise."""
     force_variant(monkeypatch, variant)
     w = torch.randn(8, 64).bfloat16()
-    expected_bf16 = variant  # bf16-dot for bfloat16 weights, the capped float variant below it for the others
-    assert matvec_variant("bf16") == expected_bf16
-    assert matvec_variant("f32") == ("fp32-fma-512" if variant == "bf16-dot" else variant)
+    # bfloat16 weights run the variant itself; float32 ones the best float variant at or below it.
+    assert matvec_variant("bf16") == variant
+    assert matvec_variant("f32") == ("fp32-fma-512" if variant.startswith("bf16") else variant)
     limit = mv._row_limit("bf16", variant)  # 4 for bf16-dot, where torch's GEMM wins from 5 rows
     with torch.inference_mode():
         for rows in (1, 2, limit):
@@ -217,3 +217,44 @@ def test_aarch64_cross_compile_exports_the_scalar_variants(kernel: CompiledKerne
     symbols = set(subprocess.run([nm, "--defined-only", "--extern-only", "-j", str(obj)], capture_output=True,
                                  text=True, check=True).stdout.split())
     assert symbols == {"hfrg_capability"} | {f"{name}_scalar" for name in kernel.functions}
+
+
+# --- bfloat16 prompts on CPUs without native bfloat16: float32 tiles -----------------------------------------------
+
+from hf_recurrentgemma import cpu_widen_griffin  # noqa: E402
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("shape", [(17, 64, 40), (33, 700, 130), (300, 2560, 200)], ids=lambda s: f"M{s[0]}-K{s[1]}-N{s[2]}")
+def test_widened_bfloat16_product_within_one_rounding(shape, bias, monkeypatch):
+    """Float32 products and sums, one rounding: the contract of torch's bfloat16 GEMM. Several weight tiles
+    (TILE_BYTES shrunk), and linear_cpu takes this path when capped below bf16-dot."""
+    monkeypatch.setattr(cpu_widen_griffin, "TILE_BYTES", 4 * shape[1] * 7)  # tiles of 7 rows: a partial last one
+    m, k, n = shape
+    x, w = torch.randn(1, m, k).bfloat16(), torch.randn(n, k).bfloat16()
+    b = torch.randn(n).bfloat16() if bias else None
+    with torch.inference_mode():
+        y = cpu_widen_griffin.linear_widened(x, w, b)
+        force_variant(monkeypatch, "fp32-fma-256")
+        assert cpu_widen_griffin.widen_applies(x, w) and not mv.native_bf16()
+        assert torch.equal(linear_cpu(x, w, b), y)
+    exact = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    magnitude = x.double().abs() @ w.double().abs().T + (0 if b is None else b.double().abs())
+    assert y.dtype == torch.bfloat16 and y.shape == (1, m, n)
+    assert ((y.double() - exact).abs() <= _bound(exact, magnitude, k, torch.bfloat16)).all()
+
+
+def test_widened_path_only_without_native_bfloat16(monkeypatch):
+    x, w = torch.randn(20, 64).bfloat16(), torch.randn(8, 64).bfloat16()
+    force_variant(monkeypatch, "bf16-dot")
+    with torch.inference_mode():
+        if mv.MATVEC_KERNEL.capability() >= 3:  # this CPU has bfloat16 dot products: torch's own GEMM
+            assert torch.equal(linear_cpu(x, w), torch.nn.functional.linear(x, w))
+        monkeypatch.setenv("HF_RECURRENTGEMMA_CPU_ISA", "fp32-fma-512")
+        assert not mv.native_bf16()
+        monkeypatch.setenv("HF_RECURRENTGEMMA_CPU_KERNELS", "widen")  # switched off
+        assert not cpu_widen_griffin.widen_applies(x, w)
+        assert torch.equal(linear_cpu(x, w), torch.nn.functional.linear(x, w))
+        monkeypatch.delenv("HF_RECURRENTGEMMA_CPU_KERNELS")
+        assert not cpu_widen_griffin.widen_applies(x[:16], w)  # few rows: the few-row kernels
+        assert not cpu_widen_griffin.widen_applies(x.float(), w.float())  # float32: torch's GEMM already

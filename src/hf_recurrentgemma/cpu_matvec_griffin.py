@@ -4,15 +4,17 @@ weights, or torchao's weight-only int8 layout (one float32 scale and optional in
 
 Why: decoding reads every weight once per token, so it runs at memory speed only if the product does. Torch's
 one-row bfloat16 product reads weights well below memory speed on AVX-512 CPUs, its one-row float32 product
-reaches about half the bandwidth on AVX2 ones, torchao's int8 path on CPU dequantizes first, and torch's GEMM for
-2..16 rows costs nearly one one-row product per row (docs/performance.md). Here the weights are walked in groups of
-four rows; each group is multiplied against every input row while it is in cache, so memory sees it once.
+reaches about half the bandwidth on AVX2 ones, torchao's int8 path on CPU dequantizes first, and without AMX
+torch's GEMM for 2..16 rows costs nearly one one-row product per row (docs/performance.md). Here the weights are
+walked in groups of rows; each group is multiplied against every input row while it is in cache, so memory sees
+it once.
 
 Variants (`kernel_build_griffin.py` builds them, picks one at run time, and reads the switches; kernel name
-`gemv`): `bf16-dot` (AVX-512 BF16 pair products, bfloat16 weights only), `fp32-fma-512` (AVX-512F) and
-`fp32-fma-256` (AVX2 + FMA): weights widened to float32 (bfloat16 by a 16-bit shift, int8 by conversion),
-multiplied and accumulated in float32; `scalar`, portable C, tested everywhere but used by `linear_cpu` only when
-asked for, since torch's own product is faster than scalar C. Every variant accumulates in float32 and rounds once
+`gemv`): `bf16-tile` (AMX tile products, bfloat16 weights only: 16 weight rows against all input rows per
+instruction, so 16 rows cost what one does), `bf16-dot` (AVX-512 BF16 pair products, bfloat16 weights only),
+`fp32-fma-512` (AVX-512F) and `fp32-fma-256` (AVX2 + FMA): weights widened to float32 (bfloat16 by a 16-bit
+shift, int8 by conversion), multiplied and accumulated in float32; `scalar`, portable C, tested everywhere but
+used by `linear_cpu` only when asked for, since torch's own product is faster than scalar C. Every variant accumulates in float32 and rounds once
 to x's dtype: equal to F.linear within float32 accumulation order.
 """
 
@@ -22,11 +24,12 @@ from string import Template
 
 import torch
 
-from .kernel_build_griffin import CompiledKernel, kernel_enabled, kernel_settings
+from .cpu_widen_griffin import linear_widened, widen_applies
+from .kernel_build_griffin import CAPABILITIES, CompiledKernel, kernel_enabled, kernel_settings
 
 MAX_ROWS = 16
 FLOAT_VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")  # float32 and int8 weights
-BF16_VARIANTS = (*FLOAT_VARIANTS, "bf16-dot")
+BF16_VARIANTS = (*FLOAT_VARIANTS, "bf16-dot", "bf16-tile")
 VARIANTS = {"bf16": BF16_VARIANTS, "f32": FLOAT_VARIANTS, "int8": FLOAT_VARIANTS}
 
 # Per variant: the vector type and operations the one generic tile below is written in, its target attribute and
@@ -192,6 +195,69 @@ __attribute__((target("avx512f,avx512bf16"))) void matmul_bf16_bf16_dot(
 """)
 
 
+# bfloat16 weights with AMX tiles: y^T (N, M) = W (N, K) x^T, 16 weight rows at a time. A tile holds 16 weight
+# rows x 32 k (read straight from W), B the inputs packed as (K/2, M, 2) pairs, C 16 x M float32 sums. Rows past
+# the last multiple of 16 go through the bf16-dot tiles; a K tail (K % 32) is added in scalar code.
+_BF16_TILE = r"""
+struct tile_config { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; };
+
+__attribute__((target("avx512f,avx512bf16,amx-tile,amx-bf16"))) void matmul_bf16_bf16_tile(
+        const uint16_t *w, const uint16_t *x, const float *bias, float *y, int64_t M, int64_t N, int64_t K,
+        int threads) {
+    int64_t K32 = K / 32 * 32, N16 = N / 16 * 16;
+    uint16_t *packed = (uint16_t *)malloc(sizeof(uint16_t) * (K32 + 2) * M);
+    for (int64_t p = 0; p < K32 / 2; p++)
+        for (int64_t m = 0; m < M; m++) {
+            packed[(p * M + m) * 2] = x[m * K + 2 * p];
+            packed[(p * M + m) * 2 + 1] = x[m * K + 2 * p + 1];
+        }
+    #pragma omp parallel num_threads(threads)
+    {
+        struct tile_config config;
+        memset(&config, 0, sizeof(config));
+        config.palette = 1;
+        config.rows[0] = 16; config.colsb[0] = (uint16_t)(M * 4);  /* C: 16 weight rows x M sums */
+        config.rows[1] = 16; config.colsb[1] = 64;                 /* A: 16 weight rows x 32 bfloat16 */
+        config.rows[2] = 16; config.colsb[2] = (uint16_t)(M * 4);  /* B: 16 k pairs x M inputs x 2 */
+        _tile_loadconfig(&config);
+        float sums[16 * 16];
+        #pragma omp for schedule(static)
+        for (int64_t n0 = 0; n0 < N16; n0 += 16) {
+            _tile_zero(0);
+            for (int64_t k = 0; k < K32; k += 32) {
+                _tile_loadd(1, w + n0 * K + k, K * 2);
+                _tile_loadd(2, packed + k * M, M * 4);
+                _tile_dpbf16ps(0, 1, 2);
+            }
+            _tile_stored(0, sums, M * 4);
+            for (int64_t r = 0; r < 16; r++)
+                for (int64_t m = 0; m < M; m++) {
+                    float total = sums[r * M + m];
+                    for (int64_t j = K32; j < K; j++) total += bf16_to_f32(w[(n0 + r) * K + j]) * bf16_to_f32(x[m * K + j]);
+                    y[m * N + n0 + r] = total + (bias ? bias[n0 + r] : 0.0f);
+                }
+        }
+        _tile_release();
+    }
+    free(packed);
+    if (N16 < N) {  /* the last rows: bfloat16 pair products */
+        for (int64_t n0 = N16; n0 < N; n0 += 4)
+            for (int64_t m0 = 0; m0 < M; m0 += 4) {
+                switch (M - m0 < 4 ? M - m0 : 4) {
+                    case 1: tile_bf16dot_1(w, n0, N, K, x + m0 * K, y + m0 * N); break;
+                    case 2: tile_bf16dot_2(w, n0, N, K, x + m0 * K, y + m0 * N); break;
+                    case 3: tile_bf16dot_3(w, n0, N, K, x + m0 * K, y + m0 * N); break;
+                    case 4: tile_bf16dot_4(w, n0, N, K, x + m0 * K, y + m0 * N); break;
+                }
+            }
+        if (bias)
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t n = N16; n < N; n++) y[m * N + n] += bias[n];
+    }
+}
+"""
+
+
 def _cases(tile: str, mb: int, x_expr: str) -> str:
     return "\n".join(f"case {i}: {tile}_{i}(w, n0, N, K, {x_expr}, y + m0 * N); break;" for i in range(1, mb + 1))
 
@@ -215,6 +281,7 @@ def _source() -> str:
     parts += [_variant_source("fp32_fma_256"), _variant_source("fp32_fma_512")]
     parts += [_BF16_DOT.substitute(mb=mb) for mb in range(1, 5)]
     parts.append(_BF16_DOT_ENTRY.substitute(cases=_cases("tile_bf16dot", 4, "x + m0 * K")))
+    parts += ["#if defined(__linux__)", _BF16_TILE, "#endif"]
     parts.append("#endif")
     return "\n".join(parts)
 
@@ -345,11 +412,20 @@ def weight_kind(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     return None
 
 
+@torch.compiler.assume_constant_result  # decided in Python; a compiled graph only sees the answer
+def native_bf16() -> bool:
+    """Whether the CPU (capped by HF_RECURRENTGEMMA_CPU_ISA) has bfloat16 dot products; True where nothing is
+    known (no kernel builds and no cap), so torch's own bfloat16 GEMM runs."""
+    rank = MATVEC_KERNEL.capability()
+    rank = kernel_settings().isa_cap if rank is None else rank
+    return rank >= CAPABILITIES.index("bf16-dot")
+
+
 def _row_limit(kind: str, variant: str) -> int:
-    """The most rows `linear_cpu` sends to the kernel. With bfloat16 pair products (`bf16-dot`) the kernel's
-    arithmetic, not the weight reads, bounds it from 5 rows on, and torch's bfloat16 GEMM (oneDNN, which uses AMX
-    tiles where the CPU has them) was faster there (docs/performance.md); every other kind and variant wins up to
-    MAX_ROWS (float32: torch's few-row GEMM reads its weights once per row or two)."""
+    """The most rows `linear_cpu` sends to the kernel. With bfloat16 pair products (`bf16-dot`, i.e. capped below
+    the AMX tiles) the kernel's arithmetic, not the weight reads, bounds it from 5 rows on, and torch's bfloat16
+    GEMM (oneDNN, which uses AMX where the CPU has it) was faster there (docs/performance.md); every other kind and
+    variant wins up to MAX_ROWS (float32: torch's few-row GEMM reads its weights about once per row)."""
     return 4 if kind == "bf16" and variant == "bf16-dot" else MAX_ROWS
 
 
@@ -369,11 +445,14 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 def linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, through the few-row kernel where `gemv_kind` says one applies. Equal to F.linear
-    within float32 accumulation order, rounded once to x's dtype."""
+    """`F.linear(x, weight, bias)`, through the few-row kernel where `gemv_kind` says one applies, or for a
+    bfloat16 prompt on a CPU without native bfloat16 through float32 tiles (`cpu_widen_griffin.py`). Equal to
+    F.linear within float32 accumulation order, rounded once to x's dtype."""
     kind = weight_kind(x, weight)
     variant = None if kind is None else matvec_variant(kind)
     if variant is None or _rows(x) > _row_limit(kind, variant):
+        if widen_applies(x, weight) and not native_bf16():  # a bfloat16 prompt on a CPU without native bfloat16
+            return linear_widened(x, weight, bias)
         return torch.nn.functional.linear(x, weight, bias)
     if kind == "int8":
         return _matmul_rows_int8_op(x, weight.qdata, weight.scale, getattr(weight, "zero_point", None), bias,

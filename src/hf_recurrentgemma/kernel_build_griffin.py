@@ -9,12 +9,14 @@ per-function `__attribute__((target(...)))`, and the copy to run is chosen at ru
     fp32-fma-256  8-lane float32 fused multiply-add (x86 AVX2 + FMA)
     fp32-fma-512  16-lane float32 fused multiply-add (x86 AVX-512F)
     bf16-dot      bfloat16 pair dot products accumulated in float32 (x86 AVX-512 BF16)
+    bf16-tile     bfloat16 tile matrix products accumulated in float32 (x86 AMX-BF16; Linux grants the tile
+                  state to the process on first use)
 
 Environment switches, read at every call (not frozen at import), so tests and users can switch in-process:
 
     HF_RECURRENTGEMMA_CPU_KERNELS=off      no optional C kernel at all: the scan backend `auto` takes the
                                            sequential scan, linear layers call `F.linear`. A comma list of kernel
-                                           names (`scan`, `gemv`) turns off only those.
+                                           names (`scan`, `gemv`, `widen`) turns off only those.
     HF_RECURRENTGEMMA_CPU_ISA=<capability> the best variant any kernel may use (e.g. `fp32-fma-256` makes an
                                            AVX-512 machine run what an AVX2 one runs; `scalar` the portable path).
     HF_RECURRENTGEMMA_CFLAGS="..."         replaces the optimisation and target flags (default `-O3
@@ -46,8 +48,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 # Capability names, weakest first; a variant's index is its rank.
-CAPABILITIES = ("scalar", "fp32-fma-256", "fp32-fma-512", "bf16-dot")
-KERNEL_NAMES = ("scan", "gemv")
+CAPABILITIES = ("scalar", "fp32-fma-256", "fp32-fma-512", "bf16-dot", "bf16-tile")
+KERNEL_NAMES = ("scan", "gemv", "widen")  # cpu_scan_griffin, cpu_matvec_griffin, cpu_widen_griffin
 DEFAULT_CFLAGS = ("-O3", "-fno-math-errno")
 REQUIRED_CFLAGS = ("-ffp-contract=off", "-fPIC", "-shared", "-fopenmp")
 
@@ -59,6 +61,10 @@ C_PRELUDE = r"""
 #if defined(__x86_64__) && !defined(HF_RG_SCALAR_ONLY)
 #define HF_RG_X86 1
 #include <immintrin.h>
+#endif
+#if defined(HF_RG_X86) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 /* bfloat16 <-> float32, round to nearest even (as torch). */
@@ -72,10 +78,21 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-/* Rank (index in CAPABILITIES) of the best variant this CPU runs and this build contains. */
+/* Rank (index in CAPABILITIES) of the best variant this CPU runs and this build contains; found once. */
+static int find_capability(void);
 int hfrg_capability(void) {
+    static int rank = -1;
+    if (rank < 0) rank = find_capability();
+    return rank;
+}
+static int find_capability(void) {
 #if defined(HF_RG_X86)
     __builtin_cpu_init();
+#if defined(__linux__)
+    /* AMX tiles need the kernel's permission for their 8 KiB register state (ARCH_REQ_XCOMP_PERM, XTILEDATA). */
+    if (__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("amx-bf16") &&
+        __builtin_cpu_supports("amx-tile") && syscall(SYS_arch_prctl, 0x1023, 18) == 0) return 4;
+#endif
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16")) return 3;
     if (__builtin_cpu_supports("avx512f")) return 2;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
