@@ -11,7 +11,8 @@ THREADS = 4
 NEW = 8
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# kernels: run again with the optional CPU kernels off and capped (.ci/run; docs/reliability.md)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.kernels]
 
 
 def _run_in_threads(worker) -> None:

@@ -20,7 +20,8 @@ from hf_recurrentgemma.cpu_matvec_griffin import MAX_ROWS, gemv_kind, linear_cpu
 from hf_recurrentgemma.kernel_build_griffin import CompiledKernel, compile_check, kernel_settings
 from hf_recurrentgemma.ops_griffin import rnn_scan_sequential
 
-pytestmark = pytest.mark.kernels
+# Not marked `kernels`: every test here sets the variant or switch it tests itself (force_variant, monkeypatch),
+# so re-running the file with the kernels off or capped (.ci/run) would repeat the same runs.
 
 SHAPES = [(1, 1), (5, 31), (7, 33), (130, 700)]  # rows not a multiple of 4, widths not a multiple of 8/16/32
 ROWS = [1, 2, 3, 5, 9, 16]  # register blocks of 1..4 input rows, and several blocks

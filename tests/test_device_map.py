@@ -15,6 +15,9 @@ from accelerate.utils import compute_module_sizes
 from hf_recurrentgemma import GriffinCache, GriffinConfig, GriffinForCausalLM
 from reference_helpers import KERNEL_TOL, assert_close
 
+# kernels: run again with the optional CPU kernels off and capped (.ci/run; docs/reliability.md)
+pytestmark = pytest.mark.kernels
+
 
 def _config() -> GriffinConfig:
     return GriffinConfig(

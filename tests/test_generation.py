@@ -8,6 +8,9 @@ from transformers.generation.streamers import BaseStreamer
 from hf_recurrentgemma import GriffinCache
 from hf_recurrentgemma.compat_griffin import CACHE_NAME
 
+# kernels: run again with the optional CPU kernels off and capped (.ci/run; docs/reliability.md)
+pytestmark = pytest.mark.kernels
+
 PROMPT = 9
 NEW = 8
 

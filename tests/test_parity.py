@@ -19,6 +19,9 @@ from reference_helpers import (
 import hf_recurrentgemma.layers_griffin as layers_griffin
 import hf_recurrentgemma.modeling_griffin as modeling_griffin
 
+# kernels: run again with the optional CPU kernels off and capped (.ci/run; docs/reliability.md)
+pytestmark = pytest.mark.kernels
+
 SEQ = 19  # longer than every test window, so the sliding window is exercised
 
 

@@ -16,6 +16,9 @@ from reference_helpers import CASES, LOGIT_TOL, assert_close, reference_and_ours
 from hf_recurrentgemma.cpu_scan_griffin import scan_kernel_error as kernel_error
 from hf_recurrentgemma.ops_griffin import SCAN_BACKEND_REGISTRY, SCAN_BACKENDS, rnn_scan_sequential
 
+# kernels: run again with the optional CPU kernels off and capped (.ci/run; docs/reliability.md)
+pytestmark = pytest.mark.kernels
+
 LONG = os.environ.get("HF_RG_FUZZ") == "long"
 FAST_BACKENDS = [b.name for b in SCAN_BACKEND_REGISTRY if b.auto_for == "cpu"]  # triton: CUDA tensors only
 

@@ -29,7 +29,8 @@ from hf_recurrentgemma.layers_griffin import (
 )
 from hf_recurrentgemma.ops_griffin import causal_conv1d, rnn_scan
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# kernels: run again with the optional CPU kernels off and capped (.ci/run; docs/reliability.md)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.kernels]
 VOCAB = 97
 
 
