@@ -15,6 +15,7 @@ import torch
 
 from .compat_griffin import Cache
 from .configuration_griffin import ATTENTION, GriffinConfig
+from .ops_griffin import RECURRENT_STATE_DTYPE, recurrent_state_shapes
 
 
 class RecurrentState(NamedTuple):
@@ -33,9 +34,10 @@ class AttentionState(NamedTuple):
 
 
 def empty_recurrent_state(config: GriffinConfig, batch_size: int, dtype, device) -> RecurrentState:
+    conv_shape, rg_lru_shape = recurrent_state_shapes(config)
     return RecurrentState(
-        conv=torch.zeros(batch_size, config.conv1d_width - 1, config.lru_width, dtype=dtype, device=device),
-        rg_lru=torch.zeros(batch_size, config.lru_width, dtype=torch.float32, device=device),
+        conv=torch.zeros(batch_size, *conv_shape, dtype=dtype, device=device),
+        rg_lru=torch.zeros(batch_size, *rg_lru_shape, dtype=RECURRENT_STATE_DTYPE, device=device),
     )
 
 

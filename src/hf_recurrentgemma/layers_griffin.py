@@ -18,10 +18,10 @@ from .cpu_kernels_griffin import linear_cpu
 from .ops_griffin import (
     causal_conv1d,
     local_attention_mask,
+    rg_lru_gated_inputs,
     rnn_scan,
     rope_tables,
     rotate_half_dims,
-    sqrt_bound_derivative,
 )
 
 def query_chunk_size(window: int) -> int:
@@ -132,17 +132,7 @@ class GriffinRGLRU(nn.Module):
         self, x: torch.Tensor, reset: torch.Tensor, h0: torch.Tensor, scan_backend: str = "auto"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, L); reset: (B, T) bool; h0: (B, L) float32 -> y (B, T, L), h (B, L) float32."""
-        gate_x = torch.sigmoid(self.input_gate(x))
-        gate_a = torch.sigmoid(self.a_gate(x))
-        log_a = -8.0 * gate_a * nn.functional.softplus(self.a_param)
-        a = torch.exp(log_a)
-        a_square = torch.exp(2 * log_a)
-        gated_x = x * gate_x
-        # sqrt(1 - a^2) keeps the state's scale; its gradient is clipped so bfloat16 training stays finite.
-        multiplier = sqrt_bound_derivative(1 - a_square)
-        multiplier = reset[..., None] + ~reset[..., None] * multiplier
-        normalized_x = gated_x * multiplier.to(x.dtype)
-        a = a * ~reset[..., None]  # a document start forgets the state
+        normalized_x, a = rg_lru_gated_inputs(x, self.input_gate(x), self.a_gate(x), self.a_param, reset)
         return rnn_scan(normalized_x, a, h0, backend=scan_backend)
 
 
