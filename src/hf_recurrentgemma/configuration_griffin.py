@@ -103,7 +103,7 @@ class GriffinConfig(PreTrainedConfig):
     """
 
     model_type = "griffin"
-    keys_to_ignore_at_inference = ["cache"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the output field's name from 5.24 and before
     # Tensor parallelism (`from_pretrained(..., tp_plan="auto")` under torchrun; docs/scaling.md). Sharded: the MLP,
     # the query/output projections of attention (by head; tp must divide num_attention_heads), and the recurrent
     # block's input projections (outputs gathered) and output projection. Replicated: the single key/value head,

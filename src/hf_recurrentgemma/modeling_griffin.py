@@ -17,6 +17,7 @@ from torch import nn
 
 from .cache_griffin import GriffinCache
 from .compat_griffin import (  # Transformers internals, checked against the installed version in one place
+    CACHE_NAME,
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
     GenerationMixin,
@@ -25,6 +26,8 @@ from .compat_griffin import (  # Transformers internals, checked against the ins
     can_return_tuple,
     compile_on_all_devices,
     init,
+    move_generation_cache,
+    take_cache,
 )
 from .configuration_griffin import ATTENTION, GriffinConfig
 from .layers_griffin import (
@@ -175,8 +178,7 @@ class GriffinModel(GriffinPreTrainedModel):
         """
         batch, seq_len = check_token_inputs(input_ids, inputs_embeds, self.config.hidden_size,
                                             self.embed_tokens.weight.dtype)
-        if "past_key_values" in kwargs:
-            raise TypeError("past_key_values is not a Griffin argument: pass the GriffinCache as `cache=`")
+        cache = take_cache(cache, kwargs)  # `past_key_values=` where this Transformers' generate() passes that
         if kwargs.get("output_attentions"):
             raise ValueError("output_attentions=True is not supported: Griffin's local attention returns no weights")
         device = (input_ids if input_ids is not None else inputs_embeds).device
@@ -331,7 +333,7 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
                                       max_cache_length):
         """Every generation uses a `GriffinCache`: it is fixed-size already, so `cache_implementation` "static"
         (compiled decoding) and "dynamic" both get one."""
-        user_cache = model_kwargs.get("cache")
+        user_cache = move_generation_cache(model_kwargs)
         if user_cache is not None:
             if not isinstance(user_cache, GriffinCache):
                 raise TypeError(f"cache must be a GriffinCache, got {type(user_cache).__name__}")
@@ -347,7 +349,7 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
                 f"cache_implementation={implementation!r} is not supported by Griffin; use 'static' or 'dynamic' "
                 "(both give the fixed-size GriffinCache)"
             )
-        model_kwargs["cache"] = GriffinCache(self.config)
+        model_kwargs[CACHE_NAME] = GriffinCache(self.config)
 
     def _valid_auto_compile_criteria(self, model_kwargs, generation_config) -> bool:
         """Compile the decode step when asked: `cache_implementation="static"` (as for Transformers' static caches;
@@ -364,11 +366,10 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         """Griffin builds its local masks itself from the 2D padding mask, so `generate` passes that on."""
         return attention_mask
 
-    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, attention_mask=None,
-                                      **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, attention_mask=None, **kwargs):
+        # The cache travels in kwargs under the name this Transformers' generate() gives it (CACHE_NAME).
         inputs = super().prepare_inputs_for_generation(
-            input_ids, next_sequence_length=next_sequence_length, cache=cache, attention_mask=attention_mask,
-            **kwargs,
+            input_ids, next_sequence_length=next_sequence_length, attention_mask=attention_mask, **kwargs,
         )
         # Only the mask of this call's tokens and the one before them is read: a fixed shape while decoding.
         mask = inputs.get("attention_mask")
