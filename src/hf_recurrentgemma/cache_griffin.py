@@ -21,6 +21,7 @@ import torch
 
 from .compat_griffin import Cache
 from .configuration_griffin import ATTENTION, GriffinConfig
+from .ops_griffin import RECURRENT_STATE_DTYPE, recurrent_state_shapes
 
 # Tokens `crop` can undo while recording unless the cache is told otherwise: Transformers' assisted decoding undoes
 # at most `num_assistant_tokens` (20 by default) per round, prompt lookup `prompt_lookup_num_tokens` (10).
@@ -63,9 +64,10 @@ class AttentionSteps(NamedTuple):
 
 
 def empty_recurrent_state(config: GriffinConfig, batch_size: int, dtype, device) -> RecurrentState:
+    conv_shape, rg_lru_shape = recurrent_state_shapes(config)
     return RecurrentState(
-        conv=torch.zeros(batch_size, config.conv1d_width - 1, config.lru_width, dtype=dtype, device=device),
-        rg_lru=torch.zeros(batch_size, config.lru_width, dtype=torch.float32, device=device),
+        conv=torch.zeros(batch_size, *conv_shape, dtype=dtype, device=device),
+        rg_lru=torch.zeros(batch_size, *rg_lru_shape, dtype=RECURRENT_STATE_DTYPE, device=device),
     )
 
 

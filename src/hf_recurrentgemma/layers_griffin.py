@@ -27,11 +27,11 @@ from .cpu_matvec_griffin import linear_cpu
 from .ops_griffin import (
     causal_conv1d,
     local_attention_mask,
+    rg_lru_gated_inputs,
     rnn_scan,
     rnn_scan_step,
     rope_tables,
     rotate_half_dims,
-    sqrt_bound_derivative,
 )
 
 def query_chunk_size(window: int) -> int:
@@ -151,19 +151,9 @@ class GriffinRGLRU(nn.Module):
         return rnn_scan(*self.scan_inputs(x, reset), h0, backend=scan_backend)
 
     def scan_inputs(self, x: torch.Tensor, reset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The inputs and decays (B, T, L) of the recurrence `h_t = a_t * h_{t-1} + x_t`, in `x.dtype`."""
-        gate_x = torch.sigmoid(self.input_gate(x))
-        gate_a = torch.sigmoid(self.a_gate(x))
-        log_a = -8.0 * gate_a * nn.functional.softplus(self.a_param)
-        a = torch.exp(log_a)
-        a_square = torch.exp(2 * log_a)
-        gated_x = x * gate_x
-        # sqrt(1 - a^2) keeps the state's scale; its gradient is clipped so bfloat16 training stays finite.
-        multiplier = sqrt_bound_derivative(1 - a_square)
-        multiplier = reset[..., None] + ~reset[..., None] * multiplier
-        normalized_x = gated_x * multiplier.to(x.dtype)
-        a = a * ~reset[..., None]  # a document start forgets the state
-        return normalized_x, a
+        """The inputs and decays (B, T, L) of the recurrence `h_t = a_t * h_{t-1} + x_t`, in `x.dtype`
+        (the formula: `ops_griffin.rg_lru_gated_inputs`)."""
+        return rg_lru_gated_inputs(x, self.input_gate(x), self.a_gate(x), self.a_param, reset)
 
 
 def rnn_scan_recording(x, a, h0, backend: str, record: int):

@@ -41,6 +41,7 @@ from .layers_griffin import (
     GriffinRMSNorm,
     SequenceInfo,
 )
+from .ops_griffin import scale_embeddings, soft_cap_logits
 from .validation_griffin import (
     ValueChecks,
     check_attention_mask,
@@ -204,7 +205,7 @@ class GriffinModel(GriffinPreTrainedModel):
             cache.allocate(batch, inputs_embeds.dtype, inputs_embeds.device)
 
         # The reference multiplies by sqrt(D) rounded to bfloat16, as in training.
-        x = inputs_embeds * self.config.embedding_scale if self.config.embeddings_scale_by_sqrt_dim else inputs_embeds
+        x = scale_embeddings(inputs_embeds, self.config)
         all_hidden = [] if output_hidden_states else None
         states = [cache.layer_state(idx) if cache is not None else None for idx in range(len(self.layers))]
         # Without autograd, a long prompt goes through the whole stack in segments, the state carried from one to
@@ -327,9 +328,7 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
-        cap = self.config.logits_soft_cap
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        logits = soft_cap_logits(logits, self.config.logits_soft_cap)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,

@@ -150,6 +150,139 @@ def rnn_scan(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor, backend: str = 
     return SCAN_BACKENDS[resolve_scan_backend(backend, x.device, x.dtype)](x, a, h0)
 
 
+def rg_lru_gated_inputs(
+    x: torch.Tensor, input_gate_logits: torch.Tensor, a_gate_logits: torch.Tensor, a_param: torch.Tensor,
+    reset: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The RG-LRU's gates (Griffin paper, eq. 1-4): the inputs `x_t` and decays `a_t` of the linear scan.
+
+    `a_t = exp(-8 * sigmoid(a_gate) * softplus(a_param))`, `x_t = x * sigmoid(input_gate) * sqrt(1 - a_t^2)`; at a
+    document start `a_t = 0` (the state is forgotten) and the input is not rescaled, as in the reference.
+
+    Args:
+        x: (..., L) the conv1d output; input_gate_logits, a_gate_logits: (..., L) the block-diagonal gates' outputs.
+        a_param: (L,) the recurrence parameter. reset: (...) bool, true where a document starts.
+
+    Returns:
+        normalized_x: (..., L) in `x.dtype`; a: (..., L) the decay, zero where a document starts.
+    """
+    gate_x = torch.sigmoid(input_gate_logits)
+    gate_a = torch.sigmoid(a_gate_logits)
+    log_a = -8.0 * gate_a * torch.nn.functional.softplus(a_param)
+    a = torch.exp(log_a)
+    a_square = torch.exp(2 * log_a)
+    gated_x = x * gate_x
+    # sqrt(1 - a^2) keeps the state's scale; its gradient is clipped so bfloat16 training stays finite.
+    multiplier = sqrt_bound_derivative(1 - a_square)
+    multiplier = reset[..., None] + ~reset[..., None] * multiplier
+    normalized_x = gated_x * multiplier.to(x.dtype)
+    return normalized_x, a * ~reset[..., None]
+
+
+def soft_cap_logits(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """The logit soft cap `cap * tanh(logits / cap)` (cap 0: logits unchanged), in the logits' dtype."""
+    if not cap:
+        return logits
+    return torch.tanh(logits / cap) * cap
+
+
+def scale_embeddings(embeds: torch.Tensor, config) -> torch.Tensor:
+    """Token embeddings times `config.embedding_scale` (sqrt(D) rounded to bfloat16, as the reference trained) when
+    `config.embeddings_scale_by_sqrt_dim`, else unchanged. embeds: (..., D)."""
+    return embeds * config.embedding_scale if config.embeddings_scale_by_sqrt_dim else embeds
+
+
+def recurrent_state_shapes(config, tp_size: int = 1) -> tuple[tuple[int, int], tuple[int]]:
+    """Per-sequence state of one recurrent block, on one of `tp_size` tensor-parallel ranks (the RG-LRU and the
+    conv1d are split by channel): the conv1d tail (K-1, L/tp) in the model dtype and the RG-LRU state (L/tp,) in
+    float32 (`RECURRENT_STATE_DTYPE`). `GriffinCache` and the vLLM plugin both allocate from this."""
+    if config.lru_width % tp_size:
+        raise ValueError(f"lru_width={config.lru_width} is not divisible by tensor_parallel_size={tp_size}")
+    width = config.lru_width // tp_size
+    return (config.conv1d_width - 1, width), (width,)
+
+
+# The RG-LRU state is always float32, whatever the model dtype (the reference's choice: bfloat16 state drifts).
+RECURRENT_STATE_DTYPE = torch.float32
+
+
+def attention_span(window: int) -> int:
+    """Tokens a query of local attention sees with window `W`: itself and the `W` previous ones. Engines that count
+    the window this way (vLLM's `sliding_window`) take this number; Transformers' built-in takes it too."""
+    return window + 1
+
+
+def _varlen_layout(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """For packed sequences with start offsets `cu_seqlens` (N+1,): the row and column of each token in an
+    (N, T_max) left-padded batch, and T_max (the one host read of a varlen call)."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]  # (N,)
+    longest = int(lengths.max()) if lengths.numel() else 0
+    rows = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths)
+    offsets = torch.arange(rows.numel(), device=cu_seqlens.device) - cu_seqlens[rows]
+    cols = longest - lengths[rows] + offsets
+    return rows, cols, longest
+
+
+def rnn_scan_varlen(
+    x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor, cu_seqlens: torch.Tensor, state_indices: torch.Tensor,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rnn_scan` over packed sequences (as flash-linear-attention's varlen ops take them).
+
+    Sequences are left-padded into one batch with `x = 0, a = 1`, which carries each initial state unchanged to
+    the first real token, so the padded scan computes exactly the per-sequence function.
+
+    Args:
+        x, a: (N_tok, L) the tokens of N sequences back to back; resets already folded into `a`.
+        h0: (S, L) float32 pool of states; sequence `n` starts from `h0[state_indices[n]]` (zero that row first
+            for a sequence with no history: a reset hides it anyway, but `0 * NaN` would not).
+        cu_seqlens: (N+1,) long start offsets, `cu_seqlens[0] = 0`, `cu_seqlens[N] = N_tok`.
+        state_indices: (N,) long rows of `h0`.
+
+    Returns:
+        y: (N_tok, L) in `x.dtype`; h: (N, L) float32 state after each sequence's last token.
+    """
+    rows, cols, longest = _varlen_layout(cu_seqlens)
+    count = cu_seqlens.numel() - 1
+    x_pad = x.new_zeros(count, longest, x.shape[-1])
+    a_pad = a.new_ones(count, longest, a.shape[-1])
+    x_pad[rows, cols] = x
+    a_pad[rows, cols] = a
+    y, h = rnn_scan(x_pad, a_pad, h0[state_indices], backend=backend)
+    return y[rows, cols], h
+
+
+def causal_conv1d_varlen(
+    x: torch.Tensor, tails: torch.Tensor, cu_seqlens: torch.Tensor, state_indices: torch.Tensor,
+    weight: torch.Tensor, bias: torch.Tensor, reset: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`causal_conv1d` over packed sequences.
+
+    Each sequence's tail and tokens are laid end to end and left-padded into one batch, so the padded form sees,
+    for every real token, exactly the K-1 inputs the sequence alone would give it.
+
+    Args:
+        x: (N_tok, L) the tokens of N sequences back to back; reset: (N_tok,) bool, true where a document starts.
+        tails: (S, K-1, L) pool of conv tails; sequence `n` continues `tails[state_indices[n]]`.
+        cu_seqlens: (N+1,) long; state_indices: (N,) long. weight: (K, L); bias: (L,).
+
+    Returns:
+        y: (N_tok, L) in `x.dtype`; new_tails: (N, K-1, L), each sequence's last K-1 inputs as `causal_conv1d`
+        leaves them.
+    """
+    rows, cols, longest = _varlen_layout(cu_seqlens)
+    count, width = cu_seqlens.numel() - 1, weight.shape[0]
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    ext = x.new_zeros(count, width - 1 + longest, x.shape[-1])  # (N, K-1+T_max, L): [pad | tail | tokens]
+    ext[rows, cols + width - 1] = x
+    tail_cols = (longest - lengths)[:, None] + torch.arange(width - 1, device=x.device)  # (N, K-1)
+    ext[torch.arange(count, device=x.device)[:, None], tail_cols] = tails[state_indices].to(x.dtype)
+    reset_pad = torch.zeros(count, longest, dtype=torch.bool, device=x.device)
+    reset_pad[rows, cols] = reset
+    y, new_tails = causal_conv1d(ext[:, width - 1 :], ext[:, : width - 1], weight, bias, reset_pad)
+    return y[rows, cols], new_tails
+
+
 def causal_conv1d(
     x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, reset: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cache_griffin import GriffinCache
+from ..ops_griffin import soft_cap_logits
 from .loading import CommandError, add_model_arguments, load_model, load_tokenizer
 
 # Local files by extension -> the `datasets` builder that reads them.
@@ -52,11 +53,8 @@ def _nll_sum(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     """Summed next-token NLL (float64) of hidden states (T, D) against targets (T,), through the LM head and the
     soft cap in blocks of HEAD_BLOCK positions, exactly as `GriffinForCausalLM.forward` computes logits."""
     total = torch.zeros((), dtype=torch.float64, device=hidden.device)
-    cap = model.config.logits_soft_cap
     for start in range(0, hidden.shape[0], HEAD_BLOCK):
-        logits = model.lm_head(hidden[start:start + HEAD_BLOCK])
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        logits = soft_cap_logits(model.lm_head(hidden[start:start + HEAD_BLOCK]), model.config.logits_soft_cap)
         total += F.cross_entropy(logits.float(), targets[start:start + HEAD_BLOCK], reduction="sum").double()
     return total
 

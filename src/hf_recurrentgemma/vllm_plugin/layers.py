@@ -1,0 +1,234 @@
+"""Griffin's blocks as vLLM layers: the recurrent block as a state layer (conv1d tail and float32 RG-LRU state per
+sequence slot), local attention through vLLM's paged `Attention` with its sliding window, and the gated MLP, all
+tensor-parallel. The math is the package's own (`ops_griffin`, `BlockDiagonalLinear`); only the plumbing is here.
+
+Tokens arrive packed, (N, D): vLLM puts the decoding requests (one token each) first, then the prefill chunks.
+"""
+
+import math
+
+import torch
+from torch import nn
+from vllm.config import get_current_vllm_config
+from vllm.distributed import get_tensor_model_parallel_world_size
+from vllm.forward_context import get_forward_context
+from vllm.model_executor.layers.activation import GeluAndMul
+from vllm.model_executor.layers.attention import Attention
+from vllm.model_executor.layers.linear import (
+    ColumnParallelLinear,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
+from vllm.model_executor.layers.mamba.abstract import MambaBase
+from vllm.model_executor.model_loader.weight_utils import sharded_weight_loader
+from vllm.model_executor.utils import set_weight_attrs
+from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
+
+from ..configuration_griffin import GriffinConfig
+from ..layers_griffin import BlockDiagonalLinear, gelu
+from ..ops_griffin import (
+    RECURRENT_STATE_DTYPE,
+    attention_span,
+    causal_conv1d,
+    causal_conv1d_varlen,
+    recurrent_state_shapes,
+    rg_lru_gated_inputs,
+    rnn_scan,
+    rnn_scan_varlen,
+    rope_tables,
+    rotate_half_dims,
+)
+
+
+def _shard(param: nn.Parameter, axis: int) -> nn.Parameter:
+    """Marks `param` to be loaded as this rank's slice along `axis` (the RG-LRU and conv1d split by channel)."""
+    set_weight_attrs(param, {"weight_loader": sharded_weight_loader(axis)})
+    return param
+
+
+class GriffinMLP(nn.Module):
+    """`down(gelu(gate(x)) * up(x))` with gate and up stacked in one column-parallel GEMM."""
+
+    def __init__(self, config: GriffinConfig, prefix: str):
+        super().__init__()
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(d, [f, f], bias=True, prefix=f"{prefix}.gate_up_proj")
+        self.down_proj = RowParallelLinear(f, d, bias=True, prefix=f"{prefix}.down_proj")
+        self.act = GeluAndMul(approximate="tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, D) -> (N, D)
+        gate_up, _ = self.gate_up_proj(x)
+        out, _ = self.down_proj(self.act(gate_up))
+        return out
+
+
+class GriffinAttention(nn.Module):
+    """Local multi-query attention: RoPE on half of each head (the package's `rope_tables`), keys and values in
+    vLLM's paged cache, a window of `attention_span(W)` tokens (itself and the W previous, the reference's)."""
+
+    def __init__(self, config: GriffinConfig, cache_config, quant_config, prefix: str):
+        super().__init__()
+        tp = get_tensor_model_parallel_world_size()
+        if config.num_attention_heads % tp:
+            raise ValueError(f"num_attention_heads={config.num_attention_heads} is not divisible by "
+                             f"tensor_parallel_size={tp}")
+        self.num_heads = config.num_attention_heads // tp
+        self.head_dim = config.head_dim
+        self.rope_dim = int(self.head_dim * config.partial_rotary_factor)
+        self.rope_theta = config.rope_theta
+        d = config.hidden_size
+        # One key/value head (multi-query): QKVParallelLinear replicates it on every rank.
+        self.qkv_proj = QKVParallelLinear(d, self.head_dim, config.num_attention_heads, 1, bias=False,
+                                          quant_config=quant_config, prefix=f"{prefix}.qkv_proj")
+        self.o_proj = RowParallelLinear(d, d, bias=True, quant_config=quant_config, prefix=f"{prefix}.o_proj")
+        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim**-0.5, num_kv_heads=1,
+                              cache_config=cache_config, quant_config=quant_config,
+                              per_layer_sliding_window=attention_span(config.attention_window_size),
+                              prefix=f"{prefix}.attn")
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # (N, D), (N,) -> (N, D)
+        qkv, _ = self.qkv_proj(x)
+        q_size = self.num_heads * self.head_dim
+        q, k, v = qkv.split([q_size, self.head_dim, self.head_dim], dim=-1)
+        sin, cos = rope_tables(positions[None], self.rope_dim, self.rope_theta, q.dtype)  # (1, 1, N, R/2)
+        q = rotate_half_dims(q.view(1, -1, self.num_heads, self.head_dim).transpose(1, 2), sin, cos)
+        k = rotate_half_dims(k.reshape(1, -1, 1, self.head_dim).transpose(1, 2), sin, cos)
+        q = q.transpose(1, 2).reshape(-1, q_size)
+        k = k.transpose(1, 2).reshape(-1, self.head_dim)
+        out, _ = self.o_proj(self.attn(q, k, v.contiguous()))
+        return out
+
+
+class _Conv1d(nn.Module):
+    """Holds the conv1d parameters under our names: weight (K, L/tp), bias (L/tp,)."""
+
+    def __init__(self, width: int, channels: int):
+        super().__init__()
+        self.weight = _shard(nn.Parameter(torch.empty(width, channels)), 1)
+        self.bias = _shard(nn.Parameter(torch.empty(channels)), 0)
+
+
+class _RGLRU(nn.Module):
+    """Holds the RG-LRU parameters under our names; the gates are the package's `BlockDiagonalLinear`, split by
+    head across ranks."""
+
+    def __init__(self, channels: int, heads: int):
+        super().__init__()
+        self.a_param = _shard(nn.Parameter(torch.empty(channels)), 0)
+        self.input_gate = BlockDiagonalLinear(channels, heads)
+        self.a_gate = BlockDiagonalLinear(channels, heads)
+        for gate in (self.input_gate, self.a_gate):
+            _shard(gate.weight, 0)
+            _shard(gate.bias, 0)
+
+    def gated_inputs(self, x: torch.Tensor, reset: torch.Tensor):
+        return rg_lru_gated_inputs(x, self.input_gate(x), self.a_gate(x), self.a_param, reset)
+
+
+class GriffinRecurrentBlock(MambaBase, nn.Module):
+    """`linear_out(rg_lru(conv1d(linear_x(x))) * gelu(linear_y(x)))` with the conv tail and the RG-LRU state kept
+    in vLLM's per-sequence state slots.
+
+    A token at position 0 starts a document: the state is reset there, by position (the slot of a request that
+    starts in this step is zeroed before use, so nothing left by an earlier request can leak in). A prefill chunk
+    that continues a request (chunked prefill) starts from its slot's state.
+    """
+
+    def __init__(self, config: GriffinConfig, model_config, cache_config, prefix: str):
+        super().__init__()
+        tp = get_tensor_model_parallel_world_size()
+        if config.num_attention_heads % tp:
+            raise ValueError(f"num_attention_heads={config.num_attention_heads} (the RG-LRU's gate blocks) is not "
+                             f"divisible by tensor_parallel_size={tp}")
+        self.config = config
+        self.model_config = model_config
+        self.cache_config = cache_config
+        self.prefix = prefix
+        d, width = config.hidden_size, config.lru_width
+        local = width // tp
+        self.linear_y = ColumnParallelLinear(d, width, bias=True, prefix=f"{prefix}.linear_y")
+        self.linear_x = ColumnParallelLinear(d, width, bias=True, prefix=f"{prefix}.linear_x")
+        self.linear_out = RowParallelLinear(width, d, bias=True, prefix=f"{prefix}.linear_out")
+        self.conv_1d = _Conv1d(config.conv1d_width, local)
+        self.rg_lru = _RGLRU(local, config.num_attention_heads // tp)
+
+        vllm_config = get_current_vllm_config()
+        if vllm_config.num_speculative_tokens:
+            raise ValueError("speculative decoding is not supported for Griffin in vLLM (the RG-LRU state of each "
+                             "draft token is not kept)")
+        contexts = vllm_config.compilation_config.static_forward_context
+        if prefix in contexts:
+            raise ValueError(f"duplicate layer name: {prefix}")
+        contexts[prefix] = self  # vLLM binds this layer's state slots through this table
+        self.kv_cache = (torch.tensor([]),)
+
+    # --- the state-layer contract (MambaBase) -----------------------------------------------------------------
+    @property
+    def mamba_type(self) -> MambaAttentionBackendEnum:
+        # Short-conv metadata (token counts, start offsets, state slots of prefills and decodes) is all we read.
+        return MambaAttentionBackendEnum.SHORT_CONV
+
+    def get_state_shape(self):
+        return recurrent_state_shapes(self.config, get_tensor_model_parallel_world_size())
+
+    def get_state_dtype(self):
+        return self.model_config.dtype, RECURRENT_STATE_DTYPE
+
+    # --- forward ------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # (N, D), (N,) -> (N, D)
+        y, _ = self.linear_y(x)
+        branch, _ = self.linear_x(x)
+        mixed = torch.zeros_like(branch)
+        self._temporal(branch, positions, mixed)
+        out, _ = self.linear_out(mixed * gelu(y))
+        return out
+
+    def _temporal(self, x: torch.Tensor, positions: torch.Tensor, out: torch.Tensor) -> None:
+        """conv1d then RG-LRU over the packed tokens `x` (N, L/tp), written into `out`; states updated in place."""
+        metadata = get_forward_context().attn_metadata
+        metadata = metadata.get(self.prefix) if isinstance(metadata, dict) else None
+        reset = positions == 0
+        if metadata is None:  # profiling / dummy run: one sequence from a zero state, nothing kept
+            out[:] = self._one_sequence(x, reset)
+            return
+        conv_pool, h_pool = self.kv_cache
+        num_decodes, num_prefill_tokens = metadata.num_decode_tokens, metadata.num_prefill_tokens
+        if num_decodes:
+            slots = _first_column(metadata.state_indices_tensor_d)[:num_decodes]
+            starts = torch.arange(num_decodes + 1, device=x.device)
+            part = slice(0, num_decodes)
+            out[part] = self._sequences(x[part], reset[part], starts, slots, conv_pool, h_pool)
+        if num_prefill_tokens:
+            slots = _first_column(metadata.state_indices_tensor_p)[: metadata.num_prefills]
+            starts = metadata.query_start_loc_p.long()
+            part = slice(num_decodes, num_decodes + num_prefill_tokens)
+            out[part] = self._sequences(x[part], reset[part], starts, slots, conv_pool, h_pool)
+
+    def _sequences(self, x, reset, starts, slots, conv_pool, h_pool) -> torch.Tensor:
+        """Packed sequences (start offsets `starts`, state `slots`) through conv1d and RG-LRU; slots updated."""
+        slots = slots.long()
+        fresh = slots[reset[starts[:-1]]]  # requests whose first token here starts the document
+        conv_pool[fresh] = 0
+        h_pool[fresh] = 0
+        conv_y, tails = causal_conv1d_varlen(x, conv_pool, starts, slots, self.conv_1d.weight, self.conv_1d.bias,
+                                             reset)
+        normalized, a = self.rg_lru.gated_inputs(conv_y, reset)
+        y, h = rnn_scan_varlen(normalized, a, h_pool, starts, slots, backend=self.config.scan_backend)
+        conv_pool[slots] = tails.to(conv_pool.dtype)
+        h_pool[slots] = h
+        return y
+
+    def _one_sequence(self, x: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
+        width = self.conv_1d.weight.shape[1]
+        tail = x.new_zeros(1, self.config.conv1d_width - 1, width)
+        conv_y, _ = causal_conv1d(x[None], tail, self.conv_1d.weight, self.conv_1d.bias, reset[None])
+        normalized, a = self.rg_lru.gated_inputs(conv_y, reset[None])
+        h0 = torch.zeros(1, width, dtype=RECURRENT_STATE_DTYPE, device=x.device)
+        y, _ = rnn_scan(normalized, a, h0, backend=self.config.scan_backend)
+        return y[0]
+
+
+def _first_column(indices: torch.Tensor) -> torch.Tensor:
+    """State-slot indices (n,) or (n, 1 + drafts) -> (n,): the slot each request reads and writes."""
+    return indices[:, 0] if indices.dim() > 1 else indices

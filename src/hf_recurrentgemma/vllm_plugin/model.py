@@ -1,0 +1,152 @@
+"""`GriffinForCausalLM` (our converted folders) and `RecurrentGemmaForCausalLM` (Transformers' built-in
+`recurrent_gemma` folders, as published on the Hub) for vLLM: one model, two weight-name maps.
+
+Numerics are the reference's in both cases: embeddings times sqrt(D) rounded to bfloat16 (`scale_embeddings`),
+the logit soft cap (`soft_cap_logits`), float32 RG-LRU state, a window of itself plus W previous tokens.
+"""
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.model_executor.layers.layernorm import GemmaRMSNorm
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.layers.mamba.mamba_utils import get_conv_copy_spec, get_temporal_copy_spec
+from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
+
+from ..configuration_griffin import ATTENTION
+from ..ops_griffin import RECURRENT_STATE_DTYPE, recurrent_state_shapes, scale_embeddings, soft_cap_logits
+from .config import griffin_config
+from .layers import GriffinAttention, GriffinMLP, GriffinRecurrentBlock
+
+# Our checkpoint names -> (vLLM parameter, shard) for the projections vLLM stacks into one GEMM.
+STACKED = (
+    (".q_proj.", ".qkv_proj.", "q"),
+    (".k_proj.", ".qkv_proj.", "k"),
+    (".v_proj.", ".qkv_proj.", "v"),
+    (".gate_proj.", ".gate_up_proj.", 0),
+    (".up_proj.", ".gate_up_proj.", 1),
+)
+
+
+class GriffinDecoderLayer(nn.Module):
+    """`x + temporal(norm(x))`, then `+ mlp(norm(.))`."""
+
+    def __init__(self, config, idx: int, vllm_config: VllmConfig, prefix: str):
+        super().__init__()
+        cache_config, quant_config = vllm_config.cache_config, vllm_config.quant_config
+        self.temporal_pre_norm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        if config.block_types[idx] == ATTENTION:
+            self.temporal_block = GriffinAttention(config, cache_config, quant_config, f"{prefix}.temporal_block")
+        else:
+            self.temporal_block = GriffinRecurrentBlock(config, vllm_config.model_config, cache_config,
+                                                        f"{prefix}.temporal_block")
+        self.channel_pre_norm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = GriffinMLP(config, f"{prefix}.mlp")
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        residual = self.temporal_block(self.temporal_pre_norm(x), positions) + x
+        return self.mlp(self.channel_pre_norm(residual)) + residual
+
+
+class GriffinModel(nn.Module):
+    def __init__(self, config, vllm_config: VllmConfig, prefix: str):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
+                                                   prefix=f"{prefix}.embed_tokens")
+        self.layers = nn.ModuleList(GriffinDecoderLayer(config, i, vllm_config, f"{prefix}.layers.{i}")
+                                    for i in range(config.num_hidden_layers))
+        self.final_norm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, input_ids, positions, inputs_embeds=None) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        x = scale_embeddings(inputs_embeds, self.config)
+        for layer in self.layers:
+            x = layer(x, positions)
+        return self.final_norm(x)
+
+
+class GriffinForCausalLM(nn.Module, HasInnerState, IsHybrid):
+    """Griffin / Hawk / RecurrentGemma served by vLLM (tensor-parallel; no pipeline parallelism, LoRA or
+    speculative decoding)."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        self.config = griffin_config(vllm_config.model_config.hf_config)
+        self.model = GriffinModel(self.config, vllm_config, f"{prefix}model" if not prefix else f"{prefix}.model")
+        self.logits_processor = LogitsProcessor(self.config.vocab_size)
+
+    # --- the hybrid-model contract ------------------------------------------------------------------------------
+    @classmethod
+    def get_mamba_state_shape_from_config(cls, vllm_config: VllmConfig):
+        return recurrent_state_shapes(griffin_config(vllm_config.model_config.hf_config),
+                                      vllm_config.parallel_config.tensor_parallel_size)
+
+    @classmethod
+    def get_mamba_state_dtype_from_config(cls, vllm_config: VllmConfig):
+        return vllm_config.model_config.dtype, RECURRENT_STATE_DTYPE
+
+    @classmethod
+    def get_mamba_state_copy_func(cls):
+        # Used by vLLM only with prefix caching ("align" mode), which the plugin switches off.
+        return get_conv_copy_spec, get_temporal_copy_spec
+
+    # --- forward ------------------------------------------------------------------------------------------------
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
+        return self.model(input_ids, positions, inputs_embeds)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        logits = self.logits_processor(self.model.embed_tokens, hidden_states)  # tied head
+        return None if logits is None else soft_cap_logits(logits, self.config.logits_soft_cap)
+
+    # --- weights ------------------------------------------------------------------------------------------------
+    def checkpoint_names(self, name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
+        """A checkpoint tensor under our names (identity here; the built-in format maps its names)."""
+        return name, tensor
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        params = dict(self.named_parameters())
+        loaded = set()
+        for name, tensor in weights:
+            name, tensor = self.checkpoint_names(name, tensor)
+            if name == "lm_head.weight":  # tied to the embedding
+                continue
+            for ours, stacked, shard in STACKED:
+                if ours in name:
+                    target = name.replace(ours, stacked)
+                    params[target].weight_loader(params[target], tensor, shard)
+                    break
+            else:
+                if name not in params:
+                    raise ValueError(f"checkpoint tensor {name!r} has no counterpart in the Griffin vLLM model "
+                                     f"{sorted(p for p in params if name.rsplit('.', 2)[0] in p)}")
+                target = name
+                loader = getattr(params[target], "weight_loader", default_weight_loader)
+                loader(params[target], tensor)
+            loaded.add(target)
+        missing = set(params) - loaded
+        if missing:
+            raise ValueError(f"the checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[0]!r}")
+        return loaded
+
+
+class RecurrentGemmaForCausalLM(GriffinForCausalLM):
+    """Transformers' built-in `recurrent_gemma` folders: their names and conv1d layout mapped to ours
+    (`convert/builtin.py`), their config read with the reference's meaning (`griffin_config`)."""
+
+    def checkpoint_names(self, name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
+        from ..convert.builtin import BUILTIN_RENAMES, conv_kernel_to_griffin
+
+        for theirs, ours in BUILTIN_RENAMES:
+            name = name.replace(theirs, ours)
+        if name.endswith("conv_1d.weight"):
+            tensor = conv_kernel_to_griffin(tensor)
+        return name, tensor
