@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite: the README's test command, and what .ci/run runs.
+#   1. .venv, the newest supported Transformers (constraints.txt): every test, the optional CPU kernels on;
+#   2. the tests marked `kernels` again with the kernels off (HF_RECURRENTGEMMA_CPU_KERNELS=off) and capped at
+#      the AVX2 variant (HF_RECURRENTGEMMA_CPU_ISA=fp32-fma-256), side by side on one intra-op thread each, so the
+#      fast path and the fallback both run on any CPU (docs/reliability.md);
+#   3. .venv-floor, the oldest supported Transformers with vLLM's CPU build: the core and the vLLM plugin's tests
+#      (scripts/test_floor.sh). Its install, mostly downloads, runs in the background during 1 and 2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+logs="$(mktemp -d)"
+python3 -m venv .venv
+.venv/bin/pip install -q -c constraints.txt -e ".[test]"
+scripts/test_floor.sh --install-only > "$logs/floor-install.log" 2>&1 &
+floor_install=$!
+
+.venv/bin/python -m pytest -q -p no:cacheprovider
+
+failed=0
+run_mode() {  # name, environment assignment: the `kernels` tests under that setting, output to $logs/name.log
+    env "$2" OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -p no:cacheprovider -m kernels > "$logs/$1.log" 2>&1
+}
+run_mode kernels-off HF_RECURRENTGEMMA_CPU_KERNELS=off & off=$!
+run_mode kernels-avx2 HF_RECURRENTGEMMA_CPU_ISA=fp32-fma-256 & avx2=$!
+for mode in off avx2; do
+    pid="${!mode}"
+    if wait "$pid"; then tail -n 1 "$logs/kernels-$mode.log" | sed "s/^/kernels-$mode: /"
+    else echo "kernels-$mode FAILED:"; tail -n 60 "$logs/kernels-$mode.log"; failed=1; fi
+done
+if ! wait "$floor_install"; then echo "installing .venv-floor FAILED:"; tail -n 60 "$logs/floor-install.log"; exit 1; fi
+[[ $failed == 0 ]] || exit 1
+scripts/test_floor.sh --skip-install
