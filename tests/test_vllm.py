@@ -167,6 +167,33 @@ def test_small_kv_budget_equals_reference(tmp_path_factory):
         gc.collect()
 
 
+def test_tensor_parallel_2_equals_reference(tmp_path_factory):
+    """tensor_parallel_size=2 on two CPU processes (RG-LRU gates and conv1d split by head and channel, the single
+    key/value head replicated, each rank's state slots half as wide): the reference's tokens, as with one rank."""
+    _engine_env()
+    case = ENGINE_CASES[0]
+    ref, ours = reference_and_ours(case)
+    folder = tmp_path_factory.mktemp("tp2")
+    ours.save_pretrained(folder)
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0|1"  # one core per rank
+    try:
+        llm = vllm.LLM(str(folder), dtype="float32", enforce_eager=True, max_model_len=256,
+                       skip_tokenizer_init=True, max_num_seqs=8, tensor_parallel_size=2,
+                       distributed_executor_backend="mp", seed=0)
+    finally:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
+    try:
+        prompts = prompts_for(case, (1, 5, 13, 40, 90))
+        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], _greedy(), use_tqdm=False)
+        for prompt, output in zip(prompts, outputs):
+            assert list(output.outputs[0].token_ids) == reference_greedy(ref, prompt, NEW_TOKENS)[0], len(prompt)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+
+
 def test_prefix_caching_is_switched_off(served):
     """vLLM enables prefix caching by default for hybrid models; the plugin turns it off (no crash, one warning)."""
     _, _, llm = served
