@@ -179,3 +179,33 @@ def test_an_interrupted_turn_leaves_the_conversation_as_it_was(model):
     assert torch.equal(chat.token_ids, reference.token_ids) and chat.messages == reference.messages
     assert chat.send(TURNS[2]) == reference.send(TURNS[2])
     assert torch.equal(chat.token_ids, reference.token_ids)
+
+
+@pytest.mark.parametrize("speculation", ["assistant", "prompt_lookup"])
+def test_speculative_replies_equal_plain_replies(model, speculation):
+    """Each turn's reply with a draft model (a tiny Hawk) or prompt lookup is the plain greedy reply, and the
+    conversation's cache continues exactly (turn after turn)."""
+    kwargs = ({"assistant_model": tiny_model(seed=4, block_types=["recurrent"] * 2)} if speculation == "assistant"
+              else {"prompt_lookup_num_tokens": 3})
+    plain, fast = session(model), session(model, **kwargs)
+    for turn in TURNS:
+        assert fast.send(turn) == plain.send(turn)
+        assert torch.equal(fast.token_ids, plain.token_ids)
+
+
+def test_chat_command_takes_the_speculation_flags(tmp_path, monkeypatch):
+    import io
+
+    from reference_helpers import run_cli
+
+    folder = save_tiny_folder(tmp_path / "ours", seed=3)
+    draft = save_tiny_folder(tmp_path / "draft", seed=4, block_types=["recurrent"] * 2)
+    outputs = []
+    for flags in ([], ["--assistant", draft, "--num-assistant-tokens", "3"], ["--prompt-lookup", "3"]):
+        monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(TURNS[:2]) + "\n/quit\n"))
+        status, out, err = run_cli("chat", folder, "--max-new-tokens", NEW, *flags)
+        assert status == 0, err
+        outputs.append(out)
+    assert outputs[0] == outputs[1] == outputs[2] and outputs[0].count("> ") == 3
+    status, _, err = run_cli("chat", folder, "--num-assistant-tokens", "3")
+    assert status == 2 and "--num-assistant-tokens only applies with --assistant" in err

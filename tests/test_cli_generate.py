@@ -78,6 +78,38 @@ def test_sampling_flags_reach_generate_and_the_seed_makes_it_reproducible(folder
     assert other != expected  # the seed matters, so the equality above is not vacuous
 
 
+@pytest.fixture(scope="module")
+def draft_folder(tmp_path_factory):
+    return save_tiny_folder(tmp_path_factory.mktemp("draft") / "hawk", seed=4, block_types=["recurrent"] * 2)
+
+
+@pytest.mark.parametrize("flags, expected_kwargs", [
+    (["--assistant", "DRAFT", "--num-assistant-tokens", "3"], {"assistant_model": 3}),
+    (["--prompt-lookup", "2"], {"prompt_lookup_num_tokens": 2}),
+], ids=["assistant", "prompt-lookup"])
+def test_speculative_flags_reach_generate_and_keep_the_greedy_output(folders, model_and_tokenizer, draft_folder,
+                                                                    monkeypatch, flags, expected_kwargs):
+    calls, original = [], GriffinForCausalLM.generate
+
+    def recording_generate(self, *args, **kwargs):
+        calls.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GriffinForCausalLM, "generate", recording_generate)
+    flags = [str(draft_folder) if f == "DRAFT" else f for f in flags]
+    prompt = "the cat sat on the mat; the cat sat"
+    status, out, err = run_cli("generate", folders[0], prompt, "--max-new-tokens", NEW, *flags)
+    assert status == 0, err
+    assert out == expected_completion(*model_and_tokenizer, prompt) + "\n"
+    for key, value in expected_kwargs.items():  # calls[0]: the model's; later ones are the assistant's drafts
+        got = calls[0][key]
+        if key == "assistant_model":  # the draft folder, drafting 3 tokens a round
+            assert str(got.name_or_path) == str(draft_folder) and got.generation_config.num_assistant_tokens == value
+            assert len(calls) > 1, "the assistant never drafted"
+        else:
+            assert got == value, key
+
+
 def test_streams_token_by_token(folders, monkeypatch):
     from transformers import TextStreamer
 
@@ -97,6 +129,9 @@ def test_streams_token_by_token(folders, monkeypatch):
     (["hello", "--prompts-file", "x.txt"], "give exactly one of PROMPT and --prompts-file"),
     (["--prompts-file", "missing.txt"], "--prompts-file missing.txt: no such file"),
     (["--prompts-file", "EMPTY"], "no prompts (the file has no non-blank line)"),
+    (["hello", "--assistant", "x", "--prompt-lookup", "2"], "give --assistant or --prompt-lookup, not both"),
+    (["hello", "--num-assistant-tokens", "3"], "--num-assistant-tokens only applies with --assistant"),
+    (["--prompts-file", "EMPTY", "--prompt-lookup", "2"], "one sequence at a time: add --batch-size 1"),
 ])
 def test_bad_arguments_are_one_line_errors(folders, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

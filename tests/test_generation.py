@@ -168,7 +168,7 @@ def test_static_cache_implementation_and_compiled_decode_step(model):
     with torch.no_grad():
         out = model(prompt, use_cache=True)
         cache = out.cache
-        buffers = [t.data_ptr() for layer in cache.layers for t in layer.state]
+        buffers = [t.data_ptr() for t in cache.state_dict()["tensors"].values()]
         step = torch.compile(model, backend="eager", fullgraph=True)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         seq = torch.cat([prompt, token], 1)
@@ -177,7 +177,7 @@ def test_static_cache_implementation_and_compiled_decode_step(model):
             token = logits[:, -1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, token], 1)
     assert torch.equal(seq, _uncached_greedy(model, prompt, 4))
-    assert buffers == [t.data_ptr() for layer in cache.layers for t in layer.state]
+    assert buffers == [t.data_ptr() for t in cache.state_dict()["tensors"].values()]
 
 
 def test_compiled_decode_step_compiles_once(model):
@@ -199,12 +199,6 @@ def test_compiled_decode_step_compiles_once(model):
             token = step(token, cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
     assert len(graphs) == 1
     assert cache.seen_tokens == prompt.shape[1] + 5
-
-
-def test_assisted_decoding_is_refused(model):
-    prompt = _prompt(PROMPT, 18)
-    with pytest.raises(ValueError, match="stateful"):
-        model.generate(prompt, max_new_tokens=2, assistant_model=model)
 
 
 def test_wrong_cache_type_is_refused(model):

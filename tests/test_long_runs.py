@@ -103,7 +103,8 @@ def low_precision_errors(model, dtype, prompt_len: int, decode_steps: int):
                 out = m(tokens[:, t : t + 1], cache=out.cache, use_cache=True)
                 logits.append(out.logits.float())
             results[dt] = torch.cat(logits, dim=1)
-            state_dtypes = {layer.state.rg_lru.dtype for layer in out.cache.layers if hasattr(layer.state, "rg_lru")}
+            state = out.cache.state_dict()["tensors"]
+            state_dtypes = {t.dtype for name, t in state.items() if name.endswith(".rg_lru")}
             assert state_dtypes == {torch.float32}, state_dtypes
     model.to(torch.float32)
     low = results[dtype]

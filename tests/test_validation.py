@@ -27,13 +27,11 @@ def _prefilled(model):
 
 
 def _snapshot(cache: GriffinCache):
-    tensors = [t.clone() for layer in cache.layers if layer.state is not None for t in layer.state]
-    extra = [t.clone() for t in (cache.next_position, cache._seen_tokens) if t is not None]
-    return tensors + extra
+    return list(cache.clone().state_dict()["tensors"].values())
 
 
 def _assert_same(before, cache):
-    after = _snapshot(cache)
+    after = list(cache.state_dict()["tensors"].values())
     assert len(before) == len(after)
     for a, b in zip(before, after):
         assert a.dtype == b.dtype and torch.equal(a, b), "a refused call changed the cache"

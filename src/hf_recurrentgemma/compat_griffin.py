@@ -3,7 +3,8 @@
 The model code depends on Transformers internals that change between minor releases: module paths of helpers
 (`initialization`, `modeling_layers`, `utils.generic`), the output field `cache` (named `past_key_values` before
 5.24, when `generate()` also began passing the cache as `cache=`), and generation hooks it overrides or reads
-(`_prepare_cache_for_generation`, `_valid_auto_compile_criteria`, `CompileConfig._compile_all_devices`). Each is
+(`_prepare_cache_for_generation`, `_valid_auto_compile_criteria`, `_prepare_attention_mask_for_generation`,
+`CompileConfig._compile_all_devices`). Each is
 checked here at import, so an unsupported Transformers fails with one error naming the missing piece and the
 version range tested (docs/compatibility.md), instead of a TypeError deep inside `generate()`.
 
@@ -53,7 +54,10 @@ if "cache" not in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)}:
     raise _unsupported("the `cache` field of BaseModelOutputWithPast")
 for _hook, _params in (("_prepare_cache_for_generation", ("generation_config", "model_kwargs", "generation_mode",
                                                           "batch_size", "max_cache_length")),
-                       ("_valid_auto_compile_criteria", ("model_kwargs", "generation_config"))):
+                       ("_valid_auto_compile_criteria", ("model_kwargs", "generation_config")),
+                       # overridden for draft models (assisted decoding, docs/speculative.md)
+                       ("_prepare_attention_mask_for_generation", ("inputs_tensor", "generation_config",
+                                                                   "model_kwargs"))):
     _found = getattr(GenerationMixin, _hook, None)
     if _found is None or tuple(inspect.signature(_found).parameters)[1:] != _params:
         raise _unsupported(f"GenerationMixin.{_hook}{_params}")

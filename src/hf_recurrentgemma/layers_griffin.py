@@ -1,7 +1,9 @@
 """Griffin's layers: RMSNorm, gated MLP, the recurrent block (conv1d + RG-LRU) and local multi-query attention.
 
-Each temporal block is called as `block(x, seq, state) -> (y, new_state)`: `seq` describes the tokens of this call
-(positions, document starts, padding) and `state` is what the cache held before it (None: start from scratch).
+Each temporal block is called as `block(x, seq, state) -> (y, new_state, steps)`: `seq` describes the tokens of
+this call (positions, document starts, padding) and `state` is what the cache held before it (None: start from
+scratch). `steps` is None unless `seq.record` asks for the state before each of the call's last tokens (rollback
+recording, cache_griffin.py): then it holds them, computed from the very values the forward used.
 Numerics follow `recurrentgemma.torch` (the reference) step by step, including where it casts.
 """
 
@@ -11,7 +13,14 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .cache_griffin import AttentionState, RecurrentState, empty_attention_state, empty_recurrent_state
+from .cache_griffin import (
+    AttentionState,
+    AttentionSteps,
+    RecurrentState,
+    RecurrentSteps,
+    empty_attention_state,
+    empty_recurrent_state,
+)
 from .compat_griffin import ALL_ATTENTION_FUNCTIONS, init
 from .configuration_griffin import GriffinConfig
 from .cpu_kernels_griffin import linear_cpu
@@ -19,6 +28,7 @@ from .ops_griffin import (
     causal_conv1d,
     local_attention_mask,
     rnn_scan,
+    rnn_scan_step,
     rope_tables,
     rotate_half_dims,
     sqrt_bound_derivative,
@@ -37,6 +47,12 @@ class SequenceInfo(NamedTuple):
     positions: torch.Tensor  # (B, T) long: position in the document (0 starts a document)
     reset: torch.Tensor  # (B, T) bool: a document starts here (state and attention do not look back)
     key_valid: torch.Tensor  # (B, T) bool: a real token (false for padding, which no token may see)
+    # Rollback recording: return the state before each of the last `record` tokens (0: no recording, no cost).
+    record: int = 0
+
+    def segment(self, part: slice, record: int = 0) -> "SequenceInfo":
+        """The tokens `part` of this call, recording the state before each of their last `record`."""
+        return SequenceInfo(self.positions[:, part], self.reset[:, part], self.key_valid[:, part], record)
 
 
 class GriffinLinear(nn.Linear):
@@ -132,6 +148,10 @@ class GriffinRGLRU(nn.Module):
         self, x: torch.Tensor, reset: torch.Tensor, h0: torch.Tensor, scan_backend: str = "auto"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, L); reset: (B, T) bool; h0: (B, L) float32 -> y (B, T, L), h (B, L) float32."""
+        return rnn_scan(*self.scan_inputs(x, reset), h0, backend=scan_backend)
+
+    def scan_inputs(self, x: torch.Tensor, reset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs and decays (B, T, L) of the recurrence `h_t = a_t * h_{t-1} + x_t`, in `x.dtype`."""
         gate_x = torch.sigmoid(self.input_gate(x))
         gate_a = torch.sigmoid(self.a_gate(x))
         log_a = -8.0 * gate_a * nn.functional.softplus(self.a_param)
@@ -143,7 +163,42 @@ class GriffinRGLRU(nn.Module):
         multiplier = reset[..., None] + ~reset[..., None] * multiplier
         normalized_x = gated_x * multiplier.to(x.dtype)
         a = a * ~reset[..., None]  # a document start forgets the state
-        return rnn_scan(normalized_x, a, h0, backend=scan_backend)
+        return normalized_x, a
+
+
+def rnn_scan_recording(x, a, h0, backend: str, record: int):
+    """`rnn_scan`, also returning the float32 state before each of the last `record` steps (B, record, L).
+
+    In bfloat16 the scan's per-step outputs are rounded, so those states are not in its output: the scan runs up to
+    the last `record` steps, and those steps run one at a time from its float32 final state (`rnn_scan_step`).
+    Every backend equals the sequential scan to the bit on CPU (tests/test_scan_backends.py), so the output is the
+    one plain `rnn_scan` gives, and the states are exactly those it passes through."""
+    split = x.shape[1] - record
+    ys, h = [], h0
+    if split > 0:
+        y, h = rnn_scan(x[:, :split], a[:, :split], h0, backend=backend)
+        ys.append(y)
+    before = []
+    for t in range(split, x.shape[1]):
+        before.append(h)
+        y, h = rnn_scan_step(x[:, t : t + 1], a[:, t : t + 1], h)
+        ys.append(y)
+    return torch.cat(ys, dim=1), h, torch.stack(before, dim=1)
+
+
+def conv_tails_before(x: torch.Tensor, tail: torch.Tensor, reset: torch.Tensor, record: int) -> torch.Tensor:
+    """The conv1d tail before each of the last `record` tokens: what `causal_conv1d` returns for a call that ends
+    just before that token (its K-1 previous inputs, zeroed where a document start after them hides them).
+    x: (B, T, L) conv inputs; tail: (B, K-1, L); reset: (B, T) bool -> (B, record, K-1, L)."""
+    width1, seq_len = tail.shape[1], x.shape[1]
+    x_ext = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, K-1+T, L)
+    reset_ext = torch.cat([torch.zeros_like(reset[:, :1]).expand(-1, width1), reset], dim=1)
+    tails = []
+    for j in range(seq_len - record, seq_len):
+        starts = reset_ext[:, j : j + width1].int()  # (B, K-1): resets at the tail's entries
+        starts_after = starts.flip(1).cumsum(1).flip(1) - starts  # resets after each entry, within the tail
+        tails.append(x_ext[:, j : j + width1] * (starts_after == 0)[..., None].to(x.dtype))
+    return torch.stack(tails, dim=1)
 
 
 class GriffinConv1d(nn.Module):
@@ -177,14 +232,20 @@ class GriffinRecurrentBlock(nn.Module):
         self.rg_lru = GriffinRGLRU(config)
 
     def forward(self, x: torch.Tensor, seq: SequenceInfo, state: RecurrentState | None):
-        """x: (B, T, D) -> (B, T, D), new RecurrentState."""
+        """x: (B, T, D) -> (B, T, D), new RecurrentState, RecurrentSteps of the last `seq.record` tokens or None."""
         if state is None:
             state = empty_recurrent_state(self.config, x.shape[0], x.dtype, x.device)
         y = gelu(self.linear_y(x))
         x = self.linear_x(x)
+        conv_in = x
         x, conv_state = self.conv_1d(x, seq.reset, state.conv)
-        x, rg_lru_state = self.rg_lru(x, seq.reset, state.rg_lru, self.config.scan_backend)
-        return self.linear_out(x * y), RecurrentState(conv=conv_state, rg_lru=rg_lru_state)
+        if not seq.record:
+            x, rg_lru_state = self.rg_lru(x, seq.reset, state.rg_lru, self.config.scan_backend)
+            return self.linear_out(x * y), RecurrentState(conv=conv_state, rg_lru=rg_lru_state), None
+        x, rg_lru_state, h_before = rnn_scan_recording(*self.rg_lru.scan_inputs(x, seq.reset), state.rg_lru,
+                                                       self.config.scan_backend, seq.record)
+        steps = RecurrentSteps(conv_tails_before(conv_in, state.conv, seq.reset, seq.record), h_before)
+        return self.linear_out(x * y), RecurrentState(conv=conv_state, rg_lru=rg_lru_state), steps
 
 
 def _first_visible_slot(valid: torch.Tensor) -> int:
@@ -237,7 +298,7 @@ class GriffinLocalAttention(nn.Module):
         return rows // self.head_dim
 
     def forward(self, x: torch.Tensor, seq: SequenceInfo, state: AttentionState | None):
-        """x: (B, T, D) -> (B, T, D), new AttentionState."""
+        """x: (B, T, D) -> (B, T, D), new AttentionState, AttentionSteps of the last `seq.record` tokens or None."""
         batch, seq_len, _ = x.shape
         if state is None:
             state = empty_attention_state(self.config, batch, x.dtype, x.device)
@@ -250,12 +311,13 @@ class GriffinLocalAttention(nn.Module):
 
         implementation = self.config._attn_implementation or "sdpa"
         attend = eager_local_attention if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+        steps = attention_steps(state, k, v, seq) if seq.record else None
         if seq_len == 1:
             out, state = self._attend_one_token(attend, q, k, v, seq, state)
         else:
             out, state = self._attend_chunks(attend, q, k, v, seq, state)
         out = out.reshape(batch, seq_len, -1)
-        return self.o_proj(out), state
+        return self.o_proj(out), state, steps
 
     def _attend_chunks(self, attend, q, k, v, seq: SequenceInfo, state: AttentionState):
         """Queries in chunks of C against the W carried keys plus the chunk's own: O(T (W + C)), no T x T mask.
@@ -288,3 +350,22 @@ class GriffinLocalAttention(nn.Module):
         out, _ = attend(self, q, keys, values, mask, scaling=self.scaling, dropout=0.0)
         valid = torch.cat([past_valid, seq.key_valid], dim=1)
         return out, AttentionState(keys[:, :, 1:], values[:, :, 1:], valid[:, 1:])
+
+
+def attention_steps(state: AttentionState, k: torch.Tensor, v: torch.Tensor, seq: SequenceInfo) -> AttentionSteps:
+    """For each of the last `seq.record` tokens of a call: the key/value slot it pushes out of the window, and the
+    key visibility before it, as a call ending just before it leaves it (a slot is visible when it holds a real
+    token and no document starts after it; the rule of `_attend_chunks` and `_attend_one_token`).
+    state: the window before the call; k, v: (B, 1, T, Dh) the call's keys and values (RoPE applied)."""
+    window, seq_len, record = state.valid.shape[1], k.shape[2], seq.record
+    # The slots in order are [W carried | T new]; token j pushes out slot j.
+    first, end = seq_len - record, seq_len
+    keys = torch.cat([state.keys[:, 0, first:end], k[:, 0, max(first - window, 0) : max(end - window, 0)]], dim=1)
+    values = torch.cat([state.values[:, 0, first:end], v[:, 0, max(first - window, 0) : max(end - window, 0)]],
+                       dim=1)
+    valid = torch.cat([state.valid, seq.key_valid], dim=1)  # (B, W + T)
+    doc = torch.cat([torch.zeros_like(state.valid, dtype=torch.long), seq.reset.long().cumsum(1)], dim=1)
+    slots = torch.arange(first, end, device=valid.device)[:, None] + torch.arange(window, device=valid.device)
+    current_doc = doc[:, window - 1 + torch.arange(first, end, device=valid.device)]  # (B, r): doc of token j-1
+    visible = valid[:, slots] & (doc[:, slots] == current_doc[..., None])  # (B, r, W)
+    return AttentionSteps(keys, values, visible)

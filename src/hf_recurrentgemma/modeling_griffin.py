@@ -71,10 +71,10 @@ class GriffinDecoderLayer(GradientCheckpointingLayer):
         self.mlp = GriffinMLP(config)
 
     def forward(self, x: torch.Tensor, seq: SequenceInfo, state):
-        """x: (B, T, D) -> (B, T, D), the temporal block's new state."""
-        y, new_state = self.temporal_block(self.temporal_pre_norm(x), seq, state)
+        """x: (B, T, D) -> (B, T, D), the temporal block's new state, its recorded steps (None unless recording)."""
+        y, new_state, steps = self.temporal_block(self.temporal_pre_norm(x), seq, state)
         residual = y + x
-        return self.mlp(self.channel_pre_norm(residual)) + residual, new_state
+        return self.mlp(self.channel_pre_norm(residual)) + residual, new_state, steps
 
 
 class GriffinPreTrainedModel(PreTrainedModel):
@@ -88,8 +88,8 @@ class GriffinPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = False
     _can_compile_fullgraph = True
-    # The RG-LRU state cannot be rolled back, so assisted/speculative decoding must be refused by `generate`.
-    _is_stateful = True
+    # Not `_is_stateful`: that makes `generate` refuse assisted decoding, which a recording GriffinCache can undo
+    # exactly (cache_griffin.py, docs/speculative.md).
 
     # Loaders of checkpoints in other formats, `loader(cls, path, *args, **kwargs) -> model or None`, tried in order
     # by from_pretrained. The installed package registers one for Transformers' built-in recurrent_gemma folders
@@ -209,19 +209,27 @@ class GriffinModel(GriffinPreTrainedModel):
         # the next exactly as a cache carries it: each segment's activations stay in the CPU's caches, so the cost
         # per token does not grow with the prompt (docs/performance.md). One segment otherwise.
         segment = seq_len if torch.is_grad_enabled() or all_hidden is not None else min(seq_len, PREFILL_SEGMENT)
+        # A recording cache (rollback, docs/speculative.md) keeps the state before each of the last `record` tokens.
+        record = cache.tokens_to_record(seq_len) if cache is not None else 0
+        steps = [[] for _ in self.layers]
         outputs = []
         for start in range(0, seq_len, segment):
             part = slice(start, start + segment)
-            h, seq_part = x[:, part], SequenceInfo(*(t[:, part] for t in seq))
+            end = min(start + segment, seq_len)
+            h, seq_part = x[:, part], seq.segment(part, max(0, min(end - start, end - (seq_len - record))))
             for idx, layer in enumerate(self.layers):
                 if all_hidden is not None:
                     all_hidden.append(h)
-                h, states[idx] = layer(h, seq_part, states[idx])
+                h, states[idx], layer_steps = layer(h, seq_part, states[idx])
+                if layer_steps is not None:
+                    steps[idx].append(layer_steps)
             outputs.append(self.final_norm(h))
         x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
         if all_hidden is not None:
             all_hidden.append(x)
         if cache is not None:
+            if record:
+                cache.record([type(s[0])(*(torch.cat(f, dim=1) for f in zip(*s))) for s in steps], seq.positions)
             for idx, state in enumerate(states):
                 cache.update_state(idx, state)
             cache.advance(seq.positions[:, -1], seq_len)
@@ -349,6 +357,8 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
                 "(both give the fixed-size GriffinCache)"
             )
         model_kwargs["cache"] = GriffinCache(self.config)
+        if generation_config.is_assistant:  # a draft model's cache is cut back after every verification
+            model_kwargs["cache"].activate_past_recording()
 
     def _valid_auto_compile_criteria(self, model_kwargs, generation_config) -> bool:
         """Compile the decode step when asked: `cache_implementation="static"` (as for Transformers' static caches;
@@ -356,10 +366,22 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         which on CPU also counts as a request (Transformers alone compiles only on accelerators)."""
         if generation_config.cache_implementation != "static" and generation_config.compile_config is None:
             return False
+        cache = model_kwargs.get("cache")
+        if isinstance(cache, GriffinCache) and cache.recording:
+            return False  # assisted decoding: verification forwards change length every round, not worth compiling
         config = generation_config.compile_config
         if config is not None and self.device.type == "cpu":
             generation_config.compile_config = compile_on_all_devices(config)
         return super()._valid_auto_compile_criteria(model_kwargs, generation_config)
+
+    def _prepare_attention_mask_for_generation(self, inputs_tensor, generation_config, model_kwargs):
+        """As a draft model (assisted decoding), no mask means no padding: the target dropped its all-ones mask,
+        and Transformers would otherwise take every generated pad token id for padding, which for Griffin starts a
+        new document in the middle of the draft's input."""
+        if generation_config.is_assistant:
+            inputs = model_kwargs.get("input_ids", inputs_tensor)
+            return torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
+        return super()._prepare_attention_mask_for_generation(inputs_tensor, generation_config, model_kwargs)
 
     def create_masks_for_generate(self, config=None, inputs_embeds=None, attention_mask=None, **kwargs):
         """Griffin builds its local masks itself from the 2D padding mask, so `generate` passes that on."""
@@ -367,6 +389,14 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, attention_mask=None,
                                       **kwargs):
+        # Continuing from a filled cache, `generate` passes the whole sequence (and a mask as long, or none) but
+        # does not always say how much is new: not in assisted decoding's first verification, nor in the prefill of
+        # a cache whose layers are all recurrent (Hawk). Feed only the tokens the cache has not seen.
+        if next_sequence_length is None and isinstance(cache, GriffinCache) and input_ids is not None:
+            seen = cache.seen_tokens
+            mask_length = attention_mask.shape[1] if isinstance(attention_mask, torch.Tensor) else input_ids.shape[1]
+            if 0 < seen < input_ids.shape[1] == mask_length:
+                next_sequence_length = input_ids.shape[1] - seen
         inputs = super().prepare_inputs_for_generation(
             input_ids, next_sequence_length=next_sequence_length, cache=cache, attention_mask=attention_mask,
             **kwargs,

@@ -18,26 +18,19 @@ from pathlib import Path
 import torch
 
 from ..cache_griffin import GriffinCache
-from .generate import add_sampling_arguments, check_sampling_arguments, generation_kwargs
+from .generate import (
+    add_sampling_arguments,
+    add_speculation_arguments,
+    check_sampling_arguments,
+    check_speculation_arguments,
+    generation_kwargs,
+    speculation_kwargs,
+)
 from .loading import CommandError, add_model_arguments, load_model, load_tokenizer
 
 STATE_FORMAT = "hf-recurrentgemma-chat-state/1"
-# The cache fields that must agree between the model that saved a state and the one that loads it.
-_FIT_FIELDS = ("block_types", "lru_width", "conv1d_width", "attention_window_size", "head_dim", "hidden_size",
-               "vocab_size", "num_hidden_layers")
 _SENTINEL = "GRIFFIN_REPLY_SENTINEL"  # stands in for a reply when the template renders the text between turns
 END_OF_TURN = "<end_of_turn>"
-
-
-def _copy_cache(cache: GriffinCache) -> GriffinCache:
-    """A copy of `cache` with its own buffers."""
-    copy = GriffinCache(cache.config)
-    if cache.is_initialized:
-        for mine, theirs in zip(copy.layers, cache.layers):
-            mine.state = type(theirs.state)(*(t.clone() for t in theirs.state))
-        copy.next_position = cache.next_position.clone()
-        copy._seen_tokens = cache._seen_tokens.clone()
-    return copy
 
 
 class ChatSession:
@@ -120,7 +113,7 @@ class ChatSession:
         # the cache in place, so it gets a copy (fixed size): a turn interrupted by Ctrl-C or an error leaves
         # the conversation as it was before the turn.
         out = self.model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), cache=_copy_cache(self.cache),
+            input_ids=ids, attention_mask=torch.ones_like(ids), cache=self.cache.clone(),
             eos_token_id=self.stop_ids, streamer=streamer, return_dict_in_generate=True, **self.generate_kwargs,
         )
         self.cache = out.cache
@@ -131,10 +124,6 @@ class ChatSession:
         return reply
 
     # --- saving and loading -------------------------------------------------------------------------------------
-    def _fingerprint(self) -> dict:
-        config = self.model.config
-        return {f: getattr(config, f) for f in _FIT_FIELDS}
-
     def save(self, path: str | Path, force: bool = False) -> Path:
         """Writes the conversation state to `path` as safetensors, atomically (a temporary file in the same
         folder renamed over it); an existing `path` needs `force`."""
@@ -145,15 +134,12 @@ class ChatSession:
             raise CommandError(f"{path} already exists; use /save --force {path} to replace it")
         if not path.parent.is_dir():
             raise CommandError(f"{path}: folder {path.parent} does not exist")
-        tensors = {"token_ids": self.token_ids.cpu().contiguous()}
-        if self.cache.is_initialized:
-            tensors["next_position"] = self.cache.next_position.cpu()
-            tensors["seen_tokens"] = self.cache._seen_tokens.reshape(1).cpu()
-            for idx, layer in enumerate(self.cache.layers):
-                for field, tensor in layer.state._asdict().items():
-                    tensors[f"layers.{idx}.{field}"] = tensor.detach().cpu().contiguous()
+        state = self.cache.state_dict()
+        tensors = {name: t.detach().cpu().contiguous() for name, t in state["tensors"].items()}
+        tensors["token_ids"] = self.token_ids.cpu().contiguous()
         metadata = {"format": STATE_FORMAT, "messages": json.dumps(self.messages, ensure_ascii=False),
-                    "model": json.dumps(self._fingerprint()), "dtype": str(self.model.dtype).removeprefix("torch.")}
+                    "model": json.dumps(state["architecture"]),
+                    "dtype": str(self.model.dtype).removeprefix("torch.")}
         handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(handle)
         try:
@@ -172,8 +158,6 @@ class ChatSession:
         dtype (the weights themselves cannot be checked: load it into the model that saved it)."""
         from safetensors import SafetensorError, safe_open
 
-        from ..cache_griffin import AttentionState, RecurrentState
-
         path = Path(path)
         if not path.is_file():
             raise CommandError(f"{path}: no such file")
@@ -186,26 +170,21 @@ class ChatSession:
         if metadata.get("format") != STATE_FORMAT:
             raise CommandError(f"{path}: not a chat state (format {metadata.get('format')!r}, "
                                f"expected {STATE_FORMAT!r})")
-        saved = json.loads(metadata["model"])
-        ours = json.loads(json.dumps(self._fingerprint()))
-        for field in _FIT_FIELDS:
-            if saved.get(field) != ours[field]:
-                raise CommandError(f"{path}: saved by a model with {field}={saved.get(field)}, this model has "
-                                   f"{ours[field]}")
-        dtype = str(self.model.dtype).removeprefix("torch.")
-        if metadata.get("dtype") != dtype:
-            raise CommandError(f"{path}: saved from a {metadata.get('dtype')} model, this one is {dtype} "
-                               "(pass the same --dtype)")
         device = self.model.device
-        cache = GriffinCache(self.model.config)
-        if "next_position" in tensors:
-            for idx, layer in enumerate(cache.layers):
-                kind = AttentionState if layer.is_sliding else RecurrentState
-                layer.state = kind(*(tensors[f"layers.{idx}.{f}"].to(device) for f in kind._fields))
-            cache.next_position = tensors["next_position"].to(device)
-            cache._seen_tokens = tensors["seen_tokens"].reshape(()).to(device)
+        token_ids = tensors.pop("token_ids", None)
+        if token_ids is None:
+            raise CommandError(f"{path}: lacks the tensor token_ids")
+        # The model's dtype (not the cache's): a state saved before the first turn has no cache tensors.
+        state = {"architecture": json.loads(metadata.get("model", "{}")), "dtype": metadata.get("dtype"),
+                 "tensors": tensors}
+        try:
+            cache = GriffinCache.from_state_dict(self.model.config, state, dtype=self.model.dtype, device=device)
+        except ValueError as err:
+            message = str(err).removeprefix("state was ")
+            hint = " (pass the same --dtype)" if "model, this one is" in message else ""
+            raise CommandError(f"{path}: {message}{hint}") from None
         self.cache = cache
-        self.token_ids = tensors["token_ids"].to(device)
+        self.token_ids = token_ids.to(device)
         self.messages = json.loads(metadata["messages"])
 
 
@@ -245,9 +224,10 @@ def run_chat(args) -> int:
     from transformers import TextStreamer
 
     check_sampling_arguments(args)
+    check_speculation_arguments(args)
     tokenizer = load_tokenizer(args.model, args.tokenizer)
     model = load_model(args.model, args.dtype, args.device)
-    session = ChatSession(model, tokenizer, **generation_kwargs(args, tokenizer))
+    session = ChatSession(model, tokenizer, **generation_kwargs(args, tokenizer), **speculation_kwargs(args))
     if args.load:
         session.load(args.load)
     if sys.stdin.isatty():
@@ -283,6 +263,7 @@ def add_parser(commands) -> None:
                               description=__doc__.split("\n\n")[0])
     add_model_arguments(sub)
     add_sampling_arguments(sub)
+    add_speculation_arguments(sub)
     sub.add_argument("--load", metavar="PATH", help="start from a conversation saved with /save")
     sub.add_argument("--stats", action="store_true", help="print the conversation length and turn time")
     sub.set_defaults(func=run_chat)

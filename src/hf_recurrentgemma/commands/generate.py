@@ -39,6 +39,40 @@ def add_sampling_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, help="random seed (sampling is reproducible with the same seed)")
 
 
+def add_speculation_arguments(parser) -> None:
+    """Speculative decoding flags shared by `generate` and `chat` (docs/speculative.md): the output is the one the
+    model alone gives (greedy: the same tokens; sampling: the same distribution), faster when drafts are accepted."""
+    parser.add_argument("--assistant", metavar="MODEL",
+                        help="draft model folder (same tokenizer): it proposes tokens, the model checks them at once")
+    parser.add_argument("--num-assistant-tokens", type=_positive(int), metavar="K",
+                        help="tokens the assistant drafts per round (default: Transformers' 20)")
+    parser.add_argument("--prompt-lookup", type=_positive(int), metavar="N",
+                        help="draft N tokens by copying what followed the last n-gram's earlier occurrence")
+
+
+def check_speculation_arguments(args) -> None:
+    """Refuses flag combinations that would be ignored; runs before the model loads."""
+    if args.assistant and args.prompt_lookup:
+        raise CommandError("give --assistant or --prompt-lookup, not both")
+    if args.num_assistant_tokens is not None and not args.assistant:
+        raise CommandError("--num-assistant-tokens only applies with --assistant")
+
+
+def speculation_kwargs(args) -> dict:
+    """`generate()` keyword arguments from the speculation flags (loads the assistant, in the model's --dtype and
+    on its --device)."""
+    check_speculation_arguments(args)
+    if args.prompt_lookup:
+        return {"prompt_lookup_num_tokens": args.prompt_lookup}
+    if not args.assistant:
+        return {}
+    assistant = load_model(args.assistant, args.dtype, args.device)
+    if args.num_assistant_tokens is not None:
+        # Transformers reads the draft length from the assistant's generation config, not from generate()'s.
+        assistant.generation_config.num_assistant_tokens = args.num_assistant_tokens
+    return {"assistant_model": assistant}
+
+
 def check_sampling_arguments(args) -> None:
     """Refuses sampling-only flags without --do-sample (Transformers would ignore them with a warning) and values
     out of range; runs before the model loads."""
@@ -96,11 +130,14 @@ def generate_batch(model, tokenizer, prompts: list[str], batch_size: int = 8, **
 def run_generate(args) -> int:
     if (args.prompt is None) == (args.prompts_file is None):
         raise CommandError("give exactly one of PROMPT and --prompts-file")
+    check_speculation_arguments(args)
+    if (args.assistant or args.prompt_lookup) and args.prompts_file and args.batch_size != 1:
+        raise CommandError("--assistant and --prompt-lookup decode one sequence at a time: add --batch-size 1")
     prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
     check_sampling_arguments(args)
     tokenizer = load_tokenizer(args.model, args.tokenizer)
     model = load_model(args.model, args.dtype, args.device)
-    kwargs = generation_kwargs(args, tokenizer)
+    kwargs = {**generation_kwargs(args, tokenizer), **speculation_kwargs(args)}
     if args.prompts_file:
         start = time.perf_counter()
         completions = generate_batch(model, tokenizer, prompts, args.batch_size, **kwargs)
@@ -132,8 +169,10 @@ def add_parser(commands) -> None:
     sub.add_argument("--batch-size", type=_positive(int), default=8, metavar="B",
                      help="prompts per left-padded batch with --prompts-file (default 8)")
     add_sampling_arguments(sub)
+    add_speculation_arguments(sub)
     sub.set_defaults(func=run_generate)
 
 
-__all__ = ["add_parser", "add_sampling_arguments", "check_sampling_arguments", "generation_kwargs", "generate_batch",
+__all__ = ["add_parser", "add_sampling_arguments", "add_speculation_arguments", "check_sampling_arguments",
+           "check_speculation_arguments", "speculation_kwargs", "generation_kwargs", "generate_batch",
            "read_prompts", "run_generate"]
