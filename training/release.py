@@ -98,7 +98,7 @@ def draft_section(metrics: dict, config) -> str:
         "",
         "```bash",
         f"hf-recurrentgemma convert {DRAFT_DIR}/ draft-hf --preset {DRAFT_PRESET} --tokenizer tokenizer.model",
-        "python -m hf_recurrentgemma.demo --assistant draft-hf   # the demo's default assistant is this draft",
+        "python -m hf_recurrentgemma.demo --assistant            # the shipped model, with this draft",
         "```",
         "",
         "| | |",
