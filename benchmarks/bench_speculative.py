@@ -37,10 +37,11 @@ import time
 from pathlib import Path
 
 ISA_VARIABLE = "HF_RECURRENTGEMMA_CPU_ISA"
-if "--isa" in sys.argv[:-1]:  # the kernels read it when they load: set it before the package is imported
-    os.environ[ISA_VARIABLE] = sys.argv[sys.argv.index("--isa") + 1]
-    if os.environ[ISA_VARIABLE] == "native":
-        del os.environ[ISA_VARIABLE]
+ISA_CAPS = {"avx2": "fp32-fma-256"}  # the kernels name variants by capability: AVX2 + FMA is 8-lane float32 FMA
+if "--isa" in sys.argv[:-1]:  # set before the package is imported, for kernels that read it when they load
+    choice = sys.argv[sys.argv.index("--isa") + 1]
+    if choice in ISA_CAPS:
+        os.environ[ISA_VARIABLE] = ISA_CAPS[choice]
 
 import torch  # noqa: E402
 from transformers import set_seed  # noqa: E402
@@ -66,9 +67,10 @@ TARGETS = {"shipped_draft": 1.5, "shipped_lookup": 1.5, "big_oracle_k4": 3.0}
 
 def cpu_kernel_isa() -> dict:
     """Which instruction-set variants this package's CPU kernels offer, and whether the forcing variable is read."""
-    from hf_recurrentgemma import cpu_kernels_griffin
+    import hf_recurrentgemma
 
-    source = Path(cpu_kernels_griffin.__file__).read_text()
+    package = Path(hf_recurrentgemma.__file__).parent
+    source = "".join(path.read_text() for path in package.glob("*.py"))
     flags = set()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
         for line in info:

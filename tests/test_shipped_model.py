@@ -161,17 +161,20 @@ def test_speculative_greedy_equals_plain_greedy(converted, converted_draft):
     assert accepted["draft"] >= STEPS // 4, accepted  # the trained draft agrees with the model on some tokens
 
 
-def test_demo_decodes_speculatively_with_the_same_text(tmp_path):
-    env = {**os.environ, "HF_RECURRENTGEMMA_CACHE": str(tmp_path)}
-    args = [sys.executable, "-m", "hf_recurrentgemma.demo", "--prompt", COPY_PROMPT, "--max-new-tokens", "12",
-            "--greedy"]
-    run = subprocess.run(args + ["--assistant"], capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "speculative decoding: a 0.9M-parameter draft" in run.stdout
-    assert "acceptance:" in run.stdout and "the same text" in run.stdout and "speed-up" in run.stdout
-    lookup = subprocess.run(args + ["--prompt-lookup", "4"], capture_output=True, text=True, env=env, timeout=300)
-    assert lookup.returncode == 0, lookup.stderr[-2000:]
-    assert "prompt lookup proposes up to 4" in lookup.stdout and "the same text" in lookup.stdout
-    both = subprocess.run(args + ["--prompt-lookup", "4", "--no-speculative"], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+def test_demo_decodes_speculatively_with_the_same_text(tmp_path, monkeypatch, capsys):
+    """The demo with the shipped draft and with prompt lookup (in this process: the end-to-end subprocess run is
+    test_main_job_end_to_end): greedy text equal to plain decoding's, acceptance and speed-up printed."""
+    from hf_recurrentgemma import demo
+
+    monkeypatch.setattr(demo, "CACHE_ROOT", tmp_path)
+    args = ["--prompt", COPY_PROMPT, "--max-new-tokens", "12", "--greedy"]
+    assert demo.main(args + ["--assistant"]) == 0
+    out = capsys.readouterr().out
+    assert "speculative decoding: a 0.9M-parameter draft (2 blocks) proposes up to 6 tokens" in out
+    assert "acceptance:" in out and "the same text" in out and "speed-up" in out
+    assert demo.main(args + ["--prompt-lookup", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "prompt lookup proposes up to 4" in out and "the same text" in out
+    with pytest.raises(SystemExit):
+        demo.main(args + ["--prompt-lookup", "4", "--no-speculative"])
+    assert "not allowed with argument" in capsys.readouterr().err
