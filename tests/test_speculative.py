@@ -245,6 +245,14 @@ def test_crop_refusals_name_the_problem(target):
         cache.crop(2)
     with pytest.raises(ValueError, match="rollback_tokens must be a positive int"):
         GriffinCache(target.config, rollback_tokens=0)
+    cache.activate_past_recording(rollback_tokens=4)
+    with torch.no_grad():
+        target(_ids(2, 1), cache=cache, use_cache=True)
+    cache.crop(-2)
+    with pytest.raises(ValueError, match="only the last 0 tokens are recorded"):
+        cache.crop(-1)  # the two recorded tokens are undone; the three before recording started never were
+    cache.deactivate_past_recording()
+    assert not cache.is_croppable and all(layer.history is None for layer in cache.layers)
 
 
 def test_recording_memory_at_the_2b_shape():
