@@ -123,6 +123,12 @@ def continuation(model, input_ids: torch.Tensor, new_tokens: int, **kwargs) -> l
     return out[0, input_ids.shape[1]:].tolist()
 
 
+def paired_speedup(plain_runs: list[float], runs: list[float]) -> float:
+    """Median over rounds of plain's time / this method's time in the same round: the runs are taken in turn, so a
+    change of the machine's load hits both members of a pair, and this ratio is steadier than a ratio of medians."""
+    return statistics.median(p / r for p, r in zip(plain_runs, runs))
+
+
 def measure(calls: dict, repeats: int) -> dict:
     """name -> {"median_s", "runs_s"}: `calls` timed in turn after one warm-up each."""
     timings = time_interleaved(calls, repeats=repeats)
@@ -173,6 +179,7 @@ def shipped_section(target, draft, tokenizer, args) -> dict:
             rate = args.new_tokens / timings[name]["median_s"]
             same = outputs[name] == outputs["plain"] if not sampling else None  # samples: not comparable
             rows[name] = {**timings[name], "tokens_per_s": rate, "speedup": rate / plain_rate,
+                          "speedup_paired": paired_speedup(timings["plain"]["runs_s"], timings[name]["runs_s"]),
                           "identical_to_plain": same, **({} if name == "plain" else counters[name].as_dict())}
         results["tasks"][task] = {"prompt": prompt, "prompt_tokens": ids.shape[1], "sampling": sampling,
                                   "methods": rows,
@@ -187,12 +194,13 @@ def same_text(identical: bool | None) -> str:
 def print_shipped(results: dict) -> None:
     print(f"\nshipped model, {results['new_tokens']} new tokens (draft proposes up to "
           f"{results['draft_tokens']}, prompt lookup up to {results['lookup_tokens']})")
-    print(f"  {'task':<12} {'method':<8} {'tokens/s':>9} {'speed-up':>9} {'acceptance':>11} {'proposed':>9} "
-          f"{'identical':>10}")
+    print(f"  {'task':<12} {'method':<8} {'tokens/s':>9} {'speed-up':>9} {'paired':>7} {'acceptance':>11} "
+          f"{'proposed':>9} {'identical':>10}")
     for task, data in results["tasks"].items():
         for name, row in data["methods"].items():
-            acc = f"{row['acceptance_rate']:.2f}" if "acceptance_rate" in row else "-"
-            print(f"  {task:<12} {name:<8} {row['tokens_per_s']:>9.1f} {row['speedup']:>8.2f}x {acc:>11} "
+            acc = "-" if row.get("acceptance_rate") is None else f"{row['acceptance_rate']:.2f}"
+            print(f"  {task:<12} {name:<8} {row['tokens_per_s']:>9.1f} {row['speedup']:>8.2f}x "
+                  f"{row['speedup_paired']:>6.2f}x {acc:>11} "
                   f"{row.get('drafted', '-'):>9} {same_text(row['identical_to_plain']):>10}")
     for task, data in results["tasks"].items():
         print(f"  {task}: plain decoding wrote {data['plain_text'][:150]!r}")
@@ -262,6 +270,8 @@ def big_section(args) -> dict:
         results["plain"] = {**timings["plain"], "tokens_per_s": plain_rate}
         results["oracle_k4"] = {**timings["oracle_k4"], "tokens_per_s": n / timings["oracle_k4"]["median_s"],
                                 "speedup": timings["plain"]["median_s"] / timings["oracle_k4"]["median_s"],
+                                "speedup_paired": paired_speedup(timings["plain"]["runs_s"],
+                                                                 timings["oracle_k4"]["runs_s"]),
                                 "identical_to_plain": identical, **acceptance}
         results["forward_cost"] = forward_cost(model, prompt, plain_tokens, args.ks, args.repeats)
         sweep = []
@@ -291,7 +301,13 @@ def print_big(results: dict) -> None:
           f"({results['weight_gib']:.2f} GiB), {results['new_tokens']} new tokens after {results['prompt_tokens']}")
     p, o = results["plain"], results["oracle_k4"]
     print(f"  plain greedy {p['tokens_per_s']:.2f} tokens/s; oracle k=4 (all accepted) {o['tokens_per_s']:.2f} "
-          f"tokens/s = {o['speedup']:.2f}x, acceptance {o['acceptance_rate']:.2f}, identical {o['identical_to_plain']}")
+          f"tokens/s = {o['speedup']:.2f}x (paired runs: {o['speedup_paired']:.2f}x), acceptance "
+          f"{o['acceptance_rate']:.2f}, identical {o['identical_to_plain']}")
+    cost = results["forward_cost"]["5"]["relative_to_one"] if "5" in results["forward_cost"] else None
+    if cost:
+        per_round = (o["accepted"] + o["rounds"]) / o["rounds"]
+        print(f"  from the forward costs: {per_round:.2f} tokens a round for {cost:.2f}x a one-token forward = "
+              f"{per_round / cost:.2f}x")
     print("  forward over T new tokens / one-token step: " + ", ".join(
         f"T={t}: {v['relative_to_one']:.2f}x" for t, v in results["forward_cost"].items()))
     print("  sweep: q = probability that a proposed token is right; acceptance = accepted / proposed tokens")

@@ -95,8 +95,9 @@ class AcceptanceCounter:
         self._last_proposed = 0
 
     @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.proposed if self.proposed else float("nan")
+    def acceptance_rate(self) -> float | None:
+        """Accepted / proposed tokens; None while nothing was proposed."""
+        return self.accepted / self.proposed if self.proposed else None
 
     def as_dict(self) -> dict:
         return {"acceptance_rate": self.acceptance_rate, "drafted": self.proposed, "accepted": self.accepted,
@@ -286,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
 def report_speculation(generator, args, options: dict, counter: "AcceptanceCounter", generated: int, elapsed: float,
                        text: str) -> None:
     """Prints the acceptance rate, then decodes the same prompt plainly (not shown) and prints the speed-up."""
-    print(f"acceptance: {counter.accepted} of {counter.proposed} proposed tokens "
-          f"({counter.acceptance_rate:.0%}) in {counter.rounds} rounds")
+    rate = "" if counter.acceptance_rate is None else f" ({counter.acceptance_rate:.0%})"
+    print(f"acceptance: {counter.accepted} of {counter.proposed} proposed tokens{rate} in {counter.rounds} rounds")
     plain = CountingStreamer(generator.tokenizer, quiet=True)
     set_seed(args.seed)
     start = time.perf_counter()
