@@ -46,3 +46,41 @@ def test_run_all_quick_writes_json_and_plots(run_all, tmp_path, capsys):
     for name in PLOTS:
         path = tmp_path / "img" / name
         assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG", name
+
+
+@pytest.fixture
+def bench_speculative(monkeypatch):
+    """benchmarks/bench_speculative.py imported in this process."""
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    threads = torch.get_num_threads()
+    yield importlib.import_module("bench_speculative")
+    torch.set_num_threads(threads)
+    for name in [n for n in sys.modules if n in ("bench_speculative", "common", "models")]:
+        del sys.modules[name]
+
+
+def test_bench_speculative_runs_both_sections(bench_speculative, tmp_path, capsys):
+    """The shipped model with its draft and prompt lookup, and the oracle sweep on a tiny stand-in for the 2B
+    shape: every speculative output is plain greedy's, and the oracle's acceptance is what it was built to be."""
+    out = tmp_path / "speculative.json"
+    bench_speculative.main(["--repeats", "1", "--new-tokens", "8", "--tasks", "copy,demo-sampled",
+                            "--big-shape", "tiny", "--big-layers", "3",
+                            "--big-new-tokens", "8", "--ks", "2,4", "--rates", "1.0,0.5", "--json", str(out),
+                            "--img-dir", str(tmp_path / "img")])
+    printed = capsys.readouterr().out
+    assert "Targets of issue 14" in printed and ("AVX" in printed or "neither" in printed)
+    results = json.loads(out.read_text())
+    tasks = results["shipped"]["tasks"]
+    assert all(row["identical_to_plain"] for row in tasks["copy"]["methods"].values())
+    assert all(row["identical_to_plain"] is None for row in tasks["demo-sampled"]["methods"].values())  # samples
+    for methods in (tasks["copy"]["methods"], tasks["demo-sampled"]["methods"]):
+        assert methods["plain"]["tokens_per_s"] > 0 and methods["draft"]["drafted"] > 0
+    big = results["big"]
+    assert big["oracle_k4"]["identical_to_plain"] and big["oracle_k4"]["acceptance_rate"] == 1.0
+    assert {(r["k"], r["q"]) for r in big["sweep"]} == {(2, 1.0), (2, 0.5), (4, 1.0), (4, 0.5)}
+    assert all(r["acceptance_rate"] == 1.0 for r in big["sweep"] if r["q"] == 1.0)
+    assert all(r["acceptance_rate"] < 1.0 for r in big["sweep"] if r["q"] == 0.5)
+    assert set(big["forward_cost"]) == {"1", "3", "5"}
+    assert len(results["checks"]) == 3
+    for name in ("speculative_shipped.png", "speculative_big.png"):
+        assert (tmp_path / "img" / name).read_bytes()[:4] == b"\x89PNG", name

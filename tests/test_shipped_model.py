@@ -1,6 +1,7 @@
 """The checkpoint this package ships (src/hf_recurrentgemma/assets/griffin-austen, trained by training/train.py) and
 the main job on it: the release layout, its conversion, a short generation equal to the reference's, and the demo
-command end to end."""
+command end to end; then its draft for speculative decoding (`draft-1m/`, beside it): layout, conversion, and
+speculative greedy decoding (with the draft, and with prompt lookup) giving plain greedy's tokens."""
 
 import os
 import subprocess
@@ -18,17 +19,29 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_recurrentgemma import PRESETS, GriffinConfig
 from hf_recurrentgemma.convert.pipeline import convert_checkpoint
-from hf_recurrentgemma.demo import BUNDLED_PRESET, BUNDLED_RELEASE, DEFAULT_PROMPT
+from hf_recurrentgemma.demo import (BUNDLED_CHECKPOINT, BUNDLED_DRAFT, BUNDLED_DRAFT_PRESET, BUNDLED_PRESET,
+                                    BUNDLED_RELEASE, DEFAULT_PROMPT, AcceptanceCounter)
 
-CHECKPOINT = BUNDLED_RELEASE / "6m"
+CHECKPOINT = BUNDLED_CHECKPOINT
+DRAFT = BUNDLED_RELEASE / BUNDLED_DRAFT
 TOKENIZER = BUNDLED_RELEASE / "tokenizer.model"
 STEPS = 24
+# A copy-heavy prompt (a passage, then its start again with one word changed). The 6M model does not copy it (it
+# writes its own sentence), so prompt lookup finds little here; the draft still agrees with it on many tokens.
+PASSAGE = "Sir Walter Elliot, of Kellynch Hall, in Somersetshire, was a man who never took up any book but one."
+COPY_PROMPT = f"{PASSAGE}\n\nSir Walter Elliot, of Kellynch Hall, in Devonshire, was"
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     out = tmp_path_factory.mktemp("shipped") / "griffin-austen-hf"
-    return convert_checkpoint(BUNDLED_RELEASE, out, preset=BUNDLED_PRESET, tokenizer=TOKENIZER, verify=True)
+    return convert_checkpoint(CHECKPOINT, out, preset=BUNDLED_PRESET, tokenizer=TOKENIZER, verify=True)
+
+
+@pytest.fixture(scope="module")
+def converted_draft(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shipped-draft") / "draft-hf"
+    return convert_checkpoint(DRAFT, out, preset=BUNDLED_DRAFT_PRESET, tokenizer=TOKENIZER, verify=True)
 
 
 def test_release_layout_is_the_original_one():
@@ -107,3 +120,61 @@ def test_main_job_takes_a_converted_folder_and_names_a_missing_model(converted, 
     missing = subprocess.run([sys.executable, "-m", "hf_recurrentgemma.demo", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "nope: no such checkpoint or folder" in missing.stderr
+
+
+def test_draft_ships_beside_the_model_in_the_release_layout():
+    assert (DRAFT / "_METADATA").is_file() or (DRAFT / "checkpoint").is_file(), "not an Orbax checkpoint"
+    card = (BUNDLED_RELEASE / "README.md").read_text()
+    assert f"`{BUNDLED_DRAFT}/`" in card and f"--preset {BUNDLED_DRAFT_PRESET}" in card
+    draft, target = PRESETS[BUNDLED_DRAFT_PRESET], PRESETS[BUNDLED_PRESET]
+    assert draft["vocab_size"] == target["vocab_size"]  # one tokenizer.model serves both
+    assert set(draft["block_types"]) == {"recurrent"}  # a Hawk
+
+
+def test_draft_converts_equal_to_the_reference(converted_draft):
+    assert converted_draft.source_format == "orbax" and converted_draft.verification.ok, converted_draft.verification
+    preset = GriffinConfig.from_preset(BUNDLED_DRAFT_PRESET)
+    for field in PRESETS[BUNDLED_DRAFT_PRESET]:
+        assert getattr(converted_draft.config, field) == getattr(preset, field), field
+    model = AutoModelForCausalLM.from_pretrained(converted_draft.out, dtype=torch.float32)
+    assert 0.8e6 <= sum(p.numel() for p in model.parameters()) <= 1.2e6
+
+
+def test_speculative_greedy_equals_plain_greedy(converted, converted_draft):
+    """Assisted decoding with the shipped draft and prompt lookup give plain greedy's tokens (float32, with the
+    demo's repetition penalty), and the draft's proposals are accepted often enough to matter."""
+    prompt = COPY_PROMPT
+    model = AutoModelForCausalLM.from_pretrained(converted.out, dtype=torch.float32).eval()
+    draft = AutoModelForCausalLM.from_pretrained(converted_draft.out, dtype=torch.float32).eval()
+    draft.generation_config.num_assistant_tokens = 5
+    inputs = AutoTokenizer.from_pretrained(converted.out)(prompt, return_tensors="pt")
+    greedy = dict(max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False, repetition_penalty=1.1)
+    plain = model.generate(**inputs, **greedy)
+    accepted = {}
+    for name, speculative in (("draft", dict(assistant_model=draft)), ("lookup", dict(prompt_lookup_num_tokens=5))):
+        counter = AcceptanceCounter()
+        with counter.watching(model):
+            out = model.generate(**inputs, **greedy, **speculative)
+        assert out.tolist() == plain.tolist(), name
+        assert counter.rounds > 0, name
+        accepted[name] = counter.accepted
+    assert accepted["draft"] >= STEPS // 4, accepted  # the trained draft agrees with the model on some tokens
+
+
+def test_demo_decodes_speculatively_with_the_same_text(tmp_path, monkeypatch, capsys):
+    """The demo with the shipped draft and with prompt lookup (in this process: the end-to-end subprocess run is
+    test_main_job_end_to_end): greedy text equal to plain decoding's, acceptance and speed-up printed."""
+    from hf_recurrentgemma import demo
+
+    monkeypatch.setattr(demo, "CACHE_ROOT", tmp_path)
+    args = ["--prompt", COPY_PROMPT, "--max-new-tokens", "12", "--greedy"]
+    assert demo.main(args + ["--assistant"]) == 0
+    out = capsys.readouterr().out
+    assert "speculative decoding: a 0.9M-parameter draft (2 blocks) proposes up to 6 tokens" in out
+    assert "acceptance:" in out and "the same text" in out and "speed-up" in out
+    assert demo.main(args + ["--prompt-lookup", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "prompt lookup proposes up to 4" in out and "the same text" in out
+    with pytest.raises(SystemExit):
+        demo.main(args + ["--prompt-lookup", "4", "--no-speculative"])
+    assert "not allowed with argument" in capsys.readouterr().err

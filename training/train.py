@@ -1,11 +1,17 @@
 """Train one of the three comparison models on the Austen corpus with `datasets` and `Trainer`.
 
     python training/train.py griffin --corpus corpus/ --tokenizer release/tokenizer.model --out runs/griffin \
-        [--tokens 2500000] [--batch-size 8] [--lr 2e-3]
+        [--tokens 2500000] [--batch-size 8] [--lr 2e-3] [--teacher FOLDER [--distill-weight 1.0]]
 
 Resumable: rerun the same command and it continues from the newest checkpoint in OUT. Every model sees the same
 tokens in the same order (same seed, same data pipeline), with the same schedule. At the end OUT holds `final/`
 (a `save_pretrained` folder) and `metrics.json` (tokens seen, held-out loss per evaluation, wall time).
+
+With `--teacher` (a converted model folder with the same tokenizer) the training loss is distilled: the
+Kullback-Leibler divergence from the teacher's next-token distribution to the student's, mixed with the usual
+cross-entropy as `w * KL + (1 - w) * CE`. That is how the draft for speculative decoding is trained: what counts is
+how often its guess equals the teacher's, not the corpus's (DistillSpec, arXiv 2310.08461). Held-out evaluation is
+always the plain cross-entropy on the corpus, so held-out losses compare across models.
 """
 
 import argparse
@@ -23,6 +29,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import ARCHS, TRAIN_LENGTH, build_model, parameter_count  # noqa: E402
+
+from hf_recurrentgemma import GriffinForCausalLM  # noqa: E402
 
 DOCUMENT_SEPARATOR = "\f"
 BOS, EOS = 2, 1
@@ -53,6 +61,29 @@ def token_blocks(texts: list[str], tokenizer_model: Path, length: int) -> Datase
     return data.map(group, batched=True, batch_size=len(texts), remove_columns=["ids"])
 
 
+class DistillationTrainer(Trainer):
+    """`Trainer` whose training loss is `w * KL(teacher || student) + (1 - w) * CE`; evaluation is plain CE."""
+
+    def __init__(self, *args, teacher, distill_weight: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.distill_weight = distill_weight
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        input_ids, labels = inputs["input_ids"], inputs["labels"]
+        outputs = model(input_ids=input_ids)
+        with torch.no_grad():
+            teacher_logits = self.teacher(input_ids=input_ids).logits[:, :-1].float()
+        student_logp = torch.log_softmax(outputs.logits[:, :-1].float(), dim=-1)  # (B, T-1, V) float32
+        teacher_logp = torch.log_softmax(teacher_logits, dim=-1)
+        kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1).mean()
+        ce = torch.nn.functional.nll_loss(student_logp.flatten(0, 1), labels[:, 1:].flatten())
+        loss = self.distill_weight * kl + (1 - self.distill_weight) * ce
+        return (loss, outputs) if return_outputs else loss
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("arch", choices=ARCHS)
@@ -65,7 +96,11 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-every", type=int, default=50, help="steps between held-out evaluations")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--teacher", type=Path, help="converted model folder to distil from (same tokenizer)")
+    parser.add_argument("--distill-weight", type=float, default=1.0, help="w in w * KL + (1 - w) * CE")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.distill_weight <= 1.0:
+        parser.error(f"--distill-weight must be in [0, 1], got {args.distill_weight}")
     torch.set_num_threads(args.threads)
 
     import sentencepiece as spm
@@ -90,8 +125,17 @@ def main(argv=None) -> int:
         save_steps=args.eval_every, save_total_limit=2, report_to=[], seed=args.seed, data_seed=args.seed,
         dataloader_num_workers=0, disable_tqdm=False,
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=heldout,
-                      data_collator=default_data_collator)
+    data = dict(model=model, args=training_args, train_dataset=train, eval_dataset=heldout,
+                data_collator=default_data_collator)
+    if args.teacher is None:
+        trainer = Trainer(**data)
+    else:
+        teacher = GriffinForCausalLM.from_pretrained(args.teacher, dtype=torch.float32)
+        if teacher.config.vocab_size != vocab_size:
+            parser.error(f"--teacher {args.teacher}: vocabulary of {teacher.config.vocab_size}, the tokenizer has "
+                         f"{vocab_size}")
+        print(f"distilling from {args.teacher} ({parameter_count(teacher):,} parameters), weight {args.distill_weight}")
+        trainer = DistillationTrainer(**data, teacher=teacher, distill_weight=args.distill_weight)
     start = time.time()
     last = get_last_checkpoint(str(args.out)) if args.out.is_dir() else None
     trainer.train(resume_from_checkpoint=last)
@@ -106,6 +150,8 @@ def main(argv=None) -> int:
         "train_length": TRAIN_LENGTH, "batch_size": args.batch_size, "steps": trainer.state.global_step,
         "tokens_seen": trainer.state.global_step * tokens_per_step, "lr": args.lr,
         "heldout_loss": final_eval["eval_loss"], "heldout_perplexity": math.exp(final_eval["eval_loss"]),
+        "teacher": str(args.teacher) if args.teacher else None,
+        "distill_weight": args.distill_weight if args.teacher else None,
         "heldout_tokens": len(heldout) * TRAIN_LENGTH, "wall_seconds_this_run": wall, "resumed_from": last,
         "evals": evals, "train_loss": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
     }

@@ -63,6 +63,12 @@ PRESETS: dict[str, dict] = {
         block_types=griffin_block_pattern(6), embeddings_scale_by_sqrt_dim=True, attention_window_size=128,
         logits_soft_cap=30.0,
     ),
+    # Its draft for speculative decoding: a Hawk (every block recurrent) on the same tokenizer (docs/speculative.md).
+    "griffin-austen-draft-1m": dict(
+        vocab_size=4096, hidden_size=128, intermediate_size=3 * 128, num_attention_heads=4, lru_width=128,
+        block_types=[RECURRENT] * 2, embeddings_scale_by_sqrt_dim=True, attention_window_size=128,
+        logits_soft_cap=30.0,
+    ),
 }
 # Instruction-tuned releases share the architecture of their base model.
 PRESETS["recurrentgemma-2b-it"] = PRESETS["recurrentgemma-2b"]
