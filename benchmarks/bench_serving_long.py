@@ -52,7 +52,8 @@ def gemma_config(griffin: dict, intermediate_size: int, max_positions: int):
         num_hidden_layers=griffin["num_hidden_layers"], num_attention_heads=heads,
         num_key_value_heads=griffin["num_key_value_heads"], head_dim=griffin["hidden_size"] // heads,
         max_position_embeddings=max_positions, tie_word_embeddings=True,
-        bos_token_id=griffin["bos_token_id"], eos_token_id=griffin["eos_token_id"], pad_token_id=griffin["pad_token_id"],
+        bos_token_id=griffin["bos_token_id"], eos_token_id=griffin["eos_token_id"],
+        pad_token_id=griffin["pad_token_id"],
     )
 
 
