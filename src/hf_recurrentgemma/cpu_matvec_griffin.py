@@ -18,14 +18,14 @@ used by `linear_cpu` only when asked for, since torch's own product is faster th
 to x's dtype: equal to F.linear within float32 accumulation order.
 """
 
-import ctypes
 import re
 from string import Template
 
 import torch
 
 from .cpu_widen_griffin import linear_widened, widen_applies
-from .kernel_build_griffin import CAPABILITIES, CompiledKernel, kernel_enabled, kernel_settings
+from .kernel_build_griffin import (CAPABILITIES, CompiledKernel, kernel_argtypes, kernel_enabled,
+                                   kernel_settings)
 
 MAX_ROWS = 16
 FLOAT_VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")  # float32 and int8 weights
@@ -286,11 +286,10 @@ def _source() -> str:
     return "\n".join(parts)
 
 
-_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 MATVEC_KERNEL = CompiledKernel("gemv", _source(), {
-    "matmul_bf16": (BF16_VARIANTS, [_P] * 4 + [_I64, _I64, _I64, _INT]),
-    "matmul_f32": (FLOAT_VARIANTS, [_P] * 4 + [_I64, _I64, _I64, _INT]),
-    "matmul_i8": (FLOAT_VARIANTS, [_P] * 6 + [_I64, _I64, _I64, _INT]),
+    "matmul_bf16": (BF16_VARIANTS, kernel_argtypes(4)),
+    "matmul_f32": (FLOAT_VARIANTS, kernel_argtypes(4)),
+    "matmul_i8": (FLOAT_VARIANTS, kernel_argtypes(6)),
 })
 
 

@@ -13,13 +13,12 @@ the latter with non-temporal stores for large outputs). Floating-point contracti
 are bit-identical to it in float32 and bfloat16.
 """
 
-import ctypes
 import re
 from string import Template
 
 import torch
 
-from .kernel_build_griffin import CompiledKernel, kernel_enabled
+from .kernel_build_griffin import CompiledKernel, kernel_argtypes, kernel_enabled
 from .scan_autograd_griffin import register_reverse_scan_autograd, scan_with_backend
 
 SCAN_VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")
@@ -157,11 +156,10 @@ def _source() -> str:
     return "\n".join(parts)
 
 
-_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 SCAN_KERNEL = CompiledKernel("scan", _source(), {
-    "scan_fwd_f32": (SCAN_VARIANTS, [_P] * 5 + [_I64, _I64, _I64, _INT]),
-    "scan_fwd_bf16": (SCAN_VARIANTS, [_P] * 5 + [_I64, _I64, _I64, _INT]),
-    "scan_bwd_f32": (SCAN_VARIANTS, [_P] * 8 + [_I64, _I64, _I64, _INT]),
+    "scan_fwd_f32": (SCAN_VARIANTS, kernel_argtypes(5)),
+    "scan_fwd_bf16": (SCAN_VARIANTS, kernel_argtypes(5)),
+    "scan_bwd_f32": (SCAN_VARIANTS, kernel_argtypes(8)),
 })
 
 

@@ -195,6 +195,12 @@ def _warn_once(config: tuple, name: str, reason: str) -> None:
                   stacklevel=4)
 
 
+def kernel_argtypes(pointers: int) -> list:
+    """The ctypes signature every kernel entry point shares: `pointers` data pointers, then three sizes (int64)
+    and the thread count (int)."""
+    return [ctypes.c_void_p] * pointers + [ctypes.c_int64] * 3 + [ctypes.c_int]
+
+
 class CompiledKernel:
     """One C source, built on first use for each build configuration (compiler and flags) and kept loaded.
 
