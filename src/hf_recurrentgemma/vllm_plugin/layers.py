@@ -47,6 +47,15 @@ def _shard(param: nn.Parameter, axis: int) -> nn.Parameter:
     return param
 
 
+def _heads_per_rank(config: GriffinConfig, role: str) -> int:
+    """This rank's share of the `num_attention_heads` heads (`role` says what they are in the calling layer)."""
+    tp = get_tensor_model_parallel_world_size()
+    if config.num_attention_heads % tp:
+        raise ValueError(f"num_attention_heads={config.num_attention_heads}{role} is not divisible by "
+                         f"tensor_parallel_size={tp}")
+    return config.num_attention_heads // tp
+
+
 class GriffinMLP(nn.Module):
     """`down(gelu(gate(x)) * up(x))` with gate and up stacked in one column-parallel GEMM."""
 
@@ -69,11 +78,7 @@ class GriffinAttention(nn.Module):
 
     def __init__(self, config: GriffinConfig, cache_config, quant_config, prefix: str):
         super().__init__()
-        tp = get_tensor_model_parallel_world_size()
-        if config.num_attention_heads % tp:
-            raise ValueError(f"num_attention_heads={config.num_attention_heads} is not divisible by "
-                             f"tensor_parallel_size={tp}")
-        self.num_heads = config.num_attention_heads // tp
+        self.num_heads = _heads_per_rank(config, "")
         self.head_dim = config.head_dim
         self.rope_dim = int(self.head_dim * config.partial_rotary_factor)
         self.rope_theta = config.rope_theta
@@ -137,21 +142,18 @@ class GriffinRecurrentBlock(MambaBase, nn.Module):
 
     def __init__(self, config: GriffinConfig, model_config, cache_config, prefix: str):
         super().__init__()
-        tp = get_tensor_model_parallel_world_size()
-        if config.num_attention_heads % tp:
-            raise ValueError(f"num_attention_heads={config.num_attention_heads} (the RG-LRU's gate blocks) is not "
-                             f"divisible by tensor_parallel_size={tp}")
+        heads = _heads_per_rank(config, " (the RG-LRU's gate blocks)")
         self.config = config
         self.model_config = model_config
         self.cache_config = cache_config
         self.prefix = prefix
         d, width = config.hidden_size, config.lru_width
-        local = width // tp
+        local = width // get_tensor_model_parallel_world_size()
         self.linear_y = ColumnParallelLinear(d, width, bias=True, prefix=f"{prefix}.linear_y")
         self.linear_x = ColumnParallelLinear(d, width, bias=True, prefix=f"{prefix}.linear_x")
         self.linear_out = RowParallelLinear(width, d, bias=True, prefix=f"{prefix}.linear_out")
         self.conv_1d = _Conv1d(config.conv1d_width, local)
-        self.rg_lru = _RGLRU(local, config.num_attention_heads // tp)
+        self.rg_lru = _RGLRU(local, heads)
 
         vllm_config = get_current_vllm_config()
         if vllm_config.num_speculative_tokens:
