@@ -132,6 +132,11 @@ def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
+def prompt_ids(length: int, seed: int) -> torch.Tensor:
+    """(1, length) random token ids of the tiny test vocabulary (97), above the special ids 0-3."""
+    return torch.randint(4, 97, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = LOGIT_TOL, what: str = "logits"):
     """Asserts and reports the size of the error, not just pass/fail."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"

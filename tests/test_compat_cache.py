@@ -6,7 +6,7 @@ logits whichever name the user passes where the release accepts it. Runs on both
 
 import pytest
 import torch
-from reference_helpers import CASES, assert_close, reference_and_ours
+from reference_helpers import CASES, assert_close, prompt_ids, reference_and_ours
 
 from hf_recurrentgemma import GriffinCache
 from hf_recurrentgemma.compat_griffin import CACHE_NAME, move_generation_cache, take_cache
@@ -20,14 +20,10 @@ def model():
     return ours
 
 
-def _prompt(length, seed):
-    return torch.randint(4, 97, (1, length), generator=torch.Generator().manual_seed(seed))
-
-
 def test_outputs_carry_the_cache_under_both_names(model):
     with torch.no_grad():
-        out = model(_prompt(7, 0), use_cache=True)
-        base = model.model(_prompt(7, 0), use_cache=True)
+        out = model(prompt_ids(7, 0), use_cache=True)
+        base = model.model(prompt_ids(7, 0), use_cache=True)
     for output in (out, base):
         assert isinstance(output.cache, GriffinCache)
         assert getattr(output, CACHE_NAME) is output.cache
@@ -42,7 +38,7 @@ def test_generate_passes_one_cache_under_this_releases_name(model):
 
     handle = model.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        out = model.generate(_prompt(9, 1), max_new_tokens=NEW, do_sample=False, return_dict_in_generate=True)
+        out = model.generate(prompt_ids(9, 1), max_new_tokens=NEW, do_sample=False, return_dict_in_generate=True)
     finally:
         handle.remove()
     assert len(seen) == NEW
@@ -54,10 +50,10 @@ def test_generate_passes_one_cache_under_this_releases_name(model):
 
 def test_users_cache_argument_reaches_generate_on_every_release(model):
     """generate(cache=...) continues the user's cache (filed under this release's name) and returns it."""
-    prompt = _prompt(8, 2)
+    prompt = prompt_ids(8, 2)
     with torch.no_grad():
         cache = model(prompt, use_cache=True).cache
-    follow = torch.cat([prompt, _prompt(3, 3)], dim=1)
+    follow = torch.cat([prompt, prompt_ids(3, 3)], dim=1)
     continued = model.generate(follow, cache=cache, max_new_tokens=NEW, do_sample=False,
                                return_dict_in_generate=True)
     assert getattr(continued, CACHE_NAME) is cache
@@ -65,7 +61,7 @@ def test_users_cache_argument_reaches_generate_on_every_release(model):
 
 
 def test_continuation_through_either_accepted_name(model):
-    prompt, more = _prompt(8, 4), _prompt(3, 5)
+    prompt, more = prompt_ids(8, 4), prompt_ids(3, 5)
     with torch.no_grad():
         full = model(torch.cat([prompt, more], dim=1)).logits[:, -3:]
         by_cache = model(more, cache=model(prompt, use_cache=True).cache, use_cache=True).logits

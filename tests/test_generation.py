@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from reference_helpers import CASES, assert_close, reference_and_ours
+from reference_helpers import CASES, assert_close, prompt_ids, reference_and_ours
 from transformers.generation.streamers import BaseStreamer
 
 from hf_recurrentgemma import GriffinCache
@@ -20,10 +20,6 @@ def model():
     # The Griffin case with a window (6) shorter than prompt + generation, so generation crosses the window.
     _, ours = reference_and_ours(CASES[0], seed=3)
     return ours
-
-
-def _prompt(length, seed):
-    return torch.randint(4, 97, (1, length), generator=torch.Generator().manual_seed(seed))
 
 
 def _left_pad(rows, pad_id=0):
@@ -45,13 +41,13 @@ def _uncached_greedy(model, ids, steps):
 
 
 def test_greedy_equals_uncached_argmax(model):
-    prompt = _prompt(PROMPT, 0)
+    prompt = prompt_ids(PROMPT, 0)
     out = model.generate(prompt, max_new_tokens=NEW, do_sample=False)
     assert torch.equal(out, _uncached_greedy(model, prompt, NEW))
 
 
 def test_left_padded_batch_equals_each_prompt_alone(model):
-    rows = [_prompt(n, seed) for n, seed in [(PROMPT, 1), (3, 2), (1, 3), (7, 4)]]
+    rows = [prompt_ids(n, seed) for n, seed in [(PROMPT, 1), (3, 2), (1, 3), (7, 4)]]
     ids, mask = _left_pad(rows)
     batched = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False,
                              output_scores=True, return_dict_in_generate=True)
@@ -64,7 +60,7 @@ def test_left_padded_batch_equals_each_prompt_alone(model):
 
 
 def test_sampling_with_cache_equals_without(model):
-    prompt = _prompt(PROMPT, 5)
+    prompt = prompt_ids(PROMPT, 5)
     torch.manual_seed(123)
     cached = model.generate(prompt, max_new_tokens=NEW, do_sample=True, top_k=20)
     torch.manual_seed(123)
@@ -73,7 +69,7 @@ def test_sampling_with_cache_equals_without(model):
 
 
 def test_beam_search_cached_equals_uncached(model):
-    rows = [_prompt(PROMPT, 6), _prompt(4, 7)]
+    rows = [prompt_ids(PROMPT, 6), prompt_ids(4, 7)]
     ids, mask = _left_pad(rows)
     kwargs = dict(attention_mask=mask, max_new_tokens=NEW, num_beams=3, num_return_sequences=2, do_sample=False,
                   output_scores=True, return_dict_in_generate=True)
@@ -84,7 +80,7 @@ def test_beam_search_cached_equals_uncached(model):
 
 
 def test_chunked_prefill_equals_one_prefill(model):
-    prompt = _prompt(20, 8)
+    prompt = prompt_ids(20, 8)
     one = model.generate(prompt, max_new_tokens=NEW, do_sample=False, output_scores=True,
                          return_dict_in_generate=True)
     chunked = model.generate(prompt, max_new_tokens=NEW, do_sample=False, prefill_chunk_size=6, output_scores=True,
@@ -95,11 +91,11 @@ def test_chunked_prefill_equals_one_prefill(model):
 
 
 def test_continue_from_returned_cache(model):
-    prompt = _prompt(PROMPT, 9)
+    prompt = prompt_ids(PROMPT, 9)
     first = model.generate(prompt, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
     returned = getattr(first, CACHE_NAME)  # generate()'s output names the cache as the installed Transformers does
     assert isinstance(returned, GriffinCache)
-    follow_up = torch.cat([first.sequences, _prompt(3, 10)], dim=1)
+    follow_up = torch.cat([first.sequences, prompt_ids(3, 10)], dim=1)
     continued = model.generate(follow_up, cache=returned, max_new_tokens=NEW, do_sample=False)
     from_scratch = model.generate(follow_up, max_new_tokens=NEW, do_sample=False)
     assert torch.equal(continued, from_scratch)
@@ -107,7 +103,7 @@ def test_continue_from_returned_cache(model):
 
 def test_interleaved_generations_on_one_model(model):
     """Two caches advanced in turns give what each gives alone: no state is kept on the model."""
-    a, b = _prompt(PROMPT, 11), _prompt(5, 12)
+    a, b = prompt_ids(PROMPT, 11), prompt_ids(5, 12)
     with torch.no_grad():
         out_a, out_b = model(a, use_cache=True), model(b, use_cache=True)
         cache_a, cache_b = out_a.cache, out_b.cache
@@ -123,7 +119,7 @@ def test_interleaved_generations_on_one_model(model):
 
 
 def test_eos_stops_generation(model):
-    prompt = _prompt(PROMPT, 13)
+    prompt = prompt_ids(PROMPT, 13)
     free = model.generate(prompt, max_new_tokens=NEW, do_sample=False)
     generated = free[0, PROMPT:].tolist()
     eos = generated[-1]
@@ -145,7 +141,7 @@ class _Collect(BaseStreamer):
 
 
 def test_streaming_yields_each_token(model):
-    prompt = _prompt(PROMPT, 14)
+    prompt = prompt_ids(PROMPT, 14)
     streamer = _Collect()
     out = model.generate(prompt, max_new_tokens=NEW, do_sample=False, streamer=streamer)
     assert streamer.ended
@@ -155,7 +151,7 @@ def test_streaming_yields_each_token(model):
 
 def test_prompt_longer_than_window_and_cache_is_fixed_size(model):
     window = model.config.attention_window_size
-    short, long = _prompt(window - 2, 15), _prompt(5 * window, 16)
+    short, long = prompt_ids(window - 2, 15), prompt_ids(5 * window, 16)
     sizes = []
     for prompt in (short, long):
         out = model.generate(prompt, max_new_tokens=NEW, do_sample=False, return_dict_in_generate=True)
@@ -165,7 +161,7 @@ def test_prompt_longer_than_window_and_cache_is_fixed_size(model):
 
 
 def test_static_cache_implementation_and_compiled_decode_step(model):
-    prompt = _prompt(PROMPT, 17)
+    prompt = prompt_ids(PROMPT, 17)
     static = model.generate(prompt, max_new_tokens=NEW, do_sample=False, cache_implementation="static")
     assert torch.equal(static, _uncached_greedy(model, prompt, NEW))
 
@@ -195,7 +191,7 @@ def test_compiled_decode_step_compiles_once(model):
         return graph_module.forward
 
     torch._dynamo.reset()
-    prompt = _prompt(PROMPT, 23)
+    prompt = prompt_ids(PROMPT, 23)
     with torch.no_grad():
         out = model(prompt, use_cache=True)
         cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
@@ -210,7 +206,7 @@ def test_wrong_cache_type_is_refused(model):
     from transformers import DynamicCache
 
     with pytest.raises(TypeError, match="GriffinCache"):
-        model(_prompt(3, 0), cache=DynamicCache(), use_cache=True)
+        model(prompt_ids(3, 0), cache=DynamicCache(), use_cache=True)
 
 
 def test_generate_compiles_the_decode_step_with_a_static_cache(model):
@@ -228,7 +224,7 @@ def test_generate_compiles_the_decode_step_with_a_static_cache(model):
     assert config._compile_all_devices is None  # the user's object is left as it was
     assert model._valid_auto_compile_criteria(cache, GenerationConfig(compile_config=config, disable_compile=True)) is False
 
-    prompt = _prompt(PROMPT, 19)
+    prompt = prompt_ids(PROMPT, 19)
     compiled = model.generate(prompt, max_new_tokens=NEW, do_sample=False, cache_implementation="static",
                               compile_config=config)
     assert model.__dict__.get("_compiled_call") is not None
@@ -269,4 +265,4 @@ def test_cache_of_another_architecture_is_refused(model):
     other["attention_window_size"] += 1
     cache = GriffinCache(type(model.config).from_dict(other))
     with pytest.raises(ValueError, match="another architecture"):
-        model(_prompt(3, 0), cache=cache, use_cache=True)
+        model(prompt_ids(3, 0), cache=cache, use_cache=True)
