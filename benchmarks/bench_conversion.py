@@ -46,7 +46,7 @@ def synthetic_state(vocab: int, width: int, layers: int, seed: int = 0) -> dict:
     """A reference torch state dict (float32, random values) of a Griffin with the usual 2:1 block pattern."""
     import torch
 
-    from hf_recurrentgemma.configuration_griffin import griffin_block_pattern
+    from hf_recurrentgemma.griffin.configuration_griffin import griffin_block_pattern
 
     torch.manual_seed(seed)
     heads, mlp, lru = 8, 3 * width, width

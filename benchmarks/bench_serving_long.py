@@ -78,7 +78,7 @@ def griffin_bytes_per_sequence(config: dict, dtype: str) -> dict:
     from), per attention block K and V of its window, `attention_span(W)` tokens, in the model dtype."""
     from types import SimpleNamespace
 
-    from hf_recurrentgemma.ops_griffin import RECURRENT_STATE_DTYPE, attention_span, recurrent_state_shapes
+    from hf_recurrentgemma.griffin.ops_griffin import RECURRENT_STATE_DTYPE, attention_span, recurrent_state_shapes
 
     conv, h = recurrent_state_shapes(SimpleNamespace(**config))
     per_recurrent = math.prod(conv) * DTYPE_BYTES[dtype] + math.prod(h) * RECURRENT_STATE_DTYPE.itemsize

@@ -51,7 +51,7 @@ from common import busy_warning, greedy_kwargs, machine, time_interleaved  # noq
 from models import random_griffin  # noqa: E402
 
 from hf_recurrentgemma import PRESETS, GriffinCache, GriffinConfig  # noqa: E402
-from hf_recurrentgemma.configuration_griffin import griffin_block_pattern  # noqa: E402
+from hf_recurrentgemma.griffin.configuration_griffin import griffin_block_pattern  # noqa: E402
 from hf_recurrentgemma.demo import (BUNDLED_DRAFT, BUNDLED_DRAFT_PRESET, BUNDLED_PRESET, BUNDLED_RELEASE,  # noqa: E402
                                     DEFAULT_PROMPT, SAMPLING_DEFAULTS, AcceptanceCounter)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from hf_recurrentgemma.cpu_matvec_griffin import _matmul_rows_int8_op, linear_cpu, matvec_variant  # noqa: E402
+from hf_recurrentgemma.griffin.cpu_matvec_griffin import _matmul_rows_int8_op, linear_cpu, matvec_variant  # noqa: E402
 
 SHAPES = [(2560, 2560)] * 3 + [(7680, 2560), (7680, 2560), (2560, 7680)]  # (out, in) of one block pair
 

@@ -10,7 +10,7 @@ Checks, in order (each records pass / fail / error / skipped with its message; a
   the command that installs them there); checks that need the package are then skipped, the Triton scan still runs.
 - triton_scan: `scan_triton_griffin.rnn_scan_triton` against `ops_griffin.rnn_scan_sequential`, forward and
   backward (x, a and h0), with document resets and a random h0, float32 and bfloat16. On CPU the kernels run in
-  Triton's interpreter in a subprocess (as tests/test_scan_triton.py does).
+  Triton's interpreter in a subprocess (as tests/ops/test_scan_triton.py does).
 - logits_vs_cpu_fp32: model logits on the device against CPU float32 with the sequential scan, same random
   weights, a prompt longer than the window with a document start, then cached decoding steps (TF32 off).
 - bf16_generation: greedy `generate()` in bfloat16 on the device; the cached logits against an uncached forward
@@ -52,7 +52,7 @@ if importlib.util.find_spec("hf_recurrentgemma") is None:  # a checkout copied t
     sys.path.append(os.path.join(ROOT, "src"))
 FILES = ("gpu_check.json", "gpu_check.txt")
 LOGIT_TOL = 5e-5  # float32 logits, the reference tolerance (tests/reference_helpers.py)
-BF16_CACHED_TOL = 1.0  # bfloat16 logits (soft cap 30): the stated bf16 bound of tests/test_long_runs.py
+BF16_CACHED_TOL = 1.0  # bfloat16 logits (soft cap 30): the stated bf16 bound of tests/model/test_long_runs.py
 # Estimated seconds per check (cuda, cpu dry run): a check is skipped when it would not fit in what is left.
 ESTIMATES = {"requirements": (1, 1), "triton_scan": (40, 15), "logits_vs_cpu_fp32": (20, 3),
              "bf16_generation": (20, 3), "compiled_decoding": (120, 10), "bench_prefill": (60, 5),
@@ -314,7 +314,7 @@ def check_logits(ctx) -> dict:
 
 
 def _auto_scan(ctx, dtype) -> str:
-    from hf_recurrentgemma import ops_griffin
+    from hf_recurrentgemma.griffin import ops_griffin
 
     return ops_griffin.resolve_scan_backend("auto", ctx.device, dtype)
 

@@ -12,7 +12,7 @@ from transformers import GemmaConfig, GemmaForCausalLM, RecurrentGemmaConfig, Re
 from transformers.initialization import no_init_weights
 
 from hf_recurrentgemma import GriffinConfig, GriffinForCausalLM
-from hf_recurrentgemma.configuration_griffin import ATTENTION, griffin_block_pattern
+from hf_recurrentgemma.griffin.configuration_griffin import ATTENTION, griffin_block_pattern
 from hf_recurrentgemma.convert import griffin_from_reference
 from hf_recurrentgemma.convert.builtin import builtin_dict_from_griffin, ours_to_builtin
 

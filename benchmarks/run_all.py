@@ -109,7 +109,7 @@ class Context:
 
 def auto_scan_backends(device) -> dict[str, str]:
     """What the model's `auto` scan backend resolves to here, per dtype (where the package can tell)."""
-    from hf_recurrentgemma import ops_griffin
+    from hf_recurrentgemma.griffin import ops_griffin
 
     resolve = getattr(ops_griffin, "resolve_scan_backend", None)
     if resolve is None:
@@ -168,7 +168,7 @@ def main(argv=None) -> dict:
     warning = busy_warning(info)
     if warning:
         print(warning, flush=True)
-    from hf_recurrentgemma import ops_griffin
+    from hf_recurrentgemma.griffin import ops_griffin
 
     info["scan_auto"] = auto_scan_backends(device)
     runnable = [n for n in ops_griffin.SCAN_BACKENDS if ops_griffin.scan_backend_available(n, torch.device(device)) is None]

@@ -25,7 +25,7 @@ import time
 import torch
 
 from hf_recurrentgemma import GriffinConfig, GriffinForCausalLM
-from hf_recurrentgemma.configuration_griffin import griffin_block_pattern
+from hf_recurrentgemma.griffin.configuration_griffin import griffin_block_pattern
 
 
 def small_model(vocab_size: int, seed: int = 0) -> GriffinForCausalLM:

@@ -2,8 +2,8 @@
 # by scripts/test_versions.sh (sourced by both): parity with the reference, generate() in every mode, cache
 # continuation, save/load and the Hub code, conversion from the PyTorch release and to and from the built-in
 # format, and both compat files. What stays at the top only, and why: docs/compatibility.md.
-core_tests=(tests/test_parity.py tests/test_generation.py tests/test_model_io.py tests/test_conversion_torch.py
-            tests/test_conversion_builtin.py tests/test_compat.py tests/test_compat_cache.py
+core_tests=(tests/model/test_parity.py tests/model/test_generation.py tests/model/test_model_io.py tests/conversion/test_conversion_torch.py
+            tests/conversion/test_conversion_builtin.py tests/model/test_compat.py tests/model/test_compat_cache.py
             # the JAX reference's own Flax parameters through our conversion: no Transformers code beyond what the
             # other parity tests run, and a fifth of the core's time
-            --deselect "tests/test_parity.py::test_flax_parameters_match_the_jax_reference")
+            --deselect "tests/model/test_parity.py::test_flax_parameters_match_the_jax_reference")

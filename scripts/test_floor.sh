@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/core_tests.sh
-vllm_tests=(tests/test_vllm.py tests/test_vllm_server.py)
+vllm_tests=(tests/serving/test_vllm.py tests/serving/test_vllm_server.py)
 mode="${1:-}"
 if [[ "$mode" != "--skip-install" ]]; then
     python3 -m venv .venv-floor

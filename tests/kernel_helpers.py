@@ -1,12 +1,12 @@
 """How tests choose which optional CPU kernel runs: `force_variant` sets the switches of
-`hf_recurrentgemma.kernel_build_griffin` for one test (they are read at every call), whatever the environment the
+`hf_recurrentgemma.griffin.kernel_build_griffin` for one test (they are read at every call), whatever the environment the
 suite runs under (`HF_RECURRENTGEMMA_CPU_KERNELS=off` or a `HF_RECURRENTGEMMA_CPU_ISA` cap, see .ci/run), so each
 variant this CPU can run is tested in every run."""
 
 import pytest
 
-from hf_recurrentgemma.cpu_matvec_griffin import supported_variants
-from hf_recurrentgemma.cpu_scan_griffin import SCAN_KERNEL, SCAN_VARIANTS
+from hf_recurrentgemma.griffin.cpu_matvec_griffin import supported_variants
+from hf_recurrentgemma.griffin.cpu_scan_griffin import SCAN_KERNEL, SCAN_VARIANTS
 
 SCAN_VARIANTS_HERE = [v for v in SCAN_KERNEL.supported() if v in SCAN_VARIANTS]
 

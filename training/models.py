@@ -18,7 +18,7 @@ would copy from is mostly found by prompt lookup anyway.
 from transformers import GemmaConfig, GemmaForCausalLM
 
 from hf_recurrentgemma import GriffinConfig, GriffinForCausalLM
-from hf_recurrentgemma.configuration_griffin import ATTENTION, RECURRENT, griffin_block_pattern
+from hf_recurrentgemma.griffin.configuration_griffin import ATTENTION, RECURRENT, griffin_block_pattern
 
 ARCHS = ("griffin", "hawk", "transformer", "hawk-draft")
 WIDTH, DEPTH, HEADS, MLP_EXPANSION = 256, 6, 4, 3

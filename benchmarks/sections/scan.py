@@ -20,7 +20,7 @@ TARGET = 10.0
 
 def backends(device) -> dict:
     """The backends that run on `device` (a CUDA-only one is left out on CPU, and the other way round)."""
-    from hf_recurrentgemma import ops_griffin
+    from hf_recurrentgemma.griffin import ops_griffin
 
     device = torch.device(device)
     return {name: fn for name, fn in ops_griffin.SCAN_BACKENDS.items()

@@ -6,10 +6,10 @@ Importing the package registers `model_type="griffin"` with `AutoConfig`, `AutoM
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .cache_griffin import GriffinCache
-from .configuration_griffin import PRESETS, GriffinConfig
+from .griffin.cache_griffin import GriffinCache
+from .griffin.configuration_griffin import PRESETS, GriffinConfig
 from .convert.builtin import register_builtin_loader
-from .modeling_griffin import GriffinForCausalLM, GriffinModel, GriffinPreTrainedModel
+from .griffin.modeling_griffin import GriffinForCausalLM, GriffinModel, GriffinPreTrainedModel
 
 __version__ = "0.1.0"
 

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 from .commands import chat, generate, perplexity
-from .configuration_griffin import PRESETS
+from .griffin.configuration_griffin import PRESETS
 from .convert.builtin import export_builtin
 from .convert.finite import NonFiniteWeightsWarning
 from .convert.orbax_release import export_orbax

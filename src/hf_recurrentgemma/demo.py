@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline, set_seed
 
-from .cache_griffin import GriffinCache
+from .griffin.cache_griffin import GriffinCache
 
 BUNDLED_RELEASE = Path(__file__).with_name("assets") / "griffin-austen"
 BUNDLED_PRESET = "griffin-austen-6m"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..cache_griffin import GriffinCache
+from ..griffin.cache_griffin import GriffinCache
 from .generate import (
     add_sampling_arguments,
     add_speculation_arguments,

@@ -38,7 +38,7 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "cpu"):
         dtype: "auto" (as stored) or one of `DTYPES`.
         device: where the weights go.
     """
-    from ..modeling_griffin import GriffinForCausalLM
+    from ..griffin.modeling_griffin import GriffinForCausalLM
 
     path = str(path)
     check_model_folder(path)

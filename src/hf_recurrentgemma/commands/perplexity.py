@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..cache_griffin import GriffinCache
-from ..ops_griffin import soft_cap_logits
+from ..griffin.cache_griffin import GriffinCache
+from ..griffin.ops_griffin import soft_cap_logits
 from .loading import CommandError, add_model_arguments, load_model, load_tokenizer
 
 # Local files by extension -> the `datasets` builder that reads them.

@@ -32,8 +32,8 @@ from transformers.conversion_mapping import register_checkpoint_conversion_mappi
 from transformers.core_model_loading import ConversionOps, WeightConverter, WeightRenaming
 from transformers.utils.hub import convert_file_size_to_int
 
-from ..configuration_griffin import ATTENTION, PRESETS, RECURRENT, GriffinConfig
-from ..modeling_griffin import GriffinPreTrainedModel
+from ..griffin.configuration_griffin import ATTENTION, PRESETS, RECURRENT, GriffinConfig
+from ..griffin.modeling_griffin import GriffinPreTrainedModel
 from .errors import ConversionError
 from .keymap import Rule, expected_shapes, from_ours, rename, to_ours
 from .safetensors_folder import CONFIG, DTYPES, INDEX, FolderReader, folder_config, read_griffin_folder

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..configuration_griffin import ATTENTION, GriffinConfig
-from ..modeling_griffin import GriffinForCausalLM
+from ..griffin.configuration_griffin import ATTENTION, GriffinConfig
+from ..griffin.modeling_griffin import GriffinForCausalLM
 from .errors import KeyMismatchError
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..configuration_griffin import GriffinConfig
+from ..griffin.configuration_griffin import GriffinConfig
 from .errors import ConversionError, first_line
 from .keymap import rules_for
 from .reference import flax_key_to_torch, numpy_to_torch

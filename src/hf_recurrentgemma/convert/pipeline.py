@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..configuration_griffin import GriffinConfig
+from ..griffin.configuration_griffin import GriffinConfig
 from .errors import ConversionError, first_line
 from .finite import NonFiniteWeightsWarning
 from .formats import detect_source

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..configuration_griffin import ATTENTION, PRESETS, RECURRENT, GriffinConfig
-from ..modeling_griffin import GriffinForCausalLM
+from ..griffin.configuration_griffin import ATTENTION, PRESETS, RECURRENT, GriffinConfig
+from ..griffin.modeling_griffin import GriffinForCausalLM
 from .errors import KeyMismatchError
 from .keymap import reference_to_ours
 

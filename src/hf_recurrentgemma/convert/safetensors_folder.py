@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..configuration_griffin import GriffinConfig
+from ..griffin.configuration_griffin import GriffinConfig
 from .errors import ConversionError, KeyMismatchError, first_line
 from .keymap import check_keys, expected_shapes, tied_extras
 

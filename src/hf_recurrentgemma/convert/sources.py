@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from huggingface_hub.errors import StrictDataclassError
 
-from ..configuration_griffin import GriffinConfig
+from ..griffin.configuration_griffin import GriffinConfig
 from .errors import ConversionError, KeyMismatchError
 from .finite import check_outputs
 from .keymap import Rule, check_keys, expected_shapes, ours_to_reference, rules_for, source_shapes, tied_extras

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..configuration_griffin import ATTENTION, GriffinConfig
+from ..griffin.configuration_griffin import ATTENTION, GriffinConfig
 
 TOLERANCE = 5e-5  # float32; the reference's own JAX-vs-torch difference is ~7e-6
 
@@ -66,7 +66,7 @@ def _load_quietly(folder: Path, allow_nonfinite: bool):
 
     from transformers.utils import logging as hf_logging
 
-    from ..modeling_griffin import GriffinForCausalLM
+    from ..griffin.modeling_griffin import GriffinForCausalLM
 
     bar_was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..configuration_griffin import GriffinConfig
+from ..griffin.configuration_griffin import GriffinConfig
 from .errors import ConversionError
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -182,7 +182,7 @@ def write_config_files(folder: Path, config: GriffinConfig, dtype: torch.dtype,
     from transformers import GenerationConfig
     from transformers.dynamic_module_utils import custom_object_save
 
-    from ..modeling_griffin import GriffinForCausalLM
+    from ..griffin.modeling_griffin import GriffinForCausalLM
 
     config.architectures = ["GriffinForCausalLM"]
     config.dtype = dtype

@@ -3,7 +3,7 @@ switch that keeps prefix caching off for Griffin."""
 
 import logging
 
-from ..configuration_griffin import GriffinConfig
+from ..griffin.configuration_griffin import GriffinConfig
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _make_hook():
 
 def register_config_hooks(architectures) -> None:
     """Adds the hook to vLLM's per-architecture table (`MODELS_CONFIG_MAP`, the one place vLLM asks a model for
-    its config defaults; not a public API, checked by tests/test_vllm.py on every run)."""
+    its config defaults; not a public API, checked by tests/serving/test_vllm.py on every run)."""
     from vllm.model_executor.models.config import MODELS_CONFIG_MAP
 
     hook = None

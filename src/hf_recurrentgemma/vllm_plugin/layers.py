@@ -25,9 +25,9 @@ from vllm.model_executor.model_loader.weight_utils import sharded_weight_loader
 from vllm.model_executor.utils import set_weight_attrs
 from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 
-from ..configuration_griffin import GriffinConfig
-from ..layers_griffin import BlockDiagonalLinear, gelu
-from ..ops_griffin import (
+from ..griffin.configuration_griffin import GriffinConfig
+from ..griffin.layers_griffin import BlockDiagonalLinear, gelu
+from ..griffin.ops_griffin import (
     RECURRENT_STATE_DTYPE,
     attention_span,
     causal_conv1d,

@@ -17,8 +17,8 @@ from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmb
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 
-from ..configuration_griffin import ATTENTION
-from ..ops_griffin import RECURRENT_STATE_DTYPE, recurrent_state_shapes, scale_embeddings, soft_cap_logits
+from ..griffin.configuration_griffin import ATTENTION
+from ..griffin.ops_griffin import RECURRENT_STATE_DTYPE, recurrent_state_shapes, scale_embeddings, soft_cap_logits
 from .config import griffin_config
 from .layers import GriffinAttention, GriffinMLP, GriffinRecurrentBlock
 

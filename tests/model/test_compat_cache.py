@@ -9,7 +9,7 @@ import torch
 from reference_helpers import CASES, assert_close, prompt_ids, reference_and_ours
 
 from hf_recurrentgemma import GriffinCache
-from hf_recurrentgemma.compat_griffin import CACHE_NAME, move_generation_cache, take_cache
+from hf_recurrentgemma.griffin.compat_griffin import CACHE_NAME, move_generation_cache, take_cache
 
 NEW = 4
 

@@ -165,7 +165,7 @@ def test_conversion_scripts_are_thin_wrappers(tmp_path, monkeypatch):
 
     case = CASES[2]
     save_torch_checkpoint(case, tmp_path / "src.pt")
-    script = Path(__file__).parents[1] / "conversion" / "convert_checkpoint.py"
+    script = Path(__file__).parents[2] / "conversion" / "convert_checkpoint.py"
     monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "src.pt"), str(tmp_path / "out"),
                                       *hyper_flags(case), "--quiet"])
     with pytest.raises(SystemExit) as exit_info:

@@ -15,8 +15,8 @@ from transformers.generation import GenerationMixin
 import hf_recurrentgemma
 from reference_helpers import MODEL_CODE
 
-COMPAT = Path(hf_recurrentgemma.__file__).parent / "compat_griffin.py"
-ROOT = Path(__file__).resolve().parent.parent
+COMPAT = Path(hf_recurrentgemma.__file__).parent / "griffin" / "compat_griffin.py"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_fresh():
@@ -99,3 +99,14 @@ def test_compat_ships_with_the_model_code():
         source = (COMPAT.parent / name).read_text()
         assert "from transformers.utils.generic" not in source and "from transformers.modeling_layers" not in source, \
             f"{name} imports a Transformers internal directly instead of through compat_griffin.py"
+
+
+def test_remote_code_folder_is_exactly_the_shipped_files():
+    """`hf_recurrentgemma/griffin/` holds the model files a saved folder carries and nothing else, and they import
+    each other only relatively (a `from ..x` or `hf_recurrentgemma.` import would break in a Hub copy)."""
+    folder = COMPAT.parent
+    assert {p.name for p in folder.glob("*.py")} - {"__init__.py"} == MODEL_CODE
+    for name in MODEL_CODE:
+        source = (folder / name).read_text()
+        assert "from .." not in source and "import hf_recurrentgemma" not in source \
+            and "from hf_recurrentgemma" not in source, f"{name} imports from outside the remote-code folder"

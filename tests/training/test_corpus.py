@@ -14,7 +14,7 @@ import pytest
 import corpus
 import rdata
 
-SLICE = Path(__file__).with_name("data") / "r-cran-janeaustenr-slice.deb"
+SLICE = Path(__file__).parents[1] / "data" / "r-cran-janeaustenr-slice.deb"
 
 
 def test_reads_every_novel_from_the_package():

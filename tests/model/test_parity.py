@@ -16,8 +16,8 @@ from reference_helpers import (
     reference_logits,
 )
 
-import hf_recurrentgemma.layers_griffin as layers_griffin
-import hf_recurrentgemma.modeling_griffin as modeling_griffin
+import hf_recurrentgemma.griffin.layers_griffin as layers_griffin
+import hf_recurrentgemma.griffin.modeling_griffin as modeling_griffin
 
 # kernels: run again with the optional CPU kernels off and capped (.ci/run; docs/reliability.md)
 pytestmark = pytest.mark.kernels

@@ -12,9 +12,9 @@ import time
 import pytest
 from packaging.requirements import Requirement
 
-from hf_recurrentgemma.compat_griffin import TRANSFORMERS_REQUIREMENT
+from hf_recurrentgemma.griffin.compat_griffin import TRANSFORMERS_REQUIREMENT
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
 SCRIPT = os.path.join(BENCHMARKS, "gpu_check.py")
 CHECKS = ["requirements", "triton_scan", "logits_vs_cpu_fp32", "bf16_generation", "compiled_decoding",
           "bench_prefill", "bench_decode", "bench_training", "bench_scan"]
@@ -82,7 +82,7 @@ def test_old_transformers_is_named_with_what_to_carry(gpu_check, monkeypatch):
                         lambda name: "5.17.0" if name == "transformers" else real(name))
     monkeypatch.setattr(gpu_check, "_package_error", lambda: "ImportError: hf-recurrentgemma's model code needs "
                                                              "Transformers >= 5.24")
-    # The supported range, as pyproject declares it (compat_griffin's constant; tests/test_compat.py ties them).
+    # The supported range, as pyproject declares it (compat_griffin's constant; tests/model/test_compat.py ties them).
     spec = str(Requirement(TRANSFORMERS_REQUIREMENT).specifier)
     ctx = gpu_check.Context(gpu_check.torch.device("cpu"), 60)
     check = gpu_check.run_check(ctx, "requirements", gpu_check.check_requirements)

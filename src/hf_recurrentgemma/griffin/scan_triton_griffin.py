@@ -14,7 +14,7 @@ ops of the sequential reference in `ops_griffin.py`, so in float32 the results c
 
 Triton is optional (`pip install "hf-recurrentgemma[gpu]"`): without it this module still imports and
 `triton_error` says why the backend is unavailable. With `TRITON_INTERPRET=1` set before this module is first
-imported, Triton's interpreter runs the kernels on CPU tensors; that is how tests/test_scan_triton.py checks them
+imported, Triton's interpreter runs the kernels on CPU tensors; that is how tests/ops/test_scan_triton.py checks them
 on machines without a GPU.
 """
 

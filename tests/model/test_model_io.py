@@ -21,7 +21,7 @@ from reference_helpers import (
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, pipeline
 
 from hf_recurrentgemma import GriffinConfig, GriffinForCausalLM, GriffinModel
-from hf_recurrentgemma.compat_griffin import CACHE_NAME
+from hf_recurrentgemma.griffin.compat_griffin import CACHE_NAME
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_unsupported_arguments_are_named(saved):
     if CACHE_NAME == "cache":
         with pytest.raises(TypeError, match="past_key_values"):
             model(_ids(), past_key_values=None)
-    else:  # before 5.24, generate() itself passes the cache as past_key_values (tests/test_compat_cache.py)
+    else:  # before 5.24, generate() itself passes the cache as past_key_values (tests/model/test_compat_cache.py)
         model(_ids(), past_key_values=None)
     with pytest.raises(ValueError, match="output_attentions"):
         model(_ids(), output_attentions=True)

@@ -110,7 +110,7 @@ def test_layer_count_is_checked_before_the_layout_is_built(layers, tmp_path):
 
 
 def test_dtype_that_names_no_torch_dtype(tmp_path):
-    """Found by tests/test_fuzz.py: a config.json `dtype` of "\\r" made PreTrainedConfig raise an AttributeError
+    """Found by tests/model/test_fuzz.py: a config.json `dtype` of "\\r" made PreTrainedConfig raise an AttributeError
     naming no field."""
     with pytest.raises(ValueError, match=r"dtype must name a torch dtype \(e.g. 'bfloat16'\), got 'float31'"):
         GriffinConfig(**SMALL, dtype="float31")
@@ -130,7 +130,7 @@ def test_embedding_scale_equals_torch_bfloat16_rounding_for_every_width():
 
     import torch
 
-    from hf_recurrentgemma.configuration_griffin import _round_to_bfloat16
+    from hf_recurrentgemma.griffin.configuration_griffin import _round_to_bfloat16
 
     widths = torch.arange(1, 16385)
     expected = torch.sqrt(widths.double()).float().to(torch.bfloat16).float()

@@ -14,11 +14,11 @@ import pytest
 import torch
 from kernel_helpers import force_variant, matvec_variants_here
 
-from hf_recurrentgemma import cpu_matvec_griffin as mv
-from hf_recurrentgemma import cpu_scan_griffin
-from hf_recurrentgemma.cpu_matvec_griffin import MAX_ROWS, gemv_kind, linear_cpu, linear_rows, matvec_variant
-from hf_recurrentgemma.kernel_build_griffin import CompiledKernel, compile_check, kernel_settings
-from hf_recurrentgemma.ops_griffin import rnn_scan_sequential
+from hf_recurrentgemma.griffin import cpu_matvec_griffin as mv
+from hf_recurrentgemma.griffin import cpu_scan_griffin
+from hf_recurrentgemma.griffin.cpu_matvec_griffin import MAX_ROWS, gemv_kind, linear_cpu, linear_rows, matvec_variant
+from hf_recurrentgemma.griffin.kernel_build_griffin import CompiledKernel, compile_check, kernel_settings
+from hf_recurrentgemma.griffin.ops_griffin import rnn_scan_sequential
 
 # Not marked `kernels`: every test here sets the variant or switch it tests itself (force_variant, monkeypatch),
 # so re-running the file with the kernels off or capped (.ci/run) would repeat the same runs.
@@ -164,7 +164,7 @@ def test_torchao_int8_layer_goes_through_the_kernel(monkeypatch):
     """torchao's weight-only int8 (one scale per row) is recognised, and gives torchao's own result within one
     bfloat16 rounding, in every vector variant."""
     torchao = pytest.importorskip("torchao.quantization")
-    from hf_recurrentgemma.layers_griffin import GriffinLinear
+    from hf_recurrentgemma.griffin.layers_griffin import GriffinLinear
 
     layer = GriffinLinear(700, 130).to(torch.bfloat16)
     torchao.quantize_(layer, torchao.Int8WeightOnlyConfig())
@@ -222,7 +222,7 @@ def test_aarch64_cross_compile_exports_the_scalar_variants(kernel: CompiledKerne
 
 # --- bfloat16 prompts on CPUs without native bfloat16: float32 tiles -----------------------------------------------
 
-from hf_recurrentgemma import cpu_widen_griffin  # noqa: E402
+from hf_recurrentgemma.griffin import cpu_widen_griffin  # noqa: E402
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])

@@ -6,7 +6,7 @@ from recurrentgemma.torch import layers as ref_layers
 from recurrentgemma.torch import modules as ref_modules
 from reference_helpers import assert_close, document_positions
 
-from hf_recurrentgemma.ops_griffin import (
+from hf_recurrentgemma.griffin.ops_griffin import (
     SqrtBoundDerivative,
     apply_rope,
     causal_conv1d,

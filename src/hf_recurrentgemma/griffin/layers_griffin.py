@@ -161,7 +161,7 @@ def rnn_scan_recording(x, a, h0, backend: str, record: int):
 
     In bfloat16 the scan's per-step outputs are rounded, so those states are not in its output: the scan runs up to
     the last `record` steps, and those steps run one at a time from its float32 final state (`rnn_scan_step`).
-    Every backend equals the sequential scan to the bit on CPU (tests/test_scan_backends.py), so the output is the
+    Every backend equals the sequential scan to the bit on CPU (tests/ops/test_scan_backends.py), so the output is the
     one plain `rnn_scan` gives, and the states are exactly those it passes through."""
     split = x.shape[1] - record
     ys, h = [], h0

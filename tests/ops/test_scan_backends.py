@@ -12,9 +12,9 @@ import torch
 
 from kernel_helpers import SCAN_VARIANTS_HERE, force_variant
 
-from hf_recurrentgemma import ops_griffin
-from hf_recurrentgemma.cpu_scan_griffin import scan_kernel_error, scan_variant
-from hf_recurrentgemma.ops_griffin import SCAN_BACKEND_REGISTRY, SCAN_BACKENDS, rnn_scan, rnn_scan_sequential
+from hf_recurrentgemma.griffin import ops_griffin
+from hf_recurrentgemma.griffin.cpu_scan_griffin import scan_kernel_error, scan_variant
+from hf_recurrentgemma.griffin.ops_griffin import SCAN_BACKEND_REGISTRY, SCAN_BACKENDS, rnn_scan, rnn_scan_sequential
 
 pytestmark = pytest.mark.kernels
 
@@ -72,7 +72,7 @@ def test_backend_inference_mode_and_no_grad_outputs(name, variant, monkeypatch):
 def test_cpu_kernel_op_registration_is_consistent(monkeypatch):
     """torch.library's own checks of the custom ops: fake (meta) kernels, autograd registration, schema."""
     monkeypatch.delenv("HF_RECURRENTGEMMA_CPU_KERNELS", raising=False)
-    from hf_recurrentgemma import cpu_scan_griffin as k
+    from hf_recurrentgemma.griffin import cpu_scan_griffin as k
 
     x, a, h0 = scan_inputs(2, 9, 5, torch.float32)
     torch.library.opcheck(k._rnn_scan_op, (x, a, h0))
@@ -139,7 +139,7 @@ def test_switched_off_kernel_falls_back_silently(monkeypatch, switch):
 
 def test_registry_is_the_one_list_of_backends():
     """The config accepts exactly the registry's names (and auto); each entry says why it cannot run on a device."""
-    from hf_recurrentgemma import configuration_griffin
+    from hf_recurrentgemma.griffin import configuration_griffin
 
     assert configuration_griffin.SCAN_BACKEND_NAMES == ("auto", *(b.name for b in SCAN_BACKEND_REGISTRY))
     assert list(SCAN_BACKENDS) == [b.name for b in SCAN_BACKEND_REGISTRY]
@@ -152,9 +152,9 @@ def test_broken_compiler_gives_a_named_error(tmp_path):
     """A compiler that fails: the kernel reports why, and the model still runs on the sequential scan."""
     code = (
         "import warnings, torch\n"
-        "from hf_recurrentgemma.cpu_scan_griffin import scan_kernel_error\n"
-        "from hf_recurrentgemma.cpu_matvec_griffin import linear_cpu\n"
-        "from hf_recurrentgemma.ops_griffin import rnn_scan\n"
+        "from hf_recurrentgemma.griffin.cpu_scan_griffin import scan_kernel_error\n"
+        "from hf_recurrentgemma.griffin.cpu_matvec_griffin import linear_cpu\n"
+        "from hf_recurrentgemma.griffin.ops_griffin import rnn_scan\n"
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
         "    y, h = rnn_scan(torch.ones(1, 3, 2), torch.ones(1, 3, 2), torch.zeros(1, 2))\n"

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
 SECTIONS = ["peaks", "scan", "prefill", "decode", "throughput", "training"]
 PLOTS = ["scan.png", "prefill.png", "decode.png", "throughput.png", "training.png"]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from reference_helpers import assert_close
 
-from hf_recurrentgemma.ops_griffin import (
+from hf_recurrentgemma.griffin.ops_griffin import (
     causal_conv1d,
     causal_conv1d_varlen,
     recurrent_state_shapes,

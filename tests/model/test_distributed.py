@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from reference_helpers import assert_close
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ROOT / "examples" / "distributed_train.py"
 GENERATE = ROOT / "examples" / "distributed_generate.py"
 GRAD_TOL = 1e-6

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference_helpers import CASES, LOGIT_TOL, assert_close, reference_and_ours
 
-from hf_recurrentgemma.cpu_scan_griffin import scan_kernel_error as kernel_error
-from hf_recurrentgemma.ops_griffin import SCAN_BACKEND_REGISTRY, SCAN_BACKENDS, rnn_scan_sequential
+from hf_recurrentgemma.griffin.cpu_scan_griffin import scan_kernel_error as kernel_error
+from hf_recurrentgemma.griffin.ops_griffin import SCAN_BACKEND_REGISTRY, SCAN_BACKENDS, rnn_scan_sequential
 
 # kernels: run again with the optional CPU kernels off and capped (.ci/run; docs/reliability.md)
 pytestmark = pytest.mark.kernels

@@ -16,8 +16,8 @@ import warnings
 import pytest
 import torch
 
-from hf_recurrentgemma import ops_griffin, scan_triton_griffin
-from hf_recurrentgemma.ops_griffin import rnn_scan, rnn_scan_sequential
+from hf_recurrentgemma.griffin import ops_griffin, scan_triton_griffin
+from hf_recurrentgemma.griffin.ops_griffin import rnn_scan, rnn_scan_sequential
 
 needs_triton = pytest.mark.skipif(scan_triton_griffin.triton is None, reason="triton is not installed")
 

@@ -17,9 +17,9 @@ import torch
 from reference_helpers import CASES, CASE_IDS, assert_close, document_positions, reference_and_ours
 
 from hf_recurrentgemma import GriffinCache
-from hf_recurrentgemma.cache_griffin import DEFAULT_ROLLBACK_TOKENS, empty_attention_state
-from hf_recurrentgemma.configuration_griffin import GriffinConfig
-from hf_recurrentgemma.layers_griffin import (
+from hf_recurrentgemma.griffin.cache_griffin import DEFAULT_ROLLBACK_TOKENS, empty_attention_state
+from hf_recurrentgemma.griffin.configuration_griffin import GriffinConfig
+from hf_recurrentgemma.griffin.layers_griffin import (
     GriffinLocalAttention,
     SequenceInfo,
     attention_steps,
@@ -27,7 +27,7 @@ from hf_recurrentgemma.layers_griffin import (
     eager_local_attention,
     rnn_scan_recording,
 )
-from hf_recurrentgemma.ops_griffin import causal_conv1d, rnn_scan
+from hf_recurrentgemma.griffin.ops_griffin import causal_conv1d, rnn_scan
 
 # kernels: run again with the optional CPU kernels off and capped (.ci/run; docs/reliability.md)
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.kernels]

@@ -146,7 +146,7 @@ def test_add_a_format_recipe_from_the_docs(tmp_path, monkeypatch):
 
     from hf_recurrentgemma.convert import formats
 
-    doc = (Path(__file__).parents[1] / "docs" / "conversion.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "conversion.md").read_text()
     code = re.search(r"# src/hf_recurrentgemma/convert/npz_release.py\n(.*?)```", doc, re.S).group(1)
     module = types.ModuleType("hf_recurrentgemma.convert.npz_release")
     module.__package__ = "hf_recurrentgemma.convert"

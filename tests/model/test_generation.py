@@ -6,7 +6,7 @@ from reference_helpers import CASES, assert_close, prompt_ids, reference_and_our
 from transformers.generation.streamers import BaseStreamer
 
 from hf_recurrentgemma import GriffinCache
-from hf_recurrentgemma.compat_griffin import CACHE_NAME
+from hf_recurrentgemma.griffin.compat_griffin import CACHE_NAME
 
 # kernels: run again with the optional CPU kernels off and capped (.ci/run; docs/reliability.md)
 pytestmark = pytest.mark.kernels
