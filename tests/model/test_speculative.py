@@ -19,15 +19,9 @@ from reference_helpers import CASES, CASE_IDS, assert_close, document_positions,
 from hf_recurrentgemma import GriffinCache
 from hf_recurrentgemma.griffin.cache_griffin import DEFAULT_ROLLBACK_TOKENS, empty_attention_state
 from hf_recurrentgemma.griffin.configuration_griffin import GriffinConfig
-from hf_recurrentgemma.griffin.layers_griffin import (
-    GriffinLocalAttention,
-    SequenceInfo,
-    attention_steps,
-    conv_tails_before,
-    eager_local_attention,
-    rnn_scan_recording,
-)
-from hf_recurrentgemma.griffin.ops_griffin import causal_conv1d, rnn_scan
+from hf_recurrentgemma.griffin.layers_griffin import (GriffinLocalAttention, SequenceInfo, attention_steps,
+                                                     eager_local_attention)
+from hf_recurrentgemma.griffin.ops_griffin import causal_conv1d, conv_tails_before, rnn_scan, rnn_scan_recording
 
 # kernels: run again with the optional CPU kernels off and capped (.ci/run; docs/reliability.md)
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.kernels]

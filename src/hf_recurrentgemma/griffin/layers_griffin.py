@@ -26,10 +26,11 @@ from .configuration_griffin import GriffinConfig
 from .cpu_matvec_griffin import linear_cpu
 from .ops_griffin import (
     causal_conv1d,
+    conv_tails_before,
     local_attention_mask,
     rg_lru_gated_inputs,
     rnn_scan,
-    rnn_scan_step,
+    rnn_scan_recording,
     rope_tables,
     rotate_half_dims,
 )
@@ -154,41 +155,6 @@ class GriffinRGLRU(nn.Module):
         """The inputs and decays (B, T, L) of the recurrence `h_t = a_t * h_{t-1} + x_t`, in `x.dtype`
         (the formula: `ops_griffin.rg_lru_gated_inputs`)."""
         return rg_lru_gated_inputs(x, self.input_gate(x), self.a_gate(x), self.a_param, reset)
-
-
-def rnn_scan_recording(x, a, h0, backend: str, record: int):
-    """`rnn_scan`, also returning the float32 state before each of the last `record` steps (B, record, L).
-
-    In bfloat16 the scan's per-step outputs are rounded, so those states are not in its output: the scan runs up to
-    the last `record` steps, and those steps run one at a time from its float32 final state (`rnn_scan_step`).
-    Every backend equals the sequential scan to the bit on CPU (tests/ops/test_scan_backends.py), so the output is the
-    one plain `rnn_scan` gives, and the states are exactly those it passes through."""
-    split = x.shape[1] - record
-    ys, h = [], h0
-    if split > 0:
-        y, h = rnn_scan(x[:, :split], a[:, :split], h0, backend=backend)
-        ys.append(y)
-    before = []
-    for t in range(split, x.shape[1]):
-        before.append(h)
-        y, h = rnn_scan_step(x[:, t : t + 1], a[:, t : t + 1], h)
-        ys.append(y)
-    return torch.cat(ys, dim=1), h, torch.stack(before, dim=1)
-
-
-def conv_tails_before(x: torch.Tensor, tail: torch.Tensor, reset: torch.Tensor, record: int) -> torch.Tensor:
-    """The conv1d tail before each of the last `record` tokens: what `causal_conv1d` returns for a call that ends
-    just before that token (its K-1 previous inputs, zeroed where a document start after them hides them).
-    x: (B, T, L) conv inputs; tail: (B, K-1, L); reset: (B, T) bool -> (B, record, K-1, L)."""
-    width1, seq_len = tail.shape[1], x.shape[1]
-    x_ext = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, K-1+T, L)
-    reset_ext = torch.cat([torch.zeros_like(reset[:, :1]).expand(-1, width1), reset], dim=1)
-    tails = []
-    for j in range(seq_len - record, seq_len):
-        starts = reset_ext[:, j : j + width1].int()  # (B, K-1): resets at the tail's entries
-        starts_after = starts.flip(1).cumsum(1).flip(1) - starts  # resets after each entry, within the tail
-        tails.append(x_ext[:, j : j + width1] * (starts_after == 0)[..., None].to(x.dtype))
-    return torch.stack(tails, dim=1)
 
 
 class GriffinConv1d(nn.Module):

@@ -42,13 +42,12 @@ from .layers_griffin import (
     SequenceInfo,
 )
 from .ops_griffin import scale_embeddings, soft_cap_logits
+from .load_checks_griffin import check_loaded_weights, check_stored_dtypes
 from .validation_griffin import (
     ValueChecks,
     check_attention_mask,
     check_cache,
     check_lm_arguments,
-    check_loaded_weights,
-    check_stored_dtypes,
     check_position_ids_shape,
     check_positions,
     check_token_ids,
@@ -327,8 +326,7 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         )
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden[:, keep, :])
-        logits = soft_cap_logits(logits, self.config.logits_soft_cap)
+        logits = self.compute_logits(hidden[:, keep, :])
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
@@ -337,6 +335,11 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
                                       hidden_states=outputs.hidden_states)
 
     # --- generate() integration -----------------------------------------------------------------------------
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head then the reference's logit soft cap: hidden (..., D) -> logits (..., V) in the model dtype.
+        The one place logits are made: `forward`, the perplexity command and the engine integrations call it."""
+        return soft_cap_logits(self.lm_head(hidden), self.config.logits_soft_cap)
+
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
                                       max_cache_length):
         """Every generation uses a `GriffinCache`: it is fixed-size already, so `cache_implementation` "static"

@@ -14,6 +14,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from . import configuration_griffin
 from .cpu_scan_griffin import rnn_scan_cpu, scan_kernel_error
 from .scan_triton_griffin import rnn_scan_triton, triton_error
 
@@ -100,7 +101,10 @@ SCAN_BACKEND_REGISTRY = (
                 fix="pip install 'hf-recurrentgemma[gpu]' to fix"),
 )
 SCAN_BACKENDS = {backend.name: backend.fn for backend in SCAN_BACKEND_REGISTRY}
-SCAN_BACKEND_NAMES = ("auto", *SCAN_BACKENDS)
+if tuple(SCAN_BACKENDS) != configuration_griffin.SCAN_BACKENDS:
+    raise ImportError(f"ops_griffin's scan registry {tuple(SCAN_BACKENDS)} differs from the names a config accepts "
+                      f"{configuration_griffin.SCAN_BACKENDS} (configuration_griffin.SCAN_BACKENDS)")
+SCAN_BACKEND_NAMES = configuration_griffin.SCAN_BACKEND_NAMES
 _BY_NAME = {backend.name: backend for backend in SCAN_BACKEND_REGISTRY}
 _auto_choice: dict[tuple, str] = {}
 
@@ -148,6 +152,26 @@ def rnn_scan(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor, backend: str = 
     if x.shape[1] == 1:
         return rnn_scan_step(x, a, h0)
     return SCAN_BACKENDS[resolve_scan_backend(backend, x.device, x.dtype)](x, a, h0)
+
+
+def rnn_scan_recording(x, a, h0, backend: str, record: int):
+    """`rnn_scan`, also returning the float32 state before each of the last `record` steps (B, record, L).
+
+    In bfloat16 the scan's per-step outputs are rounded, so those states are not in its output: the scan runs up to
+    the last `record` steps, and those steps run one at a time from its float32 final state (`rnn_scan_step`).
+    Every backend equals the sequential scan to the bit on CPU (tests/ops/test_scan_backends.py), so the output is the
+    one plain `rnn_scan` gives, and the states are exactly those it passes through."""
+    split = x.shape[1] - record
+    ys, h = [], h0
+    if split > 0:
+        y, h = rnn_scan(x[:, :split], a[:, :split], h0, backend=backend)
+        ys.append(y)
+    before = []
+    for t in range(split, x.shape[1]):
+        before.append(h)
+        y, h = rnn_scan_step(x[:, t : t + 1], a[:, t : t + 1], h)
+        ys.append(y)
+    return torch.cat(ys, dim=1), h, torch.stack(before, dim=1)
 
 
 def rg_lru_gated_inputs(
@@ -317,10 +341,31 @@ def causal_conv1d(
 
     # Entries of the new tail that a later document start hides are zeroed, so decoding never looks past it.
     reset_ext = torch.cat([torch.zeros_like(reset[:, :1]).expand(-1, width - 1), reset], dim=1)
-    starts_after = reset_ext.flip(1).int().cumsum(1).flip(1) - reset_ext.int()  # resets in (m, end]
-    visible = (starts_after == 0)[:, -(width - 1) :, None]
+    visible = _visible_inputs(reset_ext[:, -(width - 1) :])[..., None]
     new_tail = x_ext[:, -(width - 1) :] * visible.to(x.dtype)
     return y, new_tail
+
+
+def _visible_inputs(starts: torch.Tensor) -> torch.Tensor:
+    """Which of N consecutive conv inputs a conv tail keeps: those after which no document starts among them.
+    starts: (B, N) bool, a document starts at the input -> (B, N) bool. The one rule behind `causal_conv1d`'s new
+    tail and `conv_tails_before`."""
+    count = starts.int()
+    return count.flip(1).cumsum(1).flip(1) - count == 0  # no start in (m, end]
+
+
+def conv_tails_before(x: torch.Tensor, tail: torch.Tensor, reset: torch.Tensor, record: int) -> torch.Tensor:
+    """The conv1d tail before each of the last `record` tokens: what `causal_conv1d` returns for a call that ends
+    just before that token (its K-1 previous inputs, zeroed where a document start after them hides them).
+    x: (B, T, L) conv inputs; tail: (B, K-1, L); reset: (B, T) bool -> (B, record, K-1, L)."""
+    width1, seq_len = tail.shape[1], x.shape[1]
+    x_ext = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, K-1+T, L)
+    reset_ext = torch.cat([torch.zeros_like(reset[:, :1]).expand(-1, width1), reset], dim=1)
+    tails = []
+    for j in range(seq_len - record, seq_len):
+        visible = _visible_inputs(reset_ext[:, j : j + width1])  # (B, K-1), as the call ending at token j-1 leaves it
+        tails.append(x_ext[:, j : j + width1] * visible[..., None].to(x.dtype))
+    return torch.stack(tails, dim=1)
 
 
 def _causal_conv1d_step(x, tail, weight, bias, reset):
