@@ -101,6 +101,28 @@ def _assert_bit_equal(cache, expected, what):
 
 # --- rollback --------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_each_block_kind_has_its_cache_layer_class_with_its_history_shapes(case):
+    """One cache-layer class per block kind: the cache builds them from `block_types`; each kind's declared history
+    shapes are those of what its layers actually record; a layer is croppable once it holds a history."""
+    from hf_recurrentgemma.griffin.cache_griffin import CACHE_LAYER_KINDS
+
+    model = reference_and_ours(case, seed=1)[1]
+    assert set(model.config.block_types) <= set(CACHE_LAYER_KINDS)
+    cache = GriffinCache(model.config, rollback_tokens=4)
+    assert [type(layer) for layer in cache.layers] == [CACHE_LAYER_KINDS[t] for t in model.config.block_types]
+    cache.activate_past_recording()
+    assert not any(layer.is_croppable for layer in cache.layers)  # nothing recorded yet: nothing to restore
+    with torch.no_grad():
+        model(_ids(6, seed=2), cache=cache, use_cache=True)
+    for layer in cache.layers:
+        declared = type(layer).history_shapes(model.config, 1, 4, torch.float32)
+        assert [(tuple(t.shape), t.dtype) for t in layer.history] == [(tuple(s), d) for s, d in declared], layer
+        assert layer.is_croppable
+    assert cache.recording_nbytes(model.config, 4, 1, torch.float32) == cache._positions_history.nbytes + sum(
+        t.nbytes for layer in cache.layers for t in layer.history)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_crop_restores_every_earlier_call_boundary_bit_for_bit(case, dtype):
