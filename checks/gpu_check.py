@@ -46,7 +46,7 @@ import types
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL_FILES = os.path.join(ROOT, "src", "hf_recurrentgemma")
+MODEL_FILES = os.path.join(ROOT, "src", "hf_recurrentgemma", "griffin")
 if importlib.util.find_spec("hf_recurrentgemma") is None:  # a checkout copied to the GPU machine, not installed
     sys.path.append(os.path.join(ROOT, "src"))
 FILES = ("gpu_check.json", "gpu_check.txt")
