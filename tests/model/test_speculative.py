@@ -19,8 +19,10 @@ from reference_helpers import CASES, CASE_IDS, assert_close, document_positions,
 from hf_recurrentgemma import GriffinCache
 from hf_recurrentgemma.griffin.cache_griffin import DEFAULT_ROLLBACK_TOKENS, empty_attention_state
 from hf_recurrentgemma.griffin.configuration_griffin import GriffinConfig
+from hf_recurrentgemma.griffin.cpu_matvec_griffin import MAX_ROWS
 from hf_recurrentgemma.griffin.layers_griffin import (GriffinLocalAttention, SequenceInfo, attention_steps,
                                                      eager_local_attention)
+from hf_recurrentgemma.griffin.modeling_griffin import MAX_DRAFT_TOKENS
 from hf_recurrentgemma.griffin.ops_griffin import causal_conv1d, conv_tails_before, rnn_scan, rnn_scan_recording
 
 # kernels: run again with the optional CPU kernels off and capped (.ci/run; docs/reliability.md)
@@ -406,6 +408,36 @@ def test_prompt_lookup_equals_greedy(target, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(out, plain)
     assert any(k > 0 for k, _ in _accepted(rounds, crops, ids.shape[1])), "lookup never proposed a draft"
+
+
+def test_drafts_are_capped_at_the_row_invariant_verification_size(target, target_copy, monkeypatch):
+    """Transformers' default draft length (20), its "heuristic" schedule (which grows it without bound) and a
+    30-token prompt lookup are cut to MAX_DRAFT_TOKENS: every verification holds at most MAX_ROWS tokens, the sizes
+    at which it equals as many decoding steps bit for bit (tests/model/test_batch_invariance.py)."""
+    assert MAX_DRAFT_TOKENS + 1 == MAX_ROWS
+    ids = _ids(9, seed=0)
+    plain = _plain(target, ids, max_new_tokens=40)
+    target_copy.generation_config.num_assistant_tokens_schedule = "heuristic"
+    try:
+        rounds, crops, handle = _spy_target(monkeypatch, target)
+        out = target.generate(ids, do_sample=False, max_new_tokens=40, **_assist(target_copy, 20))
+        handle.remove()
+        monkeypatch.undo()
+    finally:
+        target_copy.generation_config.num_assistant_tokens_schedule = "constant"
+    assert torch.equal(out, plain)
+    drafts = [k for k, _ in _accepted(rounds, crops, ids.shape[1])]
+    assert drafts[:2] == [MAX_DRAFT_TOKENS] * 2, drafts  # every token accepted: full drafts, at the cap
+    base = _ids(6, seed=9)
+    ids = torch.cat([base] * 5 + [base[:, :3]], dim=1)
+    plain = _plain(target, ids, max_new_tokens=20)
+    rounds, crops, handle = _spy_target(monkeypatch, target)
+    out = target.generate(ids, do_sample=False, max_new_tokens=20, prompt_lookup_num_tokens=30)
+    handle.remove()
+    monkeypatch.undo()
+    assert torch.equal(out, plain)
+    drafts = [k for k, _ in _accepted(rounds, crops, ids.shape[1])]
+    assert max(drafts) == MAX_DRAFT_TOKENS, drafts
 
 
 # --- generate(): sampling keeps the target's distribution ------------------------------------------------------

@@ -340,6 +340,14 @@ def _rows(x: torch.Tensor) -> int:
     return x.numel() // x.shape[-1]
 
 
+def row_invariant_call(x: torch.Tensor) -> bool:
+    """Whether a call over x (..., K) is one of 2..MAX_ROWS rows on CPU (verifying a speculative draft, decoding a
+    small batch): the sizes at which a forward equals that many one-row forwards bit for bit. The few-row kernels
+    accumulate each row in the same order whatever the row count; the layers route their other row-coupled ops
+    (the RG-LRU gates' bmm, attention) through their one-row form for such calls (docs/speculative.md)."""
+    return x.device.type == "cpu" and 1 < _rows(x) <= MAX_ROWS
+
+
 @torch.library.custom_op(f"{_NS}::matmul_rows", mutates_args=(), device_types="cpu")
 def _matmul_rows_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: str) -> torch.Tensor:
     """x (..., K) with at most MAX_ROWS rows, in the weight's dtype (bfloat16 or float32), times weight (N, K);
@@ -420,19 +428,11 @@ def native_bf16() -> bool:
     return rank >= CAPABILITIES.index("bf16-dot")
 
 
-def _row_limit(kind: str, variant: str) -> int:
-    """The most rows `linear_cpu` sends to the kernel. With bfloat16 pair products (`bf16-dot`, i.e. capped below
-    the AMX tiles) the kernel's arithmetic, not the weight reads, bounds it from 5 rows on, and torch's bfloat16
-    GEMM (oneDNN, which uses AMX where the CPU has it) was faster there (docs/performance.md); every other kind and
-    variant wins up to MAX_ROWS (float32: torch's few-row GEMM reads its weights about once per row)."""
-    return 4 if kind == "bf16" and variant == "bf16-dot" else MAX_ROWS
-
-
 def gemv_kind(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     """The kernel family `linear_cpu` runs for this call on this machine now, or None for `F.linear`."""
     kind = weight_kind(x, weight)
     variant = None if kind is None else matvec_variant(kind)
-    return kind if variant is not None and _rows(x) <= _row_limit(kind, variant) else None
+    return kind if variant is not None else None
 
 
 def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: str) -> torch.Tensor:
@@ -449,7 +449,7 @@ def linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     F.linear within float32 accumulation order, rounded once to x's dtype."""
     kind = weight_kind(x, weight)
     variant = None if kind is None else matvec_variant(kind)
-    if variant is None or _rows(x) > _row_limit(kind, variant):
+    if variant is None:
         if widen_applies(x, weight) and not native_bf16():  # a bfloat16 prompt on a CPU without native bfloat16
             return linear_widened(x, weight, bias)
         return torch.nn.functional.linear(x, weight, bias)

@@ -23,7 +23,7 @@ from .cache_griffin import (
 )
 from .compat_griffin import ALL_ATTENTION_FUNCTIONS, init
 from .configuration_griffin import GriffinConfig
-from .cpu_matvec_griffin import linear_cpu
+from .cpu_matvec_griffin import linear_cpu, row_invariant_call
 from .ops_griffin import (
     causal_conv1d,
     conv_tails_before,
@@ -125,7 +125,14 @@ class BlockDiagonalLinear(nn.Module):
         # One batched GEMM over the H blocks: equal to the reference's einsum "... h i, h i j -> ... h j" to the
         # bit, and fewer copies than einsum makes.
         blocks = x.reshape(-1, self.num_blocks, x.shape[-1] // self.num_blocks).transpose(0, 1)  # (H, N, i)
-        y = torch.bmm(blocks, self.weight).transpose(0, 1) + self.bias  # (N, H, j)
+        if row_invariant_call(x):
+            # A few rows (a speculative verification): torch's bmm picks another kernel, with another summation
+            # order, for 2..16 rows than for one, so each row goes through the one-row product a decoding step
+            # runs and the call equals that many decoding steps bit for bit (docs/speculative.md).
+            y = torch.cat([torch.bmm(blocks[:, n : n + 1], self.weight) for n in range(blocks.shape[1])], dim=1)
+        else:
+            y = torch.bmm(blocks, self.weight)  # (H, N, j)
+        y = y.transpose(0, 1) + self.bias  # (N, H, j)
         return y.reshape(x.shape)
 
 
@@ -270,6 +277,8 @@ class GriffinLocalAttention(nn.Module):
         steps = attention_steps(state, k, v, seq) if seq.record else None
         if seq_len == 1:
             out, state = self._attend_one_token(attend, q, k, v, seq, state)
+        elif row_invariant_call(x):
+            out, state = self._attend_tokens(attend, q, k, v, seq, state)
         else:
             out, state = self._attend_chunks(attend, q, k, v, seq, state)
         out = out.reshape(batch, seq_len, -1)
@@ -306,6 +315,28 @@ class GriffinLocalAttention(nn.Module):
         out, _ = attend(self, q, keys, values, mask, scaling=self.scaling, dropout=0.0)
         valid = torch.cat([past_valid, seq.key_valid], dim=1)
         return out, AttentionState(keys[:, :, 1:], values[:, :, 1:], valid[:, 1:])
+
+
+    def _attend_tokens(self, attend, q, k, v, seq: SequenceInfo, state: AttentionState):
+        """`_attend_one_token` for each of a few tokens in turn (a speculative verification): every query sees the
+        W + 1 keys a decoding step would give it, in the same order and with the same mask, so the call equals T
+        decoding steps bit for bit. (`_attend_chunks` reduces over the W + C keys of the whole chunk, which rounds
+        differently.) The keys are views into one [W carried | T new] buffer: no copy per token.
+        q (B, H, T, Dh), k and v (B, 1, T, Dh) -> out (B, T, H, Dh), new state."""
+        window = state.keys.shape[2]
+        keys = torch.cat([state.keys, k], dim=2)  # (B, 1, W + T, Dh)
+        values = torch.cat([state.values, v], dim=2)
+        valid = state.valid
+        itself = torch.ones_like(valid[:, :1])
+        outputs = []
+        for t in range(q.shape[2]):
+            past_valid = valid & ~seq.reset[:, t : t + 1]  # (B, W): the rule of `_attend_one_token`
+            mask = torch.cat([past_valid, itself], dim=1)[:, None, None, :]  # (B, 1, 1, W + 1)
+            out, _ = attend(self, q[:, :, t : t + 1], keys[:, :, t : t + window + 1],
+                            values[:, :, t : t + window + 1], mask, scaling=self.scaling, dropout=0.0)
+            outputs.append(out)
+            valid = torch.cat([past_valid, seq.key_valid[:, t : t + 1]], dim=1)[:, 1:]
+        return torch.cat(outputs, dim=1), AttentionState(keys[:, :, -window:], values[:, :, -window:], valid)
 
 
 def attention_steps(state: AttentionState, k: torch.Tensor, v: torch.Tensor, seq: SequenceInfo) -> AttentionSteps:

@@ -24,12 +24,14 @@ from .compat_griffin import (  # Transformers internals, checked against the ins
     GradientCheckpointingLayer,
     PreTrainedModel,
     can_return_tuple,
+    cap_draft_length,
     compile_on_all_devices,
     init,
     move_generation_cache,
     take_cache,
 )
 from .configuration_griffin import ATTENTION, GriffinConfig
+from .cpu_matvec_griffin import MAX_ROWS
 from .layers_griffin import (
     BlockDiagonalLinear,
     GriffinConv1d,
@@ -57,6 +59,11 @@ from .validation_griffin import (
 
 # Inference prompts longer than this run through the layers in segments of this many tokens.
 PREFILL_SEGMENT = 2048
+# The most tokens a draft may propose per round of assisted decoding (Transformers' default is 20): the target
+# verifies them with the last accepted token in one forward of MAX_DRAFT_TOKENS + 1 <= MAX_ROWS tokens, the sizes at
+# which that forward equals as many one-token steps bit for bit on CPU, so greedy speculation gives plain greedy's
+# tokens in every dtype (docs/speculative.md). Longer drafts are rarely accepted whole anyway.
+MAX_DRAFT_TOKENS = MAX_ROWS - 1
 
 
 class GriffinDecoderLayer(GradientCheckpointingLayer):
@@ -319,6 +326,10 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         batch, seq_len = check_token_inputs(input_ids, inputs_embeds, self.config.hidden_size,
                                             self.model.embed_tokens.weight.dtype)
         check_lm_arguments(labels, logits_to_keep, batch, seq_len, self.lm_head.out_features)
+        if (isinstance(cache, GriffinCache) and cache.recording and labels is None and not output_hidden_states
+                and isinstance(logits_to_keep, int) and 1 < logits_to_keep < seq_len):
+            return self._prompt_then_draft(logits_to_keep - 1, input_ids, attention_mask, position_ids, cache,
+                                           inputs_embeds, use_cache, **kwargs)
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
@@ -333,6 +344,29 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
                                       num_items_in_batch=kwargs.get("num_items_in_batch"))
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
                                       hidden_states=outputs.hidden_states)
+
+    def _prompt_then_draft(self, drafted: int, input_ids, attention_mask, position_ids, cache, inputs_embeds,
+                           use_cache, **kwargs) -> CausalLMOutputWithPast:
+        """The first verification of assisted decoding: a recording forward over the prompt followed by `drafted`
+        draft tokens, asking for the logits of the prompt's last token and the draft's (Transformers passes
+        `logits_to_keep = drafted + 1` and runs no prefill of its own). It runs as plain greedy runs the same
+        tokens: the prompt's prefill, then the draft as one few-token call, which equals that many one-token
+        steps bit for bit (docs/speculative.md). One forward over all of them would round the prompt's states
+        differently (other matrix-product shapes), and greedy speculation could then drift from plain greedy."""
+
+        def cut(tensor, part):
+            return None if tensor is None else tensor[:, part]
+
+        prompt, draft = slice(None, -drafted), slice(-drafted, None)
+        common = dict(cache=cache, use_cache=use_cache, **kwargs)
+        # `forward`, not `self(...)`: hooks on this module see one call, as generate() made it.
+        first = self.forward(input_ids=cut(input_ids, prompt), position_ids=cut(position_ids, prompt),
+                     inputs_embeds=cut(inputs_embeds, prompt), logits_to_keep=1,
+                     attention_mask=None if attention_mask is None else attention_mask[:, :-drafted], **common)
+        second = self.forward(input_ids=cut(input_ids, draft), position_ids=cut(position_ids, draft),
+                      inputs_embeds=cut(inputs_embeds, draft), logits_to_keep=drafted,
+                      attention_mask=attention_mask, **common)
+        return CausalLMOutputWithPast(logits=torch.cat([first.logits, second.logits], dim=1), cache=second.cache)
 
     # --- generate() integration -----------------------------------------------------------------------------
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -363,6 +397,12 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         model_kwargs[CACHE_NAME] = GriffinCache(self.config)
         if generation_config.is_assistant:  # a draft model's cache is cut back after every verification
             model_kwargs[CACHE_NAME].activate_past_recording()
+
+    def _get_candidate_generator(self, generation_config, *args, **kwargs):
+        """Transformers' candidate generator for assisted decoding (a draft model, prompt lookup, ...), capped at
+        MAX_DRAFT_TOKENS tokens a round (see there for why)."""
+        generator = super()._get_candidate_generator(generation_config, *args, **kwargs)
+        return cap_draft_length(generator, MAX_DRAFT_TOKENS)
 
     def _valid_auto_compile_criteria(self, model_kwargs, generation_config) -> bool:
         """Compile the decode step when asked: `cache_implementation="static"` (as for Transformers' static caches;
