@@ -20,6 +20,7 @@ SECTIONS = {
     "long-decode": ("bench_long_decode", "decoding far past the window: tokens/s and flat memory"),
     "conversion": ("bench_conversion", "converting a checkpoint: time and peak memory"),
     "verify": ("bench_verify", "a (k+1)-token forward against one token, the linears of a 2B block pair"),
+    "verify-cost": ("bench_verify_cost", "a (k+1)-token forward against one token, the whole 2B shape, per variant"),
     "speculative": ("bench_speculative", "assisted and prompt-lookup decoding through generate()"),
     "serving": ("bench_serving", "vLLM against generate() on mixed-length requests (needs vLLM)"),
     "serving-long": ("bench_serving_long", "long generations, Griffin against an equal-size Gemma in vLLM"),
