@@ -352,8 +352,9 @@ def quant_format(weight) -> str | None:
 
 def is_quantized(weight) -> bool:
     """Whether `weight` is a torchao tensor subclass (quantized), whatever its layout: such a weight goes through
-    `linear_quantized`, which falls back to torchao's own product where this module has no kernel for it."""
-    return type(weight) not in (torch.Tensor, torch.nn.Parameter) and hasattr(weight, "__tensor_flatten__")
+    `linear_quantized`, which falls back to torchao's own product where this module has no kernel for it. (Checked
+    by the class's module, so a DTensor or another wrapper stays on `cpu_matvec_griffin.linear_cpu`.)"""
+    return type(weight).__module__.startswith("torchao.")
 
 
 _functions: dict[tuple, object] = {}
