@@ -377,20 +377,37 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).float().contiguous()
 
 
-@torch.library.custom_op(f"{_NS}::matmul_int8", mutates_args=(), device_types="cpu")
-def _matmul_int8_op(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
-                    bias: torch.Tensor | None, variant: str) -> torch.Tensor:
-    """x (..., K) float, at most MAX_ROWS rows; qdata (N, K) int8, scale (N) or (N, 1), zero_point the same in
-    int8 or None: y = x (scale (q - zero))^T + bias, (..., N) in x's dtype."""
+def run_int8(function, x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+             bias: torch.Tensor | None) -> torch.Tensor:
+    """Calls a compiled `matmul_int8` variant: x (M, K) float, M <= MAX_ROWS; returns y (M, N) float32."""
     rows = _as_rows(x)
     scale32 = scale.reshape(-1).float().contiguous()
     zero = None if zero_point is None else zero_point.reshape(-1).to(torch.int8).contiguous()
     bias32 = None if bias is None else bias.float().contiguous()
     y = torch.empty(rows.shape[0], qdata.shape[0], dtype=torch.float32)
-    _function("matmul_int8", variant)(
-        qdata.data_ptr(), scale32.data_ptr(), None if zero is None else zero.data_ptr(), rows.data_ptr(),
-        None if bias32 is None else bias32.data_ptr(), y.data_ptr(), rows.shape[0], qdata.shape[0], qdata.shape[1],
-        torch.get_num_threads())
+    function(qdata.data_ptr(), scale32.data_ptr(), None if zero is None else zero.data_ptr(), rows.data_ptr(),
+             None if bias32 is None else bias32.data_ptr(), y.data_ptr(), rows.shape[0], qdata.shape[0],
+             qdata.shape[1], torch.get_num_threads())
+    return y
+
+
+def run_int4(function, x: torch.Tensor, qdata: torch.Tensor, scale_and_zero: torch.Tensor, group_size: int,
+             bias: torch.Tensor | None) -> torch.Tensor:
+    """Calls a compiled `matmul_int4` variant: x (M, K) float, M <= MAX_ROWS; returns y (M, N) float32."""
+    rows = _as_rows(x)
+    bias32 = None if bias is None else bias.float().contiguous()
+    y = torch.empty(rows.shape[0], qdata.shape[0], dtype=torch.float32)
+    function(qdata.data_ptr(), scale_and_zero.data_ptr(), rows.data_ptr(), None if bias32 is None else bias32.data_ptr(),
+             y.data_ptr(), rows.shape[0], qdata.shape[0], rows.shape[1], group_size, torch.get_num_threads())
+    return y
+
+
+@torch.library.custom_op(f"{_NS}::matmul_int8", mutates_args=(), device_types="cpu")
+def _matmul_int8_op(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                    bias: torch.Tensor | None, variant: str) -> torch.Tensor:
+    """x (..., K) float, at most MAX_ROWS rows; qdata (N, K) int8, scale (N) or (N, 1), zero_point the same in
+    int8 or None: y = x (scale (q - zero))^T + bias, (..., N) in x's dtype."""
+    y = run_int8(_function("matmul_int8", variant), x, qdata, scale, zero_point, bias)
     return y.to(x.dtype).view(*x.shape[:-1], qdata.shape[0])
 
 
@@ -404,14 +421,8 @@ def _matmul_int4_op(x: torch.Tensor, qdata: torch.Tensor, scale_and_zero: torch.
                     bias: torch.Tensor | None, variant: str) -> torch.Tensor:
     """x (..., K) float, at most MAX_ROWS rows; qdata (N, K/2) uint8 in torch's CPU int4 pack, scale_and_zero
     (K/G, N, 2) bfloat16: y = x ((q - 8) scale + zero)^T + bias, (..., N) in x's dtype."""
-    rows = _as_rows(x)
-    n, k = qdata.shape[0], rows.shape[1]
-    bias32 = None if bias is None else bias.float().contiguous()
-    y = torch.empty(rows.shape[0], n, dtype=torch.float32)
-    _function("matmul_int4", variant)(
-        qdata.data_ptr(), scale_and_zero.data_ptr(), rows.data_ptr(), None if bias32 is None else bias32.data_ptr(),
-        y.data_ptr(), rows.shape[0], n, k, group_size, torch.get_num_threads())
-    return y.to(x.dtype).view(*x.shape[:-1], n)
+    y = run_int4(_function("matmul_int4", variant), x, qdata, scale_and_zero, group_size, bias)
+    return y.to(x.dtype).view(*x.shape[:-1], qdata.shape[0])
 
 
 @_matmul_int4_op.register_fake
