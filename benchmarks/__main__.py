@@ -21,6 +21,7 @@ SECTIONS = {
     "conversion": ("bench_conversion", "converting a checkpoint: time and peak memory"),
     "verify": ("bench_verify", "a (k+1)-token forward against one token, the linears of a 2B block pair"),
     "verify-cost": ("bench_verify_cost", "a (k+1)-token forward against one token, the whole 2B shape, per variant"),
+    "quantized": ("bench_quantized", "int8/int4 weight-only decoding against bfloat16 and the weight-read floor"),
     "speculative": ("bench_speculative", "assisted and prompt-lookup decoding through generate()"),
     "serving": ("bench_serving", "vLLM against generate() on mixed-length requests (needs vLLM)"),
     "serving-long": ("bench_serving_long", "long generations, Griffin against an equal-size Gemma in vLLM"),

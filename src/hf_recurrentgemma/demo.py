@@ -36,7 +36,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline, set_seed
 
+from .commands.loading import add_quantize_arguments
 from .griffin.cache_griffin import GriffinCache
+from .quantization import check_format, load_quantized
 
 BUNDLED_RELEASE = Path(__file__).with_name("assets") / "griffin-austen"
 BUNDLED_PRESET = "griffin-austen-6m"
@@ -233,7 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assistant-preset", help="published model of an original --assistant checkpoint")
     parser.add_argument("--num-assistant-tokens", type=int, default=DRAFT_TOKENS, metavar="K",
                         help=f"tokens the assistant drafts per round (default {DRAFT_TOKENS})")
+    add_quantize_arguments(parser)
     args = parser.parse_args(argv)
+    if args.quantize:
+        try:
+            check_format(args.quantize, args.group_size)
+        except ImportError as err:
+            parser.error(str(err))
     if args.prompt_lookup is not None and args.prompt_lookup < 1:
         parser.error(f"--prompt-lookup must be at least 1, got {args.prompt_lookup}")
     if args.num_assistant_tokens < 1:
@@ -241,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         folder = prepare(args.model, args.preset, args.tokenizer, args.out)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype)).eval()
+        if args.quantize:
+            model = load_quantized(folder, args.quantize, args.group_size,
+                                   dtype=torch.bfloat16 if args.quantize == "int4" else getattr(torch, args.dtype))
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype)).eval()
         draft = load_assistant(args, model)
     except (OSError, ValueError) as err:  # ConversionError is a ValueError
         print(f"error: {err}", file=sys.stderr)
@@ -251,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     params = sum(p.numel() for p in model.parameters())
     print(f"loaded {type(model).__name__}: {params / 1e6:.1f}M parameters, {config.num_hidden_layers} blocks "
           f"({config.block_types.count('recurrent')} recurrent, {config.block_types.count('attention')} local "
-          f"attention, window {config.attention_window_size}), {args.dtype}")
+          f"attention, window {config.attention_window_size}), {model.dtype}"
+          + (f", {args.quantize} weights" if args.quantize else ""))
     speculative = {}
     if draft is not None:
         speculative = dict(assistant_model=draft)

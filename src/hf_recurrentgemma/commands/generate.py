@@ -136,7 +136,7 @@ def run_generate(args) -> int:
     prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
     check_sampling_arguments(args)
     tokenizer = load_tokenizer(args.model, args.tokenizer)
-    model = load_model(args.model, args.dtype, args.device)
+    model = load_model(args.model, args.dtype, args.device, args.quantize, args.group_size)
     kwargs = {**generation_kwargs(args, tokenizer), **speculation_kwargs(args)}
     if args.prompts_file:
         start = time.perf_counter()

@@ -181,7 +181,7 @@ def run_perplexity(args) -> int:
     documents = load_documents(args.dataset, args.split, args.text_column, args.dataset_config, args.sample_by,
                                args.streaming)
     tokenizer = load_tokenizer(args.model, args.tokenizer)
-    model = load_model(args.model, args.dtype, args.device)
+    model = load_model(args.model, args.dtype, args.device, args.quantize, args.group_size)
     result = stream_perplexity(model, tokenizer, documents, args.chunk_size, args.max_documents,
                                progress=not args.quiet)
     if not result.tokens:

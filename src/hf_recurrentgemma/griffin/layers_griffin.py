@@ -24,6 +24,7 @@ from .cache_griffin import (
 from .compat_griffin import ALL_ATTENTION_FUNCTIONS, init
 from .configuration_griffin import GriffinConfig
 from .cpu_matvec_griffin import linear_cpu, row_invariant_call
+from .cpu_quant_griffin import is_quantized, linear_quantized
 from .ops_griffin import (
     causal_conv1d,
     conv_tails_before,
@@ -61,6 +62,8 @@ class GriffinLinear(nn.Linear):
     few-row matrix kernel when decoding one sequence on CPU (`cpu_matvec_griffin.linear_cpu`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if is_quantized(self.weight):  # torchao int8/int4 weights (quantize_, TorchAoConfig): cpu_quant_griffin.py
+            return linear_quantized(x, self.weight, self.bias)
         return linear_cpu(x, self.weight, self.bias)
 
 

@@ -23,6 +23,8 @@ def check_stored_dtypes(folder) -> None:
         with open(os.path.join(folder, "config.json")) as f:
             config = json.load(f)
         declared = config.get("dtype", config.get("torch_dtype")) if isinstance(config, dict) else None
+        if isinstance(config, dict) and config.get("quantization_config"):
+            return  # a quantized folder (e.g. torchao's): integer codes and float32 scales are its format
     except (OSError, ValueError):
         pass
     for name in sorted(os.listdir(folder)):

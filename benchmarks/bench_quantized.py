@@ -1,0 +1,190 @@
+"""Weight-only int8 and int4 decoding on CPU: what each path costs against the weight-read floor.
+
+Sections (`--sections`, default all):
+
+    linear   one 2560 -> 15360 linear (the 2B MLP's fused size) and one 2560 -> 2560, 1..16 rows: torch's bf16
+             `F.linear`, the package's bf16 few-row kernel, torchao `Int8WeightOnlyConfig`'s own path, the package's
+             int8 kernel, torchao 0.18's prototype int4 (torch's `_weight_int4pack_mm_for_cpu`), the package's
+             int4 kernel (`cpu_quant_griffin.py`), and the read-rate ceiling (a float32 sum over 256 MB).
+    decode   tokens/s at batch 1 at the recurrentgemma-2b shape (26 layers, head included, random weights) in
+             bf16, int8 and int4: bytes read per token, the read rate measured in the same run, each figure as a
+             fraction of its floor (bytes / read rate); and the (k+1)-token forward against one token, k = 1..15.
+
+Weights are held in enough copies to total --total-mb, so each call reads them from memory, not from the (large)
+last-level cache. Every timing is a median of --repeats runs, the paths' runs interleaved so that other load on the
+machine slows all alike; the load average is printed beside the figures.
+
+    python -m benchmarks.bench_quantized --sections linear
+    HF_RECURRENTGEMMA_CPU_ISA=fp32-fma-256 python -m benchmarks.bench_quantized --sections decode
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from benchmarks.common import cpu_flags, cpu_model
+
+LINEAR_SHAPES = ((15360, 2560), (2560, 2560))  # (out, in)
+ROWS = (1, 2, 3, 4, 5, 8, 12, 16)
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each call, the calls run in turn within each repeat (after one warm-up each)."""
+    for fn in calls.values():
+        fn()
+    runs = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            runs[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in runs.items()}
+
+
+def read_rate(megabytes: int = 256, repeats: int = 7) -> float:
+    """Bytes per second of a float32 sum over `megabytes` (the read-rate ceiling the floors are measured
+    against)."""
+    buffer = torch.ones(megabytes * 2**20 // 4)
+    seconds = interleaved_medians({"sum": lambda: buffer.sum()}, repeats)["sum"]
+    return buffer.numel() * 4 / seconds
+
+
+def quantized_linear(out_features: int, in_features: int, fmt: str, group_size: int = 128,
+                     generator: torch.Generator | None = None) -> nn.Linear:
+    """A bias-free random bfloat16 linear (std 0.02), quantized in place to `fmt` ("bf16", "int8", "int4") with
+    torchao's weight-only configs (int4: the CPU prototype layout with `group_size`)."""
+    layer = nn.Linear(in_features, out_features, bias=False, dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer.weight.normal_(0.0, 0.02, generator=generator)
+    if fmt != "bf16":
+        from torchao.quantization import quantize_
+
+        quantize_(layer, quant_config(fmt, group_size))
+    return layer
+
+
+def quant_config(fmt: str, group_size: int = 128):
+    """torchao's weight-only config for `fmt` ("int8", "int4")."""
+    if fmt == "int8":
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return Int8WeightOnlyConfig()
+    if fmt == "int4":
+        from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+
+        return PrototypeInt4WeightOnlyConfig(group_size=group_size)
+    raise ValueError(f"unknown format {fmt!r}: use bf16, int8 or int4")
+
+
+def weight_bytes(weight: torch.Tensor) -> int:
+    """Bytes a product reads for this weight: the plain tensor, or a torchao tensor's inner tensors."""
+    if type(weight) in (torch.Tensor, nn.Parameter):
+        return weight.numel() * weight.element_size()
+    names, _ = weight.__tensor_flatten__()
+    inner = [getattr(weight, name) for name in names]
+    return sum(t.numel() * t.element_size() for t in inner if t is not None)
+
+
+def linear_section(args) -> dict:
+    from hf_recurrentgemma.griffin.cpu_matvec_griffin import linear_cpu
+
+    quant = _quant_module()
+    rate = read_rate()
+    print(f"read-rate ceiling (float32 sum over 256 MB): {rate / 1e9:.1f} GB/s   load {load():.2f}")
+    results = {"read_rate_gbs": rate / 1e9, "shapes": {}}
+    generator = torch.Generator().manual_seed(0)
+    for n, k in LINEAR_SHAPES:
+        paths: dict[str, tuple[list, Callable]] = {}
+        fns = {
+            "torch bf16 F.linear": ("bf16", lambda x, l: torch.nn.functional.linear(x, l.weight)),
+            "ours bf16": ("bf16", lambda x, l: linear_cpu(x, l.weight)),
+            "torchao int8 own": ("int8", lambda x, l: torch.nn.functional.linear(x, l.weight)),
+            "ours int8 (gemv)": ("int8", lambda x, l: linear_cpu(x, l.weight)),
+            "torch int4 (torchao prototype)": ("int4", lambda x, l: torch.nn.functional.linear(x, l.weight)),
+        }
+        if quant is not None:
+            fns["ours int8 (quant)"] = ("int8", lambda x, l: quant.linear_quantized(x, l.weight))
+            fns["ours int4 (quant)"] = ("int4", lambda x, l: quant.linear_quantized(x, l.weight))
+        layers = {}
+        for fmt in ("bf16", "int8", "int4"):
+            first = quantized_linear(n, k, fmt, args.group_size, generator)
+            copies = max(1, int(args.total_mb * 2**20 // weight_bytes(first.weight)))
+            layers[fmt] = [first] + [quantized_linear(n, k, fmt, args.group_size, generator) for _ in range(copies - 1)]
+        table = {}
+        print(f"\n{n} x {k} (out x in), ms per call, medians of {args.repeats}; floor = weight bytes / read rate")
+        names = list(fns)
+        print("rows " + " ".join(f"{name[:22]:>23}" for name in names))
+        for rows in ROWS:
+            x = torch.randn(rows, k, generator=generator).bfloat16()
+            calls = {}
+            for name, (fmt, fn) in fns.items():
+                copies = layers[fmt]
+                if name == "torchao int8 own" and rows > 1:
+                    copies = copies[:1]  # dequantizes first: ~30x slower than the rest, one copy is enough
+                calls[name] = (lambda fn=fn, copies=copies: [fn(x, l) for l in copies])
+            medians = interleaved_medians(calls, args.repeats)
+            row = {}
+            for name, (fmt, _) in fns.items():
+                copies = len(layers[fmt]) if not (name == "torchao int8 own" and rows > 1) else 1
+                seconds = medians[name] / copies
+                floor = weight_bytes(layers[fmt][0].weight) / rate
+                row[name] = {"ms": seconds * 1e3, "x_floor": seconds / floor}
+            table[rows] = row
+            print(f"{rows:4d} " + " ".join(f"{row[name]['ms']:9.3f} ({row[name]['x_floor']:4.2f}x)".rjust(23)
+                                          for name in names), f"  load {load():.2f}")
+        results["shapes"][f"{n}x{k}"] = table
+        del layers
+    return results
+
+
+def _quant_module():
+    try:
+        from hf_recurrentgemma.griffin import cpu_quant_griffin
+    except ImportError:
+        return None
+    return cpu_quant_griffin
+
+
+SECTIONS = {"linear": linear_section}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {list(SECTIONS)}")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--total-mb", type=int, default=768, help="weight copies per path total about this much")
+    parser.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64 or 128)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", default=None, help="write every figure here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
+    info = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "threads": torch.get_num_threads(),
+            "isa_cap": os.environ.get("HF_RECURRENTGEMMA_CPU_ISA"), "load_at_start": load()}
+    print(json.dumps(info))
+    results = {"machine": info}
+    with torch.inference_mode():
+        for section in sections:
+            results[section] = SECTIONS[section](args)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(results, out, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,494 @@
+"""Weight-only int8 and int4 matrix products for a few rows on CPU, on torchao's layouts, reading each weight once:
+`y (M, N) = x (M, K) dequant(W) (N, K)^T + bias` for M = 1..16 (decoding one sequence, verifying a draft of up to
+15 tokens).
+
+Layouts (the tensors users already have from `quantize_()` or `TorchAoConfig`, nothing repacked):
+
+    int8   torchao `Int8WeightOnlyConfig` (`Int8Tensor`): qdata (N, K) int8 row-major, scale (N, 1) float32, zero
+           point (N, 1) int8 (zero for the symmetric config): w[n, k] = scale[n] (q[n, k] - zero[n]).
+    int4   torchao 0.18 `PrototypeInt4WeightOnlyConfig` (`Int4OpaqueTensor`, torch's CPU int4 pack): qdata
+           (N, K/2) uint8 in blocks of 64 output rows, [N/64][K][32 bytes], byte j holding row j (low nibble) and
+           row j + 32 (high nibble) at one k; a last block of R < 64 rows (R a multiple of 16) holds rows 2j, 2j+1
+           in byte j. scale_and_zero (K/G, N, 2) bfloat16 per group of G = 32, 64 or 128 k:
+           w[n, k] = (q[n, k] - 8) scale[g, n] + zero[g, n].
+
+Why dequantization in registers with float32 FMA, not integer dot products over activations quantized to int8
+(AVX-512 VNNI, AVX2 `maddubs`): decoding is bound by the weight reads, and unpacking plus one FMA per weight and row
+keeps up with memory for a few rows (docs/performance.md), while quantizing activations would change the numerics
+(every product here is of the exact dequantized weight and the float32 input).
+
+Arithmetic, the same in every variant, each row on its own (so k rows give k one-row results bit for bit):
+    int8   acc[m, n] = sum_k x[m, k] q[n, k] in LANES float32 partial sums (k mod LANES), reduced in a fixed
+           order, then y = scale (acc - zero sum_k x) + bias.
+    int4   per group g: acc = sum_{k in g} x[m, k] q[n, k] in float32 (k in order), then
+           y += scale acc + (zero - 8 scale) xsum[m, g], with xsum[m, g] = sum_{k in g} x[m, k] (k in order);
+           groups in order; then + bias. Algebraically the product of the dequantized weights.
+Every variant accumulates in float32 and rounds once to x's dtype.
+
+Variants (built by `kernel_build_griffin.py`, which picks one at run time and reads the switches; the switch name
+is `gemv`, shared with the plain few-row kernels): `fp32-fma-512` (AVX-512F), `fp32-fma-256` (AVX2 + FMA), and
+`scalar` (portable C: tested everywhere, used only when forced, since torch's and torchao's own paths come first
+where no vector variant runs).
+"""
+
+import ctypes
+import re
+from string import Template
+
+import torch
+
+from .kernel_build_griffin import CompiledKernel, kernel_argtypes, kernel_enabled, kernel_settings
+
+MAX_ROWS = 16
+VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")
+INT4_BLOCK = 64  # output rows per block of torch's CPU int4 pack
+INT4_GROUPS = (32, 64, 128)  # the group sizes torchao's CPU int4 offers
+
+# Per variant: the vector type and operations the generic code below is written in. `I4_HALVES` is how many
+# 32-row halves of a 64-row int4 block one pass unpacks (AVX2 has 16 registers: one half at a time), `MB` how many
+# input rows a tile holds in registers.
+_ISAS = {
+    "scalar": dict(attr="", macros=r"""
+#define LANES 1
+#define VEC float
+#define VZERO 0.0f
+#define VSET1(v) (v)
+#define VLOAD_F32(p) (*(p))
+#define VSTORE_F32(p, v) (*(p) = (v))
+#define VLOAD_I8(p) ((float)*(p))
+#define VFMA(a, b, c) ((a) * (b) + (c))
+#define VMUL(a, b) ((a) * (b))
+#define VSUB(a, b) ((a) - (b))
+#define VREDUCE(v) (v)
+/* 32 rows (half h of a 64-row block) of one k: byte j holds row j (low nibble) and row j + 32 (high). */
+#define I4_UNPACK_HALF(p, h, w) for (int i = 0; i < 32; i++) (w)[i] = (float)(((p)[i] >> (4 * (h))) & 15)
+/* scale and zero of LANES rows from (scale, zero) bfloat16 pairs. */
+#define I4_SZ(p, s, z) do { (s) = bf16_to_f32((p)[0]); (z) = bf16_to_f32((p)[1]); } while (0)
+#define I4_HALVES 2
+#define MB8 4
+#define MB4 4
+"""),
+    "fp32_fma_256": dict(attr='__attribute__((target("avx2,fma")))', macros=r"""
+#define LANES 8
+#define VEC __m256
+#define VZERO _mm256_setzero_ps()
+#define VSET1(v) _mm256_set1_ps(v)
+#define VLOAD_F32(p) _mm256_loadu_ps(p)
+#define VSTORE_F32(p, v) _mm256_storeu_ps(p, v)
+#define VLOAD_I8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VMUL(a, b) _mm256_mul_ps(a, b)
+#define VSUB(a, b) _mm256_sub_ps(a, b)
+#define VREDUCE(v) reduce_fp32_fma_256(v)
+#define I4_UNPACK_HALF(p, h, w) do { \
+    for (int i = 0; i < 4; i++) { \
+        __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((p) + 8 * i))); \
+        (w)[i] = _mm256_cvtepi32_ps((h) ? _mm256_srli_epi32(b, 4) : _mm256_and_si256(b, _mm256_set1_epi32(15))); \
+    } } while (0)
+#define I4_SZ(p, s, z) do { \
+    __m256i v = _mm256_loadu_si256((const __m256i *)(p)); \
+    (s) = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)); \
+    (z) = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u))); } while (0)
+#define I4_HALVES 1
+#define MB8 2
+#define MB4 2
+__attribute__((target("avx2,fma"))) static inline float reduce_fp32_fma_256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+"""),
+    "fp32_fma_512": dict(attr='__attribute__((target("avx512f")))', macros=r"""
+#define LANES 16
+#define VEC __m512
+#define VZERO _mm512_setzero_ps()
+#define VSET1(v) _mm512_set1_ps(v)
+#define VLOAD_F32(p) _mm512_loadu_ps(p)
+#define VSTORE_F32(p, v) _mm512_storeu_ps(p, v)
+#define VLOAD_I8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VMUL(a, b) _mm512_mul_ps(a, b)
+#define VSUB(a, b) _mm512_sub_ps(a, b)
+#define VREDUCE(v) _mm512_reduce_add_ps(v)
+#define I4_UNPACK_HALF(p, h, w) do { \
+    for (int i = 0; i < 2; i++) { \
+        __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((p) + 16 * i))); \
+        (w)[i] = _mm512_cvtepi32_ps((h) ? _mm512_srli_epi32(b, 4) : _mm512_and_si512(b, _mm512_set1_epi32(15))); \
+    } } while (0)
+#define I4_SZ(p, s, z) do { \
+    __m512i v = _mm512_loadu_si512((const void *)(p)); \
+    (s) = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)); \
+    (z) = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u))); } while (0)
+#define I4_HALVES 2
+#define MB8 4
+#define MB4 4
+"""),
+}
+_UNDEF = "\n".join(f"#undef {m}" for m in (
+    "LANES", "VEC", "VZERO", "VSET1", "VLOAD_F32", "VSTORE_F32", "VLOAD_I8", "VFMA", "VMUL", "VSUB", "VREDUCE",
+    "I4_UNPACK_HALF", "I4_SZ", "I4_HALVES", "MB8", "MB4"))
+
+# int8: weight rows n0..n0+3 (the last row repeated past N, its results dropped) against `mb` input rows (float32,
+# (M, K) row stride K). Each (row, weight row) pair has LANES partial sums over k mod LANES, reduced in a fixed
+# order; the K tail is added in order after the reduction. Nothing depends on mb or on which rows share the tile.
+_I8_TILE = Template(r"""
+$attr static inline void i8_tile_$v(const int8_t *q, int64_t n0, int64_t N, int64_t K, const float *x, int mb,
+                                    float *acc_out /* (mb, 4) */) {
+    const int8_t *wr[4];
+    for (int r = 0; r < 4; r++) wr[r] = q + (n0 + r < N ? n0 + r : N - 1) * K;
+    VEC acc[MB8][4];
+    for (int m = 0; m < MB8; m++) for (int r = 0; r < 4; r++) acc[m][r] = VZERO;
+    int64_t k = 0;
+    for (; k + LANES <= K; k += LANES) {  /* ORDER: k ascending, one partial sum per lane */
+        VEC wv[4];
+        for (int r = 0; r < 4; r++) wv[r] = VLOAD_I8(wr[r] + k);
+        for (int m = 0; m < mb; m++) {
+            VEC xv = VLOAD_F32(x + m * K + k);
+            for (int r = 0; r < 4; r++) acc[m][r] = VFMA(wv[r], xv, acc[m][r]);
+        }
+    }
+    for (int m = 0; m < mb; m++)
+        for (int r = 0; r < 4; r++) {
+            float total = VREDUCE(acc[m][r]);
+            for (int64_t j = k; j < K; j++) total += (float)wr[r][j] * x[m * K + j];
+            acc_out[m * 4 + r] = total;
+        }
+}
+
+$attr void matmul_int8_$v(const int8_t *q, const float *scale, const int8_t *zero, const float *x,
+                          const float *bias, float *y, int64_t M, int64_t N, int64_t K, int threads) {
+    float x_sum[$max_rows];
+    for (int64_t m = 0; m < M; m++) {
+        x_sum[m] = 0.0f;
+        if (zero) for (int64_t k = 0; k < K; k++) x_sum[m] += x[m * K + k];
+    }
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n0 = 0; n0 < N; n0 += 4) {
+        float acc[MB8 * 4];
+        for (int64_t m0 = 0; m0 < M; m0 += MB8) {
+            int mb = (int)(M - m0 < MB8 ? M - m0 : MB8);
+            i8_tile_$v(q, n0, N, K, x + m0 * K, mb, acc);
+            for (int m = 0; m < mb; m++)
+                for (int64_t n = n0; n < n0 + 4 && n < N; n++) {
+                    float v = acc[m * 4 + (n - n0)];
+                    if (zero) v -= (float)zero[n] * x_sum[m0 + m];
+                    y[(m0 + m) * N + n] = scale[n] * v + (bias ? bias[n] : 0.0f);
+                }
+        }
+    }
+}
+""")
+
+# int4, one full 64-row block `blk`: for each half of 32 rows (I4_HALVES at once) and each `mb` input rows, per group:
+# float32 sums of x q over the group's k in order (one accumulator per row and output row), then
+# tot += scale * acc + (zero - 8 scale) * xsum[m, g]. Rows are independent: nothing depends on mb.
+_I4_BLOCK = Template(r"""
+$attr static void i4_block_$v(const uint8_t *q, const uint16_t *sz, int64_t blk, int64_t N, int64_t K,
+                              int64_t G, const float *x, const float *xsum, const float *bias, float *y, int64_t M) {
+    enum { PER_HALF = 32 / LANES, NV = I4_HALVES * 32 / LANES };
+    const uint8_t *base = q + blk * 64 * (K / 2);
+    const int64_t groups = K / G, n_blk = blk * 64;
+    for (int h0 = 0; h0 < 2; h0 += I4_HALVES)
+        for (int64_t m0 = 0; m0 < M; m0 += MB4) {
+            int mb = (int)(M - m0 < MB4 ? M - m0 : MB4);
+            VEC tot[MB4][NV];
+            for (int m = 0; m < MB4; m++) for (int i = 0; i < NV; i++) tot[m][i] = VZERO;
+            for (int64_t g = 0; g < groups; g++) {
+                VEC acc[MB4][NV];
+                for (int m = 0; m < MB4; m++) for (int i = 0; i < NV; i++) acc[m][i] = VZERO;
+                for (int64_t k = g * G; k < (g + 1) * G; k++) {  /* ORDER: k ascending within the group */
+                    const uint8_t *p = base + k * 32;
+                    VEC w[NV];
+                    for (int h = 0; h < I4_HALVES; h++) I4_UNPACK_HALF(p, h0 + h, w + h * PER_HALF);
+                    for (int m = 0; m < mb; m++) {
+                        VEC xv = VSET1(x[(m0 + m) * K + k]);
+                        for (int i = 0; i < NV; i++) acc[m][i] = VFMA(w[i], xv, acc[m][i]);
+                    }
+                }
+                for (int i = 0; i < NV; i++) {
+                    int64_t n = n_blk + (h0 + i / PER_HALF) * 32 + (i % PER_HALF) * LANES;
+                    VEC s, z;
+                    I4_SZ(sz + (g * N + n) * 2, s, z);
+                    VEC zs = VSUB(z, VMUL(VSET1(8.0f), s));
+                    for (int m = 0; m < mb; m++) {
+                        tot[m][i] = VFMA(s, acc[m][i], tot[m][i]);
+                        tot[m][i] = VFMA(zs, VSET1(xsum[(m0 + m) * groups + g]), tot[m][i]);
+                    }
+                }
+            }
+            for (int m = 0; m < mb; m++)
+                for (int i = 0; i < NV; i++) {
+                    int64_t n = n_blk + (h0 + i / PER_HALF) * 32 + (i % PER_HALF) * LANES;
+                    float out[LANES];
+                    VSTORE_F32(out, tot[m][i]);
+                    for (int l = 0; l < LANES; l++) y[(m0 + m) * N + n + l] = out[l] + (bias ? bias[n + l] : 0.0f);
+                }
+        }
+}
+
+$attr void matmul_int4_$v(const uint8_t *q, const uint16_t *sz, const float *x, const float *bias, float *y,
+                          int64_t M, int64_t N, int64_t K, int64_t G, int threads) {
+    const int64_t groups = K / G, full = N / 64;
+    float *xsum = (float *)malloc(sizeof(float) * (M * groups + 1));
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t g = 0; g < groups; g++) {
+            float s = 0.0f;
+            for (int64_t k = g * G; k < (g + 1) * G; k++) s += x[m * K + k];
+            xsum[m * groups + g] = s;
+        }
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t blk = 0; blk < full; blk++) i4_block_$v(q, sz, blk, N, K, G, x, xsum, bias, y, M);
+    if (full * 64 < N) i4_tail(q, sz, full * 64, x, xsum, bias, y, M, N, K, G);
+    free(xsum);
+}
+""")
+
+# The last block of R < 64 rows (R a multiple of 16; rows 2j and 2j + 1 in byte j): the same arithmetic per row,
+# in scalar C (at most 48 rows of a matrix, e.g. a vocabulary not a multiple of 64).
+_I4_TAIL = r"""
+static void i4_tail(const uint8_t *q, const uint16_t *sz, int64_t n_start, const float *x, const float *xsum,
+                    const float *bias, float *y, int64_t M, int64_t N, int64_t K, int64_t G) {
+    const int64_t R = N - n_start, groups = K / G;
+    const uint8_t *base = q + n_start * (K / 2);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t r = 0; r < R; r++) {
+            float tot = 0.0f;
+            for (int64_t g = 0; g < groups; g++) {
+                float acc = 0.0f;
+                for (int64_t k = g * G; k < (g + 1) * G; k++) {
+                    uint8_t b = base[k * (R / 2) + r / 2];
+                    acc += (float)((b >> (4 * (r & 1))) & 15) * x[m * K + k];
+                }
+                const uint16_t *p = sz + (g * N + n_start + r) * 2;
+                float s = bf16_to_f32(p[0]), z = bf16_to_f32(p[1]);
+                tot += s * acc;
+                tot += (z - 8.0f * s) * xsum[m * groups + g];
+            }
+            y[m * N + n_start + r] = tot + (bias ? bias[n_start + r] : 0.0f);
+        }
+}
+"""
+
+
+def _variant_source(v: str) -> str:
+    isa = _ISAS[v]
+    return "\n".join([isa["macros"], _I8_TILE.substitute(attr=isa["attr"], v=v, max_rows=MAX_ROWS),
+                      _I4_BLOCK.substitute(attr=isa["attr"], v=v, max_rows=MAX_ROWS), _UNDEF])
+
+
+def _source() -> str:
+    parts = [_I4_TAIL, _variant_source("scalar"), "#if defined(HF_RG_X86)"]
+    parts += [_variant_source("fp32_fma_256"), _variant_source("fp32_fma_512"), "#endif"]
+    return "\n".join(parts)
+
+
+def make_kernel(source: str | None = None) -> CompiledKernel:
+    """The compiled kernel for `source` (default: this module's); tests build altered copies to show that the
+    row-invariance check catches a changed accumulation order."""
+    return CompiledKernel("quant", _source() if source is None else source, {
+        "matmul_int8": (VARIANTS, kernel_argtypes(6)),
+        # q, scale_and_zero, x, bias, y; M, N, K, the group size; threads
+        "matmul_int4": (VARIANTS, [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int]),
+    })
+
+
+QUANT_KERNEL = make_kernel()
+
+
+def supported_variants() -> list[str]:
+    """The variants this CPU and build can run, weakest first (whatever the switches say: tests force each)."""
+    return [v for v in QUANT_KERNEL.supported() if v in VARIANTS]
+
+
+_decided: dict[tuple, str | None] = {}
+
+
+@torch.compiler.assume_constant_result  # decided in Python; a compiled graph only sees the answer
+def quant_variant() -> str | None:
+    """The variant `linear_quantized` uses now, or None for torch's / torchao's own path: the best one the CPU, the
+    build and HF_RECURRENTGEMMA_CPU_ISA allow if it is a vector one, and None where HF_RECURRENTGEMMA_CPU_KERNELS
+    turns `gemv` off or nothing builds."""
+    key = kernel_settings()
+    if key not in _decided:
+        variant = QUANT_KERNEL.best_variant(VARIANTS) if kernel_enabled("gemv") else None
+        _decided[key] = variant if variant != "scalar" else None
+    return _decided[key]
+
+
+def _int8_layout(weight) -> bool:
+    """torchao's weight-only int8 tensor with one scale (and zero point) per output row: qdata (N, K) int8
+    contiguous, block (1, K), no activation quantization."""
+    qdata = getattr(weight, "qdata", None)
+    return (type(weight).__name__ == "Int8Tensor"
+            and isinstance(qdata, torch.Tensor) and qdata.dtype == torch.int8 and qdata.ndim == 2
+            and qdata.is_contiguous() and tuple(getattr(weight, "block_size", ())) == (1, qdata.shape[1])
+            and getattr(weight, "scale", None) is not None and weight.scale.numel() == qdata.shape[0]
+            and getattr(weight, "act_quant_kwargs", None) is None and getattr(weight, "act_pre_scale", None) is None)
+
+
+def _int4_layout(weight) -> bool:
+    """torchao's CPU int4 weight-only tensor (torch's int4 pack, group scales and zeros, no activation quantization
+    or pre-scale) with a group size of INT4_GROUPS."""
+    qdata, sz = getattr(weight, "qdata", None), getattr(weight, "scale_and_zero", None)
+    if type(weight).__name__ != "Int4OpaqueTensor" or not isinstance(qdata, torch.Tensor) or sz is None:
+        return False
+    n, k = weight.shape
+    block = tuple(getattr(weight, "block_size", ()))
+    return (qdata.dtype == torch.uint8 and qdata.shape == (n, k // 2) and qdata.is_contiguous()
+            and len(block) == 2 and block[0] == 1 and block[1] in INT4_GROUPS and k % block[1] == 0
+            and sz.dtype == torch.bfloat16 and sz.shape == (k // block[1], n, 2) and sz.is_contiguous()
+            and getattr(weight, "act_pre_scale", None) is None and getattr(weight, "act_mapping_type", None) is None)
+
+
+def quant_format(weight) -> str | None:
+    """"int8" or "int4" for a torchao weight this module multiplies, else None."""
+    if _int8_layout(weight):
+        return "int8"
+    if _int4_layout(weight):
+        return "int4"
+    return None
+
+
+def is_quantized(weight) -> bool:
+    """Whether `weight` is a torchao tensor subclass (quantized), whatever its layout: such a weight goes through
+    `linear_quantized`, which falls back to torchao's own product where this module has no kernel for it. (Checked
+    by the class's module, so a DTensor or another wrapper stays on `cpu_matvec_griffin.linear_cpu`.)"""
+    return type(weight).__module__.startswith("torchao.")
+
+
+_functions: dict[tuple, object] = {}
+
+
+def _function(name: str, variant: str):
+    settings = kernel_settings()
+    key = (settings.cflags, settings.compiler, name, variant)
+    if key not in _functions:
+        _functions[key] = QUANT_KERNEL.function(name, variant)
+    return _functions[key]
+
+
+# The op namespace is this module's name, so the package and a copy shipped as Hub remote code (another module
+# name) can both register their ops in one process.
+_NS = re.sub(r"\W", "_", __name__)
+
+
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1]).float().contiguous()
+
+
+def run_int8(function, x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+             bias: torch.Tensor | None) -> torch.Tensor:
+    """Calls a compiled `matmul_int8` variant: x (M, K) float, M <= MAX_ROWS; returns y (M, N) float32."""
+    rows = _as_rows(x)
+    scale32 = scale.reshape(-1).float().contiguous()
+    zero = None if zero_point is None else zero_point.reshape(-1).to(torch.int8).contiguous()
+    bias32 = None if bias is None else bias.float().contiguous()
+    y = torch.empty(rows.shape[0], qdata.shape[0], dtype=torch.float32)
+    function(qdata.data_ptr(), scale32.data_ptr(), None if zero is None else zero.data_ptr(), rows.data_ptr(),
+             None if bias32 is None else bias32.data_ptr(), y.data_ptr(), rows.shape[0], qdata.shape[0],
+             qdata.shape[1], torch.get_num_threads())
+    return y
+
+
+def run_int4(function, x: torch.Tensor, qdata: torch.Tensor, scale_and_zero: torch.Tensor, group_size: int,
+             bias: torch.Tensor | None) -> torch.Tensor:
+    """Calls a compiled `matmul_int4` variant: x (M, K) float, M <= MAX_ROWS; returns y (M, N) float32."""
+    rows = _as_rows(x)
+    bias32 = None if bias is None else bias.float().contiguous()
+    y = torch.empty(rows.shape[0], qdata.shape[0], dtype=torch.float32)
+    function(qdata.data_ptr(), scale_and_zero.data_ptr(), rows.data_ptr(), None if bias32 is None else bias32.data_ptr(),
+             y.data_ptr(), rows.shape[0], qdata.shape[0], rows.shape[1], group_size, torch.get_num_threads())
+    return y
+
+
+@torch.library.custom_op(f"{_NS}::matmul_int8", mutates_args=(), device_types="cpu")
+def _matmul_int8_op(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                    bias: torch.Tensor | None, variant: str) -> torch.Tensor:
+    """x (..., K) float, at most MAX_ROWS rows; qdata (N, K) int8, scale (N) or (N, 1), zero_point the same in
+    int8 or None: y = x (scale (q - zero))^T + bias, (..., N) in x's dtype."""
+    y = run_int8(_function("matmul_int8", variant), x, qdata, scale, zero_point, bias)
+    return y.to(x.dtype).view(*x.shape[:-1], qdata.shape[0])
+
+
+@_matmul_int8_op.register_fake
+def _(x, qdata, scale, zero_point, bias, variant):
+    return x.new_empty(*x.shape[:-1], qdata.shape[0])
+
+
+@torch.library.custom_op(f"{_NS}::matmul_int4", mutates_args=(), device_types="cpu")
+def _matmul_int4_op(x: torch.Tensor, qdata: torch.Tensor, scale_and_zero: torch.Tensor, group_size: int,
+                    bias: torch.Tensor | None, variant: str) -> torch.Tensor:
+    """x (..., K) float, at most MAX_ROWS rows; qdata (N, K/2) uint8 in torch's CPU int4 pack, scale_and_zero
+    (K/G, N, 2) bfloat16: y = x ((q - 8) scale + zero)^T + bias, (..., N) in x's dtype."""
+    y = run_int4(_function("matmul_int4", variant), x, qdata, scale_and_zero, group_size, bias)
+    return y.to(x.dtype).view(*x.shape[:-1], qdata.shape[0])
+
+
+@_matmul_int4_op.register_fake
+def _(x, qdata, scale_and_zero, group_size, bias, variant):
+    return x.new_empty(*x.shape[:-1], qdata.shape[0])
+
+
+def linear_rows(x: torch.Tensor, weight, bias: torch.Tensor | None, variant: str) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` through variant `variant` for a weight `quant_format` accepts and x of at most
+    MAX_ROWS rows (tests call this to force each variant)."""
+    fmt = quant_format(weight)
+    if fmt == "int8":
+        return _matmul_int8_op(x, weight.qdata, weight.scale, getattr(weight, "zero_point", None), bias, variant)
+    if fmt == "int4":
+        return _matmul_int4_op(x, weight.qdata, weight.scale_and_zero, weight.block_size[1], bias, variant)
+    raise ValueError(f"no quantized kernel for a weight of type {type(weight).__name__}")
+
+
+def kernel_applies(x: torch.Tensor, weight) -> bool:
+    """Whether `linear_quantized` runs this module's kernel for this call now: inference on CPU, 1..MAX_ROWS rows
+    of floating-point x, a layout `quant_format` accepts, and a vector variant allowed."""
+    if x.device.type != "cpu" or not x.is_floating_point() or x.shape[-1] == 0:
+        return False
+    if x.numel() // x.shape[-1] > MAX_ROWS or (torch.is_grad_enabled() and x.requires_grad):
+        return False
+    return quant_format(weight) is not None and x.shape[-1] == weight.shape[1] and quant_variant() is not None
+
+
+def linear_quantized(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` for a torchao weight: this module's kernel where `kernel_applies`, else torchao's
+    own product (prompts longer than MAX_ROWS, another layout, kernels off). Equal to the product of the
+    dequantized weights within float32 accumulation order, rounded once to x's dtype."""
+    if kernel_applies(x, weight):
+        return linear_rows(x, weight, bias, quant_variant())
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def unpack_int4(qdata: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """torch's CPU int4 pack (N, K/2) uint8 back to the (N, K) codes 0..15 as int64 (the layout in the module
+    docstring): the tests' float64 reference and `dequantize`."""
+    codes = torch.empty(n, k, dtype=torch.int64)
+    full = n // INT4_BLOCK * INT4_BLOCK
+    if full:
+        blocks = qdata[:full].reshape(-1).view(n // INT4_BLOCK, k, 32).long()  # [block][k][byte]
+        both = torch.cat([blocks & 15, blocks >> 4], dim=2)  # [block][k][row in block]
+        codes[:full] = both.permute(0, 2, 1).reshape(full, k)
+    if full < n:
+        rows = n - full
+        tail = qdata[full:].reshape(-1).view(k, rows // 2).long()  # [k][byte]: rows 2j (low), 2j + 1 (high)
+        codes[full:] = torch.stack([tail & 15, tail >> 4], dim=2).reshape(k, rows).T
+    return codes
+
+
+def dequantize(weight, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The (N, K) weights a torchao int8 or int4 tensor (`quant_format`) stands for, in `dtype`, computed in
+    float64: int8 scale (q - zero); int4 (q - 8) scale + zero per group."""
+    fmt = quant_format(weight)
+    if fmt == "int8":
+        zero = getattr(weight, "zero_point", None)
+        q = weight.qdata.double() - (0 if zero is None else zero.reshape(-1, 1).double())
+        return (q * weight.scale.reshape(-1, 1).double()).to(dtype)
+    if fmt == "int4":
+        n, k = weight.shape
+        group = weight.block_size[1]
+        codes = unpack_int4(weight.qdata, n, k).double().view(n, k // group, group)
+        sz = weight.scale_and_zero.double()  # (K/G, N, 2)
+        scale, zero = sz[..., 0].T.unsqueeze(-1), sz[..., 1].T.unsqueeze(-1)  # (N, K/G, 1)
+        return ((codes - 8) * scale + zero).reshape(n, k).to(dtype)
+    raise ValueError(f"no quantized layout known for a weight of type {type(weight).__name__}")

@@ -1,0 +1,122 @@
+"""Weight-only int8 and int4 quantization of a Griffin model for CPU decoding, in torchao's formats.
+
+    int8   torchao `Int8WeightOnlyConfig`: one float32 scale per output row.
+    int4   torchao 0.18 `PrototypeInt4WeightOnlyConfig` (torch's CPU int4 pack): a bfloat16 scale and zero per
+           group of `group_size` (32, 64, 128) inputs of each output row.
+
+Every linear layer is quantized, the LM head included (its own copy when tied to the embedding, whose lookup stays
+exact); the products then run through `griffin/cpu_quant_griffin.py` (1..16 rows) or torchao's own paths. A layer
+torch's int4 pack cannot hold (outputs not a multiple of 16, or inputs not a multiple of the group) stays as it
+is. Needs torchao (`pip install torchao`).
+
+    >>> model = load_quantized("path/to/folder", "int4")            # quantizes while loading, tensor by tensor
+    >>> model = quantize_model(GriffinForCausalLM(config), "int8")  # or a model already in memory
+"""
+
+import torch
+from torch import nn
+
+FORMATS = ("int8", "int4")
+GROUP_SIZES = (32, 64, 128)  # torchao's CPU int4 groups
+DEFAULT_GROUP_SIZE = 128
+
+
+def check_format(fmt: str, group_size: int = DEFAULT_GROUP_SIZE) -> None:
+    """A clear error for an unknown format or group size, or where torchao is missing."""
+    if fmt not in FORMATS:
+        raise ValueError(f"quantization format must be one of {list(FORMATS)}, got {fmt!r}")
+    if fmt == "int4" and group_size not in GROUP_SIZES:
+        raise ValueError(f"int4 group size must be one of {list(GROUP_SIZES)}, got {group_size!r}")
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise ImportError(f"{fmt} quantization needs torchao: pip install 'torchao>=0.18'") from None
+
+
+def torchao_config(fmt: str, group_size: int = DEFAULT_GROUP_SIZE):
+    """torchao's weight-only config for `fmt` ("int8", or "int4" with `group_size`)."""
+    check_format(fmt, group_size)
+    if fmt == "int8":
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return Int8WeightOnlyConfig()
+    from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+
+    return PrototypeInt4WeightOnlyConfig(group_size=group_size)
+
+
+def quantizable(layer: nn.Module, fmt: str, group_size: int = DEFAULT_GROUP_SIZE) -> bool:
+    """Whether torchao's `fmt` layout can hold this linear layer's weight."""
+    if not isinstance(layer, nn.Linear) or type(layer.weight) not in (torch.Tensor, nn.Parameter):
+        return False
+    out_features, in_features = layer.weight.shape
+    return fmt == "int8" or (out_features % 16 == 0 and in_features % group_size == 0)
+
+
+def untie_head(model) -> None:
+    """Gives the LM head its own weight when it shares the embedding's, so quantizing the head leaves the lookup
+    exact; the config then says the weights are untied (a saved folder stores both)."""
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and head.weight is embedding.weight:
+        head.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
+        model.config.tie_word_embeddings = False
+        if hasattr(model, "_tied_weights_keys"):
+            model._tied_weights_keys = {}
+
+
+def quantize_model(model, fmt: str, group_size: int = DEFAULT_GROUP_SIZE, head: bool = True):
+    """Quantizes every linear layer of `model` in place with torchao's `quantize_()` (the head too when `head`,
+    after untying it); returns the model. Weights are quantized from their dtype now (bfloat16 is what the int4
+    layout stores its scales in)."""
+    from torchao.quantization import quantize_
+
+    config = torchao_config(fmt, group_size)
+    if head:
+        untie_head(model)
+    skip = set() if head else {id(model.get_output_embeddings())}
+    with torch.no_grad():
+        quantize_(model, config,
+                  filter_fn=lambda module, name: id(module) not in skip and quantizable(module, fmt, group_size))
+    return model
+
+
+def quantization_config(model_config, fmt: str, group_size: int = DEFAULT_GROUP_SIZE):
+    """Transformers' `TorchAoConfig` for `from_pretrained(..., quantization_config=...)`: every linear layer of a
+    model with `model_config` that the format can hold (layers it cannot hold are listed as not to convert).
+    Transformers leaves the tied head alone; `load_quantized` quantizes it afterwards."""
+    from transformers import TorchAoConfig
+
+    from .griffin.modeling_griffin import GriffinForCausalLM
+
+    with torch.device("meta"):
+        skeleton = GriffinForCausalLM(model_config)
+    keep = [name for name, module in skeleton.named_modules()
+            if isinstance(module, nn.Linear) and not quantizable(module, fmt, group_size)]
+    return TorchAoConfig(torchao_config(fmt, group_size), modules_to_not_convert=keep or None)
+
+
+def load_quantized(path, fmt: str, group_size: int = DEFAULT_GROUP_SIZE, dtype=torch.bfloat16, **kwargs):
+    """`GriffinForCausalLM.from_pretrained(path)` with every linear layer quantized to `fmt` as its tensor loads
+    (Transformers quantizes each weight as it reads it, so peak memory stays near the quantized size plus one
+    tensor), then the head from its own copy of the embedding. `dtype` is the activations' dtype and that of the
+    layers left unquantized (the embedding, norms, recurrence)."""
+    from .griffin.configuration_griffin import GriffinConfig
+    from .griffin.modeling_griffin import GriffinForCausalLM
+
+    check_format(fmt, group_size)
+    config = GriffinConfig.from_pretrained(path)
+    model = GriffinForCausalLM.from_pretrained(path, dtype=dtype,
+                                               quantization_config=quantization_config(config, fmt, group_size),
+                                               **kwargs)
+    head = model.get_output_embeddings()
+    if quantizable(head, fmt, group_size):
+        untie_head(model)
+        from torchao.quantization import quantize_
+
+        with torch.no_grad():
+            quantize_(head, torchao_config(fmt, group_size), filter_fn=lambda module, name: module is head)
+    return model.eval()
+
+
+__all__ = ["DEFAULT_GROUP_SIZE", "FORMATS", "GROUP_SIZES", "check_format", "load_quantized", "quantization_config",
+           "quantizable", "quantize_model", "torchao_config", "untie_head"]

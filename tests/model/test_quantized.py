@@ -1,0 +1,87 @@
+"""Quantized Griffin models (torchao int8 / int4 weight-only, `hf_recurrentgemma.quantization`): the Transformers
+way (`from_pretrained(..., quantization_config=TorchAoConfig(...))`) and `quantize_()` give the same model, every
+linear layer and the head run through `cpu_quant_griffin` when decoding, the embedding stays exact, int8 folders
+save and load back unchanged, and the quantized model stays near the bfloat16 one."""
+
+import pytest
+import torch
+from command_helpers import tiny_model
+
+pytest.importorskip("torchao")
+from hf_recurrentgemma import GriffinForCausalLM  # noqa: E402
+from hf_recurrentgemma.griffin import cpu_quant_griffin as Q  # noqa: E402
+from hf_recurrentgemma.quantization import load_quantized, quantization_config, quantize_model  # noqa: E402
+
+SHAPE = dict(hidden_size=64, intermediate_size=128, vocab_size=128)  # every linear fits int4 groups of 32
+IDS = torch.tensor([[2, 40, 41, 42, 43, 50, 60, 7]])
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bf16") / "model"
+    tiny_model(seed=2, **SHAPE).bfloat16().save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_loading_quantized_equals_quantize_after_loading(folder, fmt):
+    loaded = load_quantized(folder, fmt, 32)
+    after = quantize_model(GriffinForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval(), fmt, 32)
+    assert loaded.lm_head.weight is not loaded.model.embed_tokens.weight
+    assert type(loaded.model.embed_tokens.weight) is torch.nn.Parameter
+    linears = [m for m in loaded.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(Q.quant_format(m.weight) == fmt for m in linears), "every linear and the head are quantized"
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, after(IDS).logits)
+
+
+def test_transformers_torchao_config_quantizes_the_linear_layers(folder):
+    model = GriffinForCausalLM.from_pretrained(folder, dtype=torch.bfloat16,
+                                               quantization_config=quantization_config(
+                                                   GriffinForCausalLM.config_class.from_pretrained(folder), "int8"))
+    blocks = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"]
+    assert blocks and all(Q.quant_format(m.weight) == "int8" for m in blocks)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_a_decode_step_runs_every_linear_and_the_head_through_the_kernel(folder, fmt, monkeypatch):
+    from kernel_helpers import force_variant
+
+    variant = Q.supported_variants()[-1]
+    if variant == "scalar":
+        pytest.skip("no vector variant on this CPU: the quantized products run torchao's own paths")
+    force_variant(monkeypatch, variant)
+    model = load_quantized(folder, fmt, 32)
+    calls = []
+    real = Q.linear_rows
+    monkeypatch.setattr(Q, "linear_rows", lambda x, w, b, v: calls.append(w) or real(x, w, b, v))
+    with torch.no_grad():
+        out = model(IDS[:, :4], use_cache=True)
+        calls.clear()
+        step = model(IDS[:, 4:5], cache=out.cache, use_cache=True).logits
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(calls) == len(linears) and {id(w) for w in calls} == {id(w) for w in linears}
+    assert step.dtype == torch.bfloat16 and bool(torch.isfinite(step).all())
+
+
+def test_int8_folder_saves_and_loads_back_unchanged(folder, tmp_path):
+    model = load_quantized(folder, "int8")
+    model.save_pretrained(tmp_path / "int8")
+    back = GriffinForCausalLM.from_pretrained(tmp_path / "int8")
+    assert Q.quant_format(back.lm_head.weight) == "int8"
+    with torch.no_grad():
+        assert torch.equal(back(IDS).logits, model(IDS).logits)
+
+
+@pytest.mark.parametrize("fmt,tolerance", [("int8", 0.05), ("int4", 0.5)])
+def test_quantized_logits_stay_near_bfloat16(folder, fmt, tolerance):
+    """Not a quality figure (docs/performance.md has those): a gross layout or routing mistake would move the
+    logits by their own size (~4 here); int8 per-row and int4 groups of 32 move them by a few hundredths / tenths."""
+    reference = GriffinForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        expected = reference(IDS).logits.float()
+        got = load_quantized(folder, fmt, 32)(IDS).logits.float()
+    error = float((got - expected).abs().max())
+    assert error < tolerance * float(expected.abs().max()), f"{fmt}: max logit error {error:.3f}"

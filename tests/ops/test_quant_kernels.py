@@ -1,0 +1,162 @@
+"""The weight-only int8 and int4 few-row kernels (`griffin/cpu_quant_griffin.py`) on torchao's layouts: every
+variant this CPU runs, forced in turn, against a float64 product of the dequantized weights within a bound derived
+from the kernel's arithmetic; k rows equal k one-row products bit for bit (and a copy of the kernel whose
+accumulation order depends on the row count fails that check); the layout reading (`dequantize`) against torch's
+own int4 product; the dispatch with the kernels off."""
+
+import pytest
+import torch
+from kernel_helpers import force_variant
+from torch import nn
+
+pytest.importorskip("torchao")
+from torchao.quantization import Int8WeightOnlyConfig, quantize_  # noqa: E402
+from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig  # noqa: E402
+
+from hf_recurrentgemma.griffin import cpu_quant_griffin as Q  # noqa: E402
+
+pytestmark = [pytest.mark.kernels, pytest.mark.usefixtures("one_thread")]
+VARIANTS = Q.supported_variants()
+U = 2.0**-24  # float32 unit roundoff
+# (format, N, K, group): N = 112 puts a 48-row tail block after a full 64-row int4 block; int8's N = 202 and
+# K = 100 leave partial 4-row and 16-lane tiles.
+CASES = [("int8", 202, 100, None), ("int8", 64, 256, None), ("int4", 112, 256, 32), ("int4", 64, 256, 64),
+         ("int4", 128, 384, 128)]
+IDS = [f"{fmt}-N{n}-K{k}" + (f"-G{g}" if g else "") for fmt, n, k, g in CASES]
+
+
+def quantized(fmt: str, n: int, k: int, group: int | None, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    layer = nn.Linear(k, n, dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer.weight.normal_(0, 0.05)
+        layer.bias.normal_(0, 0.5)
+    quantize_(layer, Int8WeightOnlyConfig() if fmt == "int8" else PrototypeInt4WeightOnlyConfig(group_size=group))
+    return layer
+
+
+def gamma(n: int) -> float:
+    return n * U / (1 - n * U)
+
+
+def error_bound(fmt: str, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """(M, N) bound on |kernel - float64 product| from the arithmetic in the module docstring. Every float32
+    operation rounds once (FMA) or twice (scalar C multiplies and adds separately, -ffp-contract=off); a value
+    formed by a chain of d such operations over terms t_i is within gamma(2 d) sum |t_i| of exact (Higham 3.1).
+    int8: chain depth K (lanes, reduction tree and tail together) + 3 (zero point, scale, bias); terms x q scale,
+    zero x scale, bias. int4: depth G (the group's sum) + 2 per group + 2 (zero - 8 scale, bias); terms x q scale
+    and x (zero - 8 scale) per group, and the bias."""
+    xa = x.double().abs()
+    bias = layer.bias.detach().double().abs()
+    w = layer.weight
+    if fmt == "int8":
+        k = w.qdata.shape[1]
+        scale = w.scale.double().reshape(1, -1).abs()
+        zero = w.zero_point.double().reshape(1, -1).abs()
+        magnitude = scale * (xa @ w.qdata.double().abs().T + zero * xa.sum(1, keepdim=True)) + bias
+        return gamma(2 * (k + 3)) * magnitude
+    n, k = w.shape
+    group = w.block_size[1]
+    codes = Q.unpack_int4(w.qdata, n, k).double()  # (N, K)
+    sz = w.scale_and_zero.double()  # (K/G, N, 2)
+    scale = sz[..., 0].T.repeat_interleave(group, 1)  # (N, K)
+    shifted = (sz[..., 1] - 8 * sz[..., 0]).T.repeat_interleave(group, 1)
+    magnitude = xa @ (codes * scale.abs()).T + xa @ shifted.abs().T + bias
+    return gamma(2 * (group + 2 * (k // group) + 2)) * magnitude
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("fmt,n,k,group", CASES, ids=IDS)
+def test_each_variant_within_the_derived_bound_of_the_float64_product(fmt, n, k, group, variant, monkeypatch):
+    force_variant(monkeypatch, variant)
+    layer = quantized(fmt, n, k, group)
+    assert Q.quant_format(layer.weight) == fmt
+    x = torch.randn(16, k)
+    with torch.no_grad():
+        y = Q.linear_rows(x, layer.weight, layer.bias, variant).double()
+    exact = x.double() @ Q.dequantize(layer.weight).T + layer.bias.detach().double()
+    bound = error_bound(fmt, x, layer)
+    error = (y - exact).abs()
+    worst = float((error / bound).max())
+    assert bool((error <= bound).all()), f"{variant}: error up to {worst:.2f}x the bound, max {float(error.max()):.3g}"
+    assert float(error.max()) > 0  # the comparison sees float32 rounding, not a float64 copy
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("fmt,n,k,group", CASES[:1] + CASES[2:3], ids=IDS[:1] + IDS[2:3])
+def test_k_rows_equal_k_one_row_products_bit_for_bit(fmt, n, k, group, variant, monkeypatch):
+    """Each row is accumulated in the same order whatever the row count, so a (k+1)-token verification equals
+    k+1 one-token steps exactly (float32 and bfloat16 inputs)."""
+    force_variant(monkeypatch, variant)
+    layer = quantized(fmt, n, k, group)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(Q.MAX_ROWS, k).to(dtype)
+        with torch.no_grad():
+            ones = torch.cat([Q.linear_rows(x[i:i + 1], layer.weight, layer.bias, variant) for i in range(len(x))])
+            for rows in (2, 5, Q.MAX_ROWS):
+                assert torch.equal(Q.linear_rows(x[:rows], layer.weight, layer.bias, variant), ones[:rows]), \
+                    f"{variant} {dtype}: {rows} rows differ from one-row products"
+
+
+def rows_match_one_row(function, fmt: str, layer: nn.Linear, x: torch.Tensor) -> bool:
+    w = layer.weight
+    if fmt == "int8":
+        def run(rows):
+            return Q.run_int8(function, rows, w.qdata, w.scale, w.zero_point, layer.bias)
+    else:
+        def run(rows):
+            return Q.run_int4(function, rows, w.qdata, w.scale_and_zero, w.block_size[1], layer.bias)
+    ones = torch.cat([run(x[i:i + 1]) for i in range(len(x))])
+    return torch.equal(run(x), ones)
+
+
+# The accumulation loops, and a replacement that walks k backwards when more than one row runs: same sums,
+# another rounding order, so the row-invariance check must catch it.
+MUTATIONS = {
+    "int8": ("for (; k + LANES <= K; k += LANES) {  /* ORDER: k ascending, one partial sum per lane */",
+             "for (int64_t kk = 0; kk + LANES <= K; kk += LANES) { k = mb > 1 ? K / LANES * LANES - LANES - kk : kk;"),
+    "int4": ("for (int64_t k = g * G; k < (g + 1) * G; k++) {  /* ORDER: k ascending within the group */",
+             "for (int64_t kk = g * G; kk < (g + 1) * G; kk++) { int64_t k = M > 1 ? (2 * g + 1) * G - 1 - kk : kk;"),
+}
+
+
+@pytest.mark.parametrize("fmt,n,k,group", CASES[1:3], ids=IDS[1:3])
+def test_a_row_dependent_accumulation_order_fails_the_invariance_check(fmt, n, k, group, monkeypatch):
+    """The check above is able to fail: the same source with the k loop reversed when several rows run (the same
+    sums in another rounding order) is caught."""
+    variant = VARIANTS[-1]
+    force_variant(monkeypatch, variant)
+    source = Q.QUANT_KERNEL.source
+    original, mutated = MUTATIONS[fmt]
+    assert source.count(original) == 3  # one loop per variant: the mutation reaches the one tested
+    kernel = Q.make_kernel(Q._source().replace(original, mutated))
+    layer = quantized(fmt, n, k, group)
+    x = torch.randn(4, k)
+    name = f"matmul_{fmt}"
+    assert rows_match_one_row(Q.QUANT_KERNEL.function(name, variant), fmt, layer, x)
+    assert not rows_match_one_row(kernel.function(name, variant), fmt, layer, x)
+
+
+def test_dequantize_reads_the_int4_layout_as_torch_does():
+    """`unpack_int4`/`dequantize` against torch's own int4 product (which knows its pack): the identity matrix
+    through `F.linear` gives the dequantized weights, rounded to bfloat16."""
+    layer = quantized("int4", 112, 128, 32)
+    with torch.no_grad():
+        seen = torch.nn.functional.linear(torch.eye(128, dtype=torch.bfloat16), layer.weight).T.double()
+    expected = Q.dequantize(layer.weight).to(torch.bfloat16).double()
+    assert (seen - expected).abs().max() <= 2**-8 * expected.abs().max()
+
+
+def test_kernels_off_or_scalar_cap_fall_back_to_torchao(monkeypatch):
+    layer = quantized("int8", 64, 64, None)
+    x = torch.randn(2, 64, dtype=torch.bfloat16)
+    monkeypatch.setenv("HF_RECURRENTGEMMA_CPU_KERNELS", "off")
+    assert not Q.kernel_applies(x, layer.weight)
+    with torch.no_grad():
+        assert torch.equal(Q.linear_quantized(x, layer.weight, layer.bias), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    monkeypatch.setenv("HF_RECURRENTGEMMA_CPU_KERNELS", "on")
+    monkeypatch.setenv("HF_RECURRENTGEMMA_CPU_ISA", "scalar")
+    assert Q.quant_variant() is None
+    if VARIANTS[-1] != "scalar":
+        monkeypatch.setenv("HF_RECURRENTGEMMA_CPU_ISA", VARIANTS[-1])
+        assert Q.kernel_applies(x, layer.weight) and not Q.kernel_applies(torch.randn(17, 64), layer.weight)
