@@ -103,6 +103,32 @@ def _assert_bit_equal(cache, expected, what):
 
 # --- rollback --------------------------------------------------------------------------------------------------
 
+def test_recorded_tokens_spanning_prompt_segments_crop_like_a_shorter_prompt(monkeypatch):
+    """A long prompt runs in segments (PREFILL_SEGMENT, here 8 tokens), each handing its share of the recorded
+    tokens to the cache as it comes: cropping into the last two segments gives the state of the shorter prompt,
+    bit for bit at a segment boundary (the same computations), and within float32 rounding inside a segment (there
+    the shorter prompt's last segment multiplies fewer rows at once; an off-by-one token would differ by ~1)."""
+    import hf_recurrentgemma.griffin.modeling_griffin as modeling
+
+    model = reference_and_ours(CASES[0], seed=1)[1]
+    ids = _ids(21, seed=4)
+    monkeypatch.setattr(modeling, "PREFILL_SEGMENT", 8)
+    cache = GriffinCache(model.config, rollback_tokens=12)
+    cache.activate_past_recording()
+    with torch.no_grad():
+        model(ids, cache=cache, use_cache=True)  # segments 0-7, 8-15, 16-20; the last 12 tokens recorded
+        for keep in (9, 13, 16, 18):
+            expected = GriffinCache(model.config)
+            model(ids[:, :keep], cache=expected, use_cache=True)
+            cropped = cache.clone()
+            cropped.crop(-(21 - keep))
+            assert cropped.seen_tokens == keep
+            if keep == 16:
+                _assert_bit_equal(cropped, expected, f"crop to {keep} tokens")
+            for name, tensor in _tensors(expected).items():
+                assert_close(_tensors(cropped)[name].float(), tensor.float(), 1e-5, f"crop to {keep}: {name}")
+
+
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_each_block_kind_has_its_cache_layer_class_with_its_history_shapes(case):
     """One cache-layer class per block kind: the cache builds them from `block_types`; each kind's declared history

@@ -401,16 +401,19 @@ class GriffinCache(Cache):
         """How many of a call's `num_tokens` last tokens the layers must return per-token states for."""
         return min(num_tokens, self.rollback_tokens) if self.recording else 0
 
-    def record(self, steps: list, positions: torch.Tensor) -> None:
-        """Keeps the per-token states of a call's last r tokens (before `update_state` overwrites the old state).
+    def record(self, steps: list, positions: torch.Tensor, next_position: torch.Tensor) -> None:
+        """Keeps the per-token states of a segment's last r tokens, as the model hands them over (before
+        `update_state` overwrites the old state).
 
         Args:
-            steps: per layer, the `RecurrentSteps` / `AttentionSteps` of the last r tokens (token dimension 1).
-            positions: (B, T) the call's positions (-1 for padding).
+            steps: per layer, the `RecurrentSteps` / `AttentionSteps` of the segment's last r tokens (token dimension
+                1).
+            positions: (B, T) the segment's positions (-1 for padding).
+            next_position: (B,) long, the next position before the segment's first token.
         """
         r = steps[0][0].shape[1]
         capacity = self.rollback_tokens
-        before = torch.cat([self.next_position[:, None], positions.to(torch.long) + 1], dim=1)[:, -r - 1 : -1]
+        before = torch.cat([next_position[:, None], positions.to(torch.long) + 1], dim=1)[:, -r - 1 : -1]
         slots = (self._head + torch.arange(r)) % capacity
         for layer, layer_steps in zip(self.layers, steps):
             layer.record(slots, layer_steps)

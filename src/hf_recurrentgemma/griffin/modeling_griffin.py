@@ -220,25 +220,25 @@ class GriffinModel(GriffinPreTrainedModel):
         segment = seq_len if torch.is_grad_enabled() or all_hidden is not None else min(seq_len, PREFILL_SEGMENT)
         # A recording cache (rollback, docs/speculative.md) keeps the state before each of the last `record` tokens.
         record = cache.tokens_to_record(seq_len) if cache is not None else 0
-        steps = [[] for _ in self.layers]
         outputs = []
         for start in range(0, seq_len, segment):
             part = slice(start, start + segment)
             end = min(start + segment, seq_len)
             h, seq_part = x[:, part], seq.segment(part, max(0, min(end - start, end - (seq_len - record))))
+            steps = []
             for idx, layer in enumerate(self.layers):
                 if all_hidden is not None:
                     all_hidden.append(h)
                 h, states[idx], layer_steps = layer(h, seq_part, states[idx])
-                if layer_steps is not None:
-                    steps[idx].append(layer_steps)
+                steps.append(layer_steps)
+            if seq_part.record:  # this segment's share of the last `record` tokens goes to the cache as it comes
+                before = cache.next_position if start == 0 else seq.positions[:, start - 1].to(torch.long) + 1
+                cache.record(steps, seq_part.positions, before)
             outputs.append(self.final_norm(h))
         x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
         if all_hidden is not None:
             all_hidden.append(x)
         if cache is not None:
-            if record:
-                cache.record([type(s[0])(*(torch.cat(f, dim=1) for f in zip(*s))) for s in steps], seq.positions)
             for idx, state in enumerate(states):
                 cache.update_state(idx, state)
             cache.advance(seq.positions[:, -1], seq_len)
