@@ -28,6 +28,7 @@ from .cpu_quant_griffin import is_quantized, linear_quantized
 from .ops_griffin import (
     causal_conv1d,
     conv_tails_before,
+    key_documents,
     local_attention_mask,
     rg_lru_gated_inputs,
     rnn_scan,
@@ -354,7 +355,7 @@ def attention_steps(state: AttentionState, k: torch.Tensor, v: torch.Tensor, seq
     values = torch.cat([state.values[:, 0, first:end], v[:, 0, max(first - window, 0) : max(end - window, 0)]],
                        dim=1)
     valid = torch.cat([state.valid, seq.key_valid], dim=1)  # (B, W + T)
-    doc = torch.cat([torch.zeros_like(state.valid, dtype=torch.long), seq.reset.long().cumsum(1)], dim=1)
+    doc = key_documents(window, seq.reset)  # (B, W + T)
     slots = torch.arange(first, end, device=valid.device)[:, None] + torch.arange(window, device=valid.device)
     current_doc = doc[:, window - 1 + torch.arange(first, end, device=valid.device)]  # (B, r): doc of token j-1
     visible = valid[:, slots] & (doc[:, slots] == current_doc[..., None])  # (B, r, W)

@@ -419,6 +419,15 @@ def rotate_half_dims(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> t
     return torch.cat([first * cos - second * sin, second * cos + first * sin, x_pass], dim=-1)
 
 
+def key_documents(window: int, reset: torch.Tensor) -> torch.Tensor:
+    """The document of each key slot `[W carried | T new]`, counted from the one current before the T tokens (0):
+    reset (B, T) bool -> (B, W + T) long. A key is visible to a query only when both are of one document: the one
+    rule behind `local_attention_mask`, the window a call leaves (`GriffinLocalAttention`), and the visibility
+    rollback records (`attention_steps`)."""
+    carried = torch.zeros(reset.shape[0], window, dtype=torch.long, device=reset.device)
+    return torch.cat([carried, reset.long().cumsum(1)], dim=1)
+
+
 def local_attention_mask(
     past_valid: torch.Tensor, key_valid: torch.Tensor, reset: torch.Tensor, window: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -439,8 +448,8 @@ def local_attention_mask(
         doc: (B, W + C) long, document index of each key relative to the chunk start (0 = current at start).
     """
     chunk = key_valid.shape[1]
-    q_doc = reset.long().cumsum(1)  # (B, C)
-    doc = torch.cat([torch.zeros_like(past_valid, dtype=torch.long), q_doc], dim=1)  # (B, W + C)
+    doc = key_documents(window, reset)  # (B, W + C)
+    q_doc = doc[:, window:]  # (B, C)
     valid = torch.cat([past_valid, key_valid], dim=1)
     q_idx = torch.arange(chunk, device=reset.device)[:, None] + window
     k_idx = torch.arange(window + chunk, device=reset.device)[None, :]
