@@ -192,9 +192,16 @@ def shipped(tmp_path_factory):
             "tokenizer": AutoTokenizer.from_pretrained(target.out)}
 
 
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-def test_greedy_speculation_equals_plain_greedy_on_the_shipped_model(shipped, dtype):
-    """20 prompts x 64 tokens with the kernels as the environment sets them (CI: the best variant, and AVX2
+# bfloat16, where speculation used to change the text (issue 22: 6/10 and 8/10 prompts equal), runs all 20 prompts
+# in the default run; float32 (10/10 before) runs 5 of them there and all 20 with `-m slow`, to keep the suite's
+# time down (about 3 generate() calls x 64 tokens per prompt).
+@pytest.mark.parametrize("dtype, prompts", [
+    pytest.param(torch.bfloat16, PROMPTS, id="bfloat16-20-prompts"),
+    pytest.param(torch.float32, PROMPTS[:5], id="float32-5-prompts"),
+    pytest.param(torch.float32, PROMPTS, id="float32-20-prompts", marks=pytest.mark.slow),
+])
+def test_greedy_speculation_equals_plain_greedy_on_the_shipped_model(shipped, dtype, prompts):
+    """64 tokens per prompt with the kernels as the environment sets them (CI: the best variant, and AVX2
     forced): the shipped draft (Transformers' default draft length, capped at MAX_DRAFT_TOKENS) and prompt lookup
     (10 tokens) give plain greedy's tokens, every one. With the kernels off, torch's products are not row-invariant
     and the text can differ (measured rate in docs/speculative.md)."""
@@ -210,7 +217,7 @@ def test_greedy_speculation_equals_plain_greedy_on_the_shipped_model(shipped, dt
     hook = model.model.register_forward_pre_hook(
         lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
     try:
-        for prompt in PROMPTS:
+        for prompt in prompts:
             ids = shipped["tokenizer"](prompt, return_tensors="pt")
             plain = model.generate(**ids, **greedy)
             for name, speculative in (("draft", dict(assistant_model=draft)),
@@ -223,5 +230,5 @@ def test_greedy_speculation_equals_plain_greedy_on_the_shipped_model(shipped, dt
                     mismatches.append((name, prompt))
     finally:
         hook.remove()
-    assert not mismatches, f"{len(mismatches)} of {2 * len(PROMPTS)} differ from plain greedy: {mismatches}"
+    assert not mismatches, f"{len(mismatches)} of {2 * len(prompts)} differ from plain greedy: {mismatches}"
     assert verified["draft"] > 0 and verified["lookup"] > 0, verified  # drafts were proposed and verified
