@@ -2,7 +2,7 @@
 on the recurrentgemma-2b shape (26 layers, the 256k-token head included, random weights, bfloat16), with the CPU
 kernels as they run by default and with lower variants forced (`HF_RECURRENTGEMMA_CPU_ISA`, read at every call).
 
-    python -m benchmarks.bench_verify_cost [--layers 26] [--variants native,bf16-dot,fp32-fma-256] [--repeats 5]
+    python -m benchmarks verify-cost [--layers 26] [--variants native,bf16-dot,fp32-fma-256] [--repeats 5]
         [--threads 1] [--json PATH] [--shape 2b|tiny]
 
 Every forward starts from a copy (made outside the clock) of one cache holding an 8-token prompt, as a

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..griffin.modeling_griffin import MAX_DRAFT_TOKENS
 from .loading import SHIPPED_NAMES, CommandError, add_model_arguments, load_model, load_tokenizer
 from .speculative import DRAFT_TOKENS, install_draft_hook, prepare_assistant, sameness, speedup_summary
 
@@ -43,7 +44,8 @@ def add_sampling_arguments(parser) -> None:
 
 def add_speculation_arguments(parser, bare_assistant: str | None = None) -> None:
     """Speculative decoding flags shared by `generate`, `chat` and the demo (docs/speculative.md): the output is the
-    one the model alone gives (greedy: the same tokens; sampling: the same distribution), faster when drafts are
+    one the model alone gives (greedy: the same tokens, on CPU in float32 and bfloat16 with the package's kernels;
+    sampling: the same distribution), faster when drafts are
     accepted. `bare_assistant`: what `--assistant` given without a value means (the demo, whose prompt is a flag)."""
     parser.add_argument("--assistant", metavar="DRAFT", **({} if bare_assistant is None else
                                                            dict(nargs="?", const=bare_assistant)),
@@ -51,9 +53,11 @@ def add_speculation_arguments(parser, bare_assistant: str | None = None) -> None
                         f"({SHIPPED_NAMES.split(', ')[-1]}); it proposes tokens, the model checks them at once"
                         + ("" if bare_assistant is None else f" (without DRAFT: {bare_assistant})"))
     parser.add_argument("--num-assistant-tokens", type=_positive(int), metavar="K",
-                        help=f"tokens the assistant drafts per round (default {DRAFT_TOKENS})")
+                        help=f"tokens the assistant drafts per round (default {DRAFT_TOKENS}; at most "
+                        f"{MAX_DRAFT_TOKENS} are checked)")
     parser.add_argument("--prompt-lookup", type=_positive(int), metavar="N",
-                        help="draft N tokens by copying what followed the last n-gram's earlier occurrence")
+                        help="draft N tokens by copying what followed the last n-gram's earlier occurrence (at "
+                        f"most {MAX_DRAFT_TOKENS} are checked)")
 
 
 def check_speculation_arguments(args) -> None:

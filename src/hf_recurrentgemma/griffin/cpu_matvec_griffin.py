@@ -14,8 +14,15 @@ Variants (`kernel_build_griffin.py` builds them, picks one at run time, and read
 instruction, so 16 rows cost what one does), `bf16-dot` (AVX-512 BF16 pair products, bfloat16 weights only),
 `fp32-fma-512` (AVX-512F) and `fp32-fma-256` (AVX2 + FMA): weights widened to float32 (bfloat16 by a 16-bit
 shift, int8 by conversion), multiplied and accumulated in float32; `scalar`, portable C, tested everywhere but
-used by `linear_cpu` only when asked for, since torch's own product is faster than scalar C. Every variant accumulates in float32 and rounds once
-to x's dtype: equal to F.linear within float32 accumulation order.
+used by `linear_cpu` only when asked for, since torch's own product is faster than scalar C. Every variant
+accumulates in float32 and rounds once to x's dtype: equal to F.linear within float32 accumulation order.
+
+Row invariance: each output is accumulated in an order fixed by K alone (vector lanes along K, their reduction,
+then the K tail; AMX tiles multiply 32 k at a time in one fixed order), never by how many input rows share a
+weight tile, so a call of M <= MAX_ROWS rows gives each row bit for bit what that row alone gives, in every
+variant. Every variant takes up to MAX_ROWS rows (bf16-dot too, although torch's oneDNN GEMM is faster from 5
+rows where AMX exists): a speculative verification must stay in this kernel to equal the decoding steps it
+replaces (docs/speculative.md; tests/ops/test_cpu_kernels.py, tests/model/test_batch_invariance.py).
 """
 
 import re
@@ -24,10 +31,8 @@ from string import Template
 import torch
 
 from .cpu_widen_griffin import linear_widened, widen_applies
-from .kernel_build_griffin import (CAPABILITIES, CompiledKernel, kernel_argtypes, kernel_enabled,
+from .kernel_build_griffin import (CAPABILITIES, MAX_ROWS, CompiledKernel, kernel_argtypes, kernel_enabled,
                                    kernel_settings)
-
-MAX_ROWS = 16
 FLOAT_VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")  # float32 and int8 weights
 BF16_VARIANTS = (*FLOAT_VARIANTS, "bf16-dot", "bf16-tile")
 VARIANTS = {"bf16": BF16_VARIANTS, "f32": FLOAT_VARIANTS, "int8": FLOAT_VARIANTS}

@@ -361,11 +361,12 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         common = dict(cache=cache, use_cache=use_cache, **kwargs)
         # `forward`, not `self(...)`: hooks on this module see one call, as generate() made it.
         first = self.forward(input_ids=cut(input_ids, prompt), position_ids=cut(position_ids, prompt),
-                     inputs_embeds=cut(inputs_embeds, prompt), logits_to_keep=1,
-                     attention_mask=None if attention_mask is None else attention_mask[:, :-drafted], **common)
+                             inputs_embeds=cut(inputs_embeds, prompt), logits_to_keep=1,
+                             attention_mask=None if attention_mask is None else attention_mask[:, :-drafted],
+                             **common)
         second = self.forward(input_ids=cut(input_ids, draft), position_ids=cut(position_ids, draft),
-                      inputs_embeds=cut(inputs_embeds, draft), logits_to_keep=drafted,
-                      attention_mask=attention_mask, **common)
+                              inputs_embeds=cut(inputs_embeds, draft), logits_to_keep=drafted,
+                              attention_mask=attention_mask, **common)
         return CausalLMOutputWithPast(logits=torch.cat([first.logits, second.logits], dim=1), cache=second.cache)
 
     # --- generate() integration -----------------------------------------------------------------------------
