@@ -147,6 +147,90 @@ def linear_section(args) -> dict:
     return results
 
 
+def model_bytes_per_token(model) -> int:
+    """Bytes one decode step reads: every linear weight (a torchao weight's inner tensors) and bias, the head
+    included, and every other parameter except the embedding (one row of it is read)."""
+    seen, total = set(), 0
+    embedding = model.get_input_embeddings().weight
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            for tensor in (module.weight, module.bias):
+                if tensor is not None and id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    total += weight_bytes(tensor)
+    for param in model.parameters():
+        if id(param) not in seen and param is not embedding:
+            seen.add(id(param))
+            total += weight_bytes(param)
+    return total
+
+
+def build_model(preset: str, fmt: str, group_size: int, layers: int | None = None):
+    """A random-weight model of `preset`'s shape in bfloat16 (`benchmarks.models.random_griffin`), quantized to
+    `fmt` (head included, from its own copy of the embedding) unless bf16."""
+    from benchmarks.models import random_griffin
+    from hf_recurrentgemma import GriffinConfig
+    from hf_recurrentgemma.quantization import quantize_model
+
+    overrides = {} if layers is None else {"block_types": GriffinConfig.from_preset(preset).block_types[:layers]}
+    model = random_griffin(GriffinConfig.from_preset(preset, **overrides), torch.bfloat16)
+    if fmt != "bf16":
+        quantize_model(model, fmt, group_size)
+    return model
+
+
+def decode_section(args) -> dict:
+    """Tokens/s at batch 1 (one-token forwards with the cache after an 8-token prompt) for each format, and the
+    (k+1)-token forward against one token; the read rate measured beside each format."""
+    import gc
+
+    from benchmarks.common import rss_mib
+
+    results = {}
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    prompt = torch.randint(0, 256000, (1, 8), generator=torch.Generator().manual_seed(1))
+    for fmt in formats:
+        start = time.perf_counter()
+        model = build_model(args.preset, fmt, args.group_size, args.layers)
+        built = time.perf_counter() - start
+        cache = model(prompt, use_cache=True).cache
+        token = prompt[:, -1:]
+        steps = []
+        for _ in range(args.decode_steps + 1):
+            begin = time.perf_counter()
+            cache = model(token, cache=cache, use_cache=True).cache
+            steps.append(time.perf_counter() - begin)
+        per_token = statistics.median(steps[1:])
+        sweep = {}
+        for _ in range(args.repeats):
+            for k in range(0, args.max_k + 1):
+                ids = prompt[:, :1].expand(1, k + 1).contiguous()
+                begin = time.perf_counter()
+                cache = model(ids, cache=cache, use_cache=True).cache
+                sweep.setdefault(k, []).append(time.perf_counter() - begin)
+        sweep = {k: statistics.median(v) for k, v in sweep.items()}
+        rate = read_rate()
+        nbytes = model_bytes_per_token(model)
+        floor = nbytes / rate
+        results[fmt] = {"bytes_per_token": nbytes, "s_per_token": per_token, "tokens_per_s": 1 / per_token,
+                        "read_rate_gbs": rate / 1e9, "floor_s": floor, "x_floor": per_token / floor,
+                        "k_plus_1_over_1": {k: sweep[k] / sweep[0] for k in sweep if k}, "rss_mib": rss_mib(),
+                        "build_s": built, "load": load()}
+        print(f"{fmt}: {nbytes / 1e9:.2f} GB/token, {per_token * 1e3:.0f} ms/token ({1 / per_token:.2f} tokens/s), "
+              f"read rate {rate / 1e9:.1f} GB/s, floor {floor * 1e3:.0f} ms: {per_token / floor:.2f}x the floor; "
+              f"RSS {rss_mib() / 1024:.1f} GiB; load {load():.2f}")
+        print("   (k+1)-token forward / one token: " +
+              " ".join(f"k={k}:{sweep[k] / sweep[0]:.2f}" for k in sweep if k))
+        del model, cache
+        gc.collect()
+    if "bf16" in results:
+        base = results["bf16"]["tokens_per_s"]
+        for fmt in results:
+            results[fmt]["speedup_vs_bf16"] = results[fmt]["tokens_per_s"] / base
+        print("tokens/s against bf16: " + ", ".join(f"{f} {r['speedup_vs_bf16']:.2f}x" for f, r in results.items()))
+    return results
+
+
 def _quant_module():
     try:
         from hf_recurrentgemma.griffin import cpu_quant_griffin
@@ -155,7 +239,7 @@ def _quant_module():
     return cpu_quant_griffin
 
 
-SECTIONS = {"linear": linear_section}
+SECTIONS = {"linear": linear_section, "decode": decode_section}
 
 
 def main(argv=None) -> dict:
@@ -165,6 +249,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--total-mb", type=int, default=768, help="weight copies per path total about this much")
     parser.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64 or 128)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--preset", default="recurrentgemma-2b", help="decode: the model shape")
+    parser.add_argument("--layers", type=int, default=None, help="decode: only the first N blocks (default all)")
+    parser.add_argument("--formats", default="bf16,int8,int4", help="decode: comma list of bf16, int8, int4")
+    parser.add_argument("--decode-steps", type=int, default=10, help="decode: one-token steps timed (median)")
+    parser.add_argument("--max-k", type=int, default=15, help="decode: (k+1)-token forwards for k = 1..max-k")
     parser.add_argument("--json", default=None, help="write every figure here")
     args = parser.parse_args(argv)
     if args.threads:
