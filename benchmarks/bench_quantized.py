@@ -231,6 +231,96 @@ def decode_section(args) -> dict:
     return results
 
 
+def quality_section(args) -> dict:
+    """What a user gives up: held-out perplexity of the shipped 6M model (`--heldout`: Persuasion, written by
+    `python -m training.corpus`) in bfloat16, int8 and int4 for each group size; and at the 2B shape (random
+    weights, --layers) the logit error against bfloat16 and the greedy agreement (the bfloat16 model's greedy
+    continuation fed to the quantized one: how often its argmax picks the same next token)."""
+    import gc
+
+    from transformers import AutoTokenizer
+
+    from hf_recurrentgemma import GriffinForCausalLM
+    from hf_recurrentgemma.commands.perplexity import stream_perplexity
+    from hf_recurrentgemma.demo import prepare
+    from hf_recurrentgemma.quantization import GROUP_SIZES, load_quantized
+
+    results = {"perplexity": {}, "2b": {}}
+    if args.heldout:
+        folder = prepare(None, None, None, None)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        with open(args.heldout) as f:
+            text = f.read()
+        docs = [text[: args.heldout_chars]] if args.heldout_chars else [text]
+        variants = [("bf16", None)] + [("int8", None)] + [("int4", g) for g in GROUP_SIZES]
+        for fmt, group in variants:
+            if fmt == "bf16":
+                model = GriffinForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+            else:
+                model = load_quantized(folder, fmt, group or 128)
+            result = stream_perplexity(model, tokenizer, docs, progress=False)
+            name = fmt if group is None else f"{fmt} g{group}"
+            results["perplexity"][name] = {"perplexity": result.perplexity, "tokens": result.tokens}
+            print(f"6M held-out perplexity {name}: {result.perplexity:.3f} ({result.tokens} tokens)   load {load():.2f}")
+        base = results["perplexity"]["bf16"]["perplexity"]
+        for row in results["perplexity"].values():
+            row["change_vs_bf16"] = row["perplexity"] / base - 1
+    generator = torch.Generator().manual_seed(2)
+    prompt = torch.randint(0, 256000, (1, 16), generator=generator)
+    reference = None
+    for fmt, group in [("bf16", None), ("int8", None)] + [("int4", g) for g in (32, 128)]:
+        model = build_model(args.preset, fmt, group or 128, args.layers)
+        if reference is None:
+            sequence = model.generate(prompt, max_new_tokens=args.greedy_tokens, do_sample=False, pad_token_id=0,
+                                      eos_token_id=None, min_new_tokens=args.greedy_tokens)
+            reference = (sequence, model(sequence).logits.float())
+        else:
+            sequence, expected = reference
+            logits = model(sequence).logits.float()
+            picks = logits[0, prompt.shape[1] - 1:-1].argmax(-1)
+            agree = float((picks == sequence[0, prompt.shape[1]:]).float().mean())
+            error = (logits - expected).abs()
+            name = fmt if group is None else f"{fmt} g{group}"
+            results["2b"][name] = {"max_abs_logit_error": float(error.max()),
+                                   "mean_abs_logit_error": float(error.mean()),
+                                   "logit_std": float(expected.std()), "greedy_agreement": agree}
+            print(f"2B shape {name}: logit error max {float(error.max()):.3f}, mean {float(error.mean()):.4f} "
+                  f"(bf16 logits' std {float(expected.std()):.3f}); greedy agreement {agree:.1%} over "
+                  f"{args.greedy_tokens} tokens   load {load():.2f}")
+        del model
+        gc.collect()
+    return results
+
+
+def plot(runs: dict[str, dict], out: str) -> None:
+    """tokens/s against GB read per token, one marker per format and run (label: the run's name), with each run's
+    floor (read rate / bytes) drawn as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for (label, decode), color in zip(runs.items(), ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+        gb = [r["bytes_per_token"] / 1e9 for r in decode.values()]
+        rate = statistics.median(r["read_rate_gbs"] for r in decode.values())
+        xs = [min(gb) * 0.8, max(gb) * 1.1]
+        ax.plot(xs, [rate / x for x in xs], color=color, linestyle="--", linewidth=1,
+                label=f"{label}: floor at {rate:.1f} GB/s")
+        for fmt, r in decode.items():
+            ax.scatter(r["bytes_per_token"] / 1e9, r["tokens_per_s"], color=color)
+            ax.annotate(f"{fmt} ({r['x_floor']:.2f}x floor)", (r["bytes_per_token"] / 1e9, r["tokens_per_s"]),
+                        textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("GB read per token")
+    ax.set_ylabel("tokens/s (batch 1)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title("recurrentgemma-2b shape, random weights, CPU decode")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def _quant_module():
     try:
         from hf_recurrentgemma.griffin import cpu_quant_griffin
@@ -239,7 +329,7 @@ def _quant_module():
     return cpu_quant_griffin
 
 
-SECTIONS = {"linear": linear_section, "decode": decode_section}
+SECTIONS = {"linear": linear_section, "decode": decode_section, "quality": quality_section}
 
 
 def main(argv=None) -> dict:
@@ -253,9 +343,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--layers", type=int, default=None, help="decode: only the first N blocks (default all)")
     parser.add_argument("--formats", default="bf16,int8,int4", help="decode: comma list of bf16, int8, int4")
     parser.add_argument("--decode-steps", type=int, default=10, help="decode: one-token steps timed (median)")
+    parser.add_argument("--heldout", default=None, help="quality: the held-out text (heldout.txt of training.corpus)")
+    parser.add_argument("--heldout-chars", type=int, default=None, help="quality: only the first N characters")
+    parser.add_argument("--greedy-tokens", type=int, default=32, help="quality: greedy tokens at the 2B shape")
     parser.add_argument("--max-k", type=int, default=15, help="decode: (k+1)-token forwards for k = 1..max-k")
     parser.add_argument("--json", default=None, help="write every figure here")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="instead of measuring: plot the decode sections of --plot-from (LABEL=JSON ...)")
+    parser.add_argument("--plot-from", nargs="*", default=[], metavar="LABEL=JSON")
     args = parser.parse_args(argv)
+    if args.plot:
+        runs = {}
+        for item in args.plot_from:
+            label, _, path = item.partition("=")
+            with open(path) as f:
+                runs[label] = json.load(f)["decode"]
+        plot(runs, args.plot)
+        return {"plot": args.plot}
     if args.threads:
         torch.set_num_threads(args.threads)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
