@@ -9,6 +9,10 @@ Sections (`--sections`, default all):
     decode   tokens/s at batch 1 at the recurrentgemma-2b shape (26 layers, head included, random weights) in
              bf16, int8 and int4: bytes read per token, the read rate measured in the same run, each figure as a
              fraction of its floor (bytes / read rate); and the (k+1)-token forward against one token, k = 1..15.
+    quality  held-out perplexity of the shipped 6M model (--heldout) in bf16, int8 and int4 per group size; logit
+             error and greedy agreement against bf16 at the 2B shape.
+    big      (not in the default list) --preset's shape, e.g. recurrentgemma-9b, from random weights written shard by
+             shard, loaded quantized while loading in a fresh process: peak RSS and tokens/s.
 
 Weights are held in enough copies to total --total-mb, so each call reads them from memory, not from the (large)
 last-level cache. Every timing is a median of --repeats runs, the paths' runs interleaved so that other load on the
@@ -292,6 +296,107 @@ def quality_section(args) -> dict:
     return results
 
 
+def write_random_folder(preset: str, folder: str, shard_bytes: int = 2 << 30) -> None:
+    """A model folder of `preset`'s shape with random bfloat16 weights (N(0, 1/fan_in) matrices, small vectors,
+    RG-LRU decays in the trained range, as `benchmarks.models.random_griffin`), written shard by shard: at most
+    one shard (`shard_bytes`) is ever in memory, never the whole model."""
+    import os
+
+    from safetensors.torch import save_file
+
+    from hf_recurrentgemma import GriffinConfig, GriffinForCausalLM
+
+    config = GriffinConfig.from_preset(preset)
+    config.dtype = torch.bfloat16
+    with torch.device("meta"):
+        skeleton = GriffinForCausalLM(config)
+    names = [(name, p.shape) for name, p in skeleton.named_parameters()]  # the tied head is not a parameter twice
+    os.makedirs(folder, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    shards, current, size = [], {}, 0
+
+    def flush():
+        nonlocal current, size
+        if current:
+            name = f"part-{len(shards) + 1:05d}.safetensors"
+            save_file(current, os.path.join(folder, name), metadata={"format": "pt"})
+            shards.append((name, list(current)))
+            current, size = {}, 0
+
+    for name, shape in names:
+        tensor = torch.empty(shape, dtype=torch.bfloat16)
+        if len(shape) >= 2:
+            tensor.normal_(0.0, shape[-1] ** -0.5, generator=generator)
+        elif name.endswith("a_param"):
+            tensor.uniform_(0.5, 2.0, generator=generator)
+        else:
+            tensor.normal_(0.0, 0.02, generator=generator)
+        current[name] = tensor
+        size += tensor.numel() * 2
+        if size >= shard_bytes:
+            flush()
+    flush()
+    total = len(shards)
+    weight_map = {}
+    for index, (name, keys) in enumerate(shards, 1):
+        final = f"model-{index:05d}-of-{total:05d}.safetensors"
+        os.replace(os.path.join(folder, name), os.path.join(folder, final))
+        weight_map.update({key: final for key in keys})
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    config.save_pretrained(folder)
+
+
+def big_section(args) -> dict:
+    """The --preset shape (default recurrentgemma-9b with --preset) from random weights written shard by shard
+    (`--folder`, written if absent), loaded with --big-format quantized while loading, decoding a few tokens:
+    peak resident memory of the loading process and tokens/s."""
+    import os
+    import resource
+
+    from hf_recurrentgemma.quantization import load_quantized
+
+    folder = args.folder
+    if not os.path.exists(os.path.join(folder, "config.json")):
+        start = time.perf_counter()
+        write_random_folder(args.preset, folder)
+        print(f"wrote {folder} in {time.perf_counter() - start:.0f} s; peak RSS so far "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
+        if not args.in_process:  # the writer's memory must not count: load in a fresh process
+            import subprocess
+            import sys
+
+            command = [sys.executable, "-m", "benchmarks.bench_quantized", "--sections", "big", "--folder", folder,
+                       "--preset", args.preset, "--big-format", args.big_format, "--group-size",
+                       str(args.group_size), "--decode-steps", str(args.decode_steps), "--in-process"]
+            subprocess.run(command, check=True)
+            return {"subprocess": command}
+    start = time.perf_counter()
+    model = load_quantized(folder, args.big_format, args.group_size)
+    loaded = time.perf_counter() - start
+    peak_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    prompt = torch.randint(0, model.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(1))
+    cache = model(prompt, use_cache=True).cache
+    token, steps = prompt[:, -1:], []
+    for _ in range(args.decode_steps + 1):
+        begin = time.perf_counter()
+        out = model(token, cache=cache, use_cache=True)
+        cache, token = out.cache, out.logits[:, -1:].argmax(-1)
+        steps.append(time.perf_counter() - begin)
+    per_token = statistics.median(steps[1:])
+    nbytes = model_bytes_per_token(model)
+    rate = read_rate()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    result = {"format": args.big_format, "load_s": loaded, "peak_rss_gib_after_load": peak_load,
+              "peak_rss_gib": peak, "s_per_token": per_token, "tokens_per_s": 1 / per_token,
+              "bytes_per_token": nbytes, "read_rate_gbs": rate / 1e9, "x_floor": per_token / (nbytes / rate),
+              "load": load()}
+    print(f"{args.preset} {args.big_format}: loaded in {loaded:.0f} s, peak RSS {peak:.1f} GiB ({peak_load:.1f} after "
+          f"loading); {per_token:.2f} s/token ({1 / per_token:.2f} tokens/s), {nbytes / 1e9:.2f} GB/token, read "
+          f"rate {rate / 1e9:.1f} GB/s: {result['x_floor']:.2f}x the floor; load {load():.2f}")
+    return result
+
+
 def plot(runs: dict[str, dict], out: str) -> None:
     """tokens/s against GB read per token, one marker per format and run (label: the run's name), with each run's
     floor (read rate / bytes) drawn as a line."""
@@ -329,12 +434,12 @@ def _quant_module():
     return cpu_quant_griffin
 
 
-SECTIONS = {"linear": linear_section, "decode": decode_section, "quality": quality_section}
+SECTIONS = {"linear": linear_section, "decode": decode_section, "quality": quality_section, "big": big_section}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {list(SECTIONS)}")
+    parser.add_argument("--sections", default="linear,decode,quality", help=f"comma list of {list(SECTIONS)}")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--total-mb", type=int, default=768, help="weight copies per path total about this much")
     parser.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64 or 128)")
@@ -346,6 +451,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--heldout", default=None, help="quality: the held-out text (heldout.txt of training.corpus)")
     parser.add_argument("--heldout-chars", type=int, default=None, help="quality: only the first N characters")
     parser.add_argument("--greedy-tokens", type=int, default=32, help="quality: greedy tokens at the 2B shape")
+    parser.add_argument("--folder", default="/tmp/hf_rg_random_9b", help="big: where the random folder is written")
+    parser.add_argument("--big-format", default="int4", choices=["int8", "int4"], help="big: the format to load in")
+    parser.add_argument("--in-process", action="store_true", help="big: load here (the writer runs it this way)")
     parser.add_argument("--max-k", type=int, default=15, help="decode: (k+1)-token forwards for k = 1..max-k")
     parser.add_argument("--json", default=None, help="write every figure here")
     parser.add_argument("--plot", default=None, metavar="PNG",
