@@ -35,6 +35,14 @@ def quantized(fmt: str, n: int, k: int, group: int | None, seed: int = 0) -> nn.
     return layer
 
 
+def kernel_output(fmt: str, variant: str, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """The compiled variant's float32 result for x (M, K) (what `linear_rows` rounds to x's dtype)."""
+    function, w = Q.QUANT_KERNEL.function(f"matmul_{fmt}", variant), layer.weight
+    if fmt == "int8":
+        return Q.run_int8(function, x, w.qdata, w.scale, w.zero_point, layer.bias)
+    return Q.run_int4(function, x, w.qdata, w.scale_and_zero, w.block_size[1], layer.bias)
+
+
 def gamma(n: int) -> float:
     return n * U / (1 - n * U)
 
@@ -73,7 +81,7 @@ def test_each_variant_within_the_derived_bound_of_the_float64_product(fmt, n, k,
     assert Q.quant_format(layer.weight) == fmt
     x = torch.randn(16, k)
     with torch.no_grad():
-        y = Q.linear_rows(x, layer.weight, layer.bias, variant).double()
+        y = kernel_output(fmt, variant, x, layer).double()
     exact = x.double() @ Q.dequantize(layer.weight).T + layer.bias.detach().double()
     bound = error_bound(fmt, x, layer)
     error = (y - exact).abs()
@@ -89,8 +97,8 @@ def test_k_rows_equal_k_one_row_products_bit_for_bit(fmt, n, k, group, variant, 
     k+1 one-token steps exactly (float32 and bfloat16 inputs)."""
     force_variant(monkeypatch, variant)
     layer = quantized(fmt, n, k, group)
-    for dtype in (torch.float32, torch.bfloat16):
-        x = torch.randn(Q.MAX_ROWS, k).to(dtype)
+    for dtype in (torch.float32, torch.bfloat16):  # inputs over a wide range of magnitudes: sums that round
+        x = (torch.randn(Q.MAX_ROWS, k) * 2.0 ** torch.randint(-12, 13, (Q.MAX_ROWS, k))).to(dtype)
         with torch.no_grad():
             ones = torch.cat([Q.linear_rows(x[i:i + 1], layer.weight, layer.bias, variant) for i in range(len(x))])
             for rows in (2, 5, Q.MAX_ROWS):
@@ -131,7 +139,7 @@ def test_a_row_dependent_accumulation_order_fails_the_invariance_check(fmt, n, k
     assert source.count(original) == 3  # one loop per variant: the mutation reaches the one tested
     kernel = Q.make_kernel(Q._source().replace(original, mutated))
     layer = quantized(fmt, n, k, group)
-    x = torch.randn(4, k)
+    x = torch.randn(4, k) * 2.0 ** torch.randint(-12, 13, (4, k))  # magnitudes over a wide range: sums that round
     name = f"matmul_{fmt}"
     assert rows_match_one_row(Q.QUANT_KERNEL.function(name, variant), fmt, layer, x)
     assert not rows_match_one_row(kernel.function(name, variant), fmt, layer, x)
