@@ -15,8 +15,9 @@ the target's (greedy: plain greedy's tokens; sampling: the target's distribution
 import copy
 
 # Tokens the draft proposes per round when --num-assistant-tokens is not given (Transformers' own default is 20),
-# for the commands and the demo alike; docs/speculative.md ("Draft length") has the measurement behind it.
-DRAFT_TOKENS = 3
+# for the commands and the demo alike. Measured with benchmarks/bench_draft_length.py (docs/speculative.md, "Draft
+# length"): every k from 1 to 6 was within noise of the others on this CPU, 8 and longer clearly slower.
+DRAFT_TOKENS = 4
 
 
 class AcceptanceCounter:
@@ -76,7 +77,9 @@ class AcceptanceCounter:
         @contextlib.contextmanager
         def scope():
             before = model.__dict__.get("_get_candidate_generator")
-            install_draft_hook(model, self)
+            build = model._get_candidate_generator  # an instance's own generator (a benchmark's oracle) included
+            model._get_candidate_generator = lambda *args, **kwargs: self.wrap(hand_draft_one_config(
+                build(*args, **kwargs)))
             try:
                 yield self
             finally:
