@@ -34,13 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline, set_seed
 
 from .commands.generate import add_sampling_arguments, add_speculation_arguments, check_sampling_arguments
 from .commands.loading import DTYPES, add_loading_arguments
-from .commands.speculative import (DRAFT_TOKENS, AcceptanceCounter, install_draft_hook, prepare_assistant,  # noqa: F401
-                                   sameness, speedup_summary)
+from .commands.speculative import AcceptanceCounter, install_draft_hook, prepare_assistant, sameness, speedup_summary
 from .griffin.cache_griffin import GriffinCache
 from .quantization import check_format, load_quantized
 from .shipped import CHECKPOINTS, DRAFT, MODEL, RELEASE, converted_location, is_converted_folder

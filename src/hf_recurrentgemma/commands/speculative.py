@@ -140,8 +140,8 @@ def prepare_assistant(draft, model, num_tokens: int | None = None, source: str =
 def speedup_summary(tokens: int, seconds: float, plain_tokens: int, plain_seconds: float, same: str) -> str:
     """The line comparing a speculative run with a plain run of the same prompt."""
     rate, plain_rate = tokens / seconds, plain_tokens / plain_seconds
-    return (f"plain decoding for comparison: {plain_tokens} tokens in {plain_seconds:.2f} s ({plain_rate:.0f} tokens/s, "
-            f"{same}); speculative {rate:.0f} tokens/s, speed-up {rate / plain_rate:.2f}x")
+    return (f"plain decoding for comparison: {plain_tokens} tokens in {plain_seconds:.2f} s ({plain_rate:.0f} "
+            f"tokens/s, {same}); speculative {rate:.0f} tokens/s, speed-up {rate / plain_rate:.2f}x")
 
 
 def sameness(greedy: bool, text: str, plain_text: str) -> str:
