@@ -32,8 +32,8 @@ BLOCK_TIMEOUT = 300
 # The repository's entries a scratch folder links, so that commands written for a clone's root run there.
 CLONE_ENTRIES = ("README.md", "pyproject.toml", "constraints.txt", "constraints-floor.txt", "constraints-machine.txt",
                  "src", "tests", "examples", "benchmarks", "checks", "training", "scripts", "docs")
-# How a block names a folder it writes (then the name is not linked to a prepared model): convert's or an export's
-# OUT, --output.
+# How a shell block names a folder it writes (then the name is not linked to a prepared model): convert's or an
+# export's OUT, --output.
 WRITES = (r"(convert|export-\w+)\s+\S+\s+{}(?![\w-])", r"--output\s+{}(?![\w-])")
 # Textual placeholders and long runs made short: (pattern, replacement), applied in order to every block.
 SUBSTITUTIONS = [
@@ -187,7 +187,8 @@ def test_block_runs(block, prepared, scratch_folders):
     text = prepare_text(block)
     for name, target in folders.items():  # a name no earlier block of this page made stands for a prepared model
         named = re.search(rf"(?<![\w/.-]){re.escape(name)}(?![\w-])", text)
-        written = any(re.search(pattern.format(re.escape(name)), text) for pattern in WRITES)
+        written = block.language != "python" and any(re.search(pattern.format(re.escape(name)), text)
+                                                      for pattern in WRITES)
         if named and not written and not (where / name).exists():
             (where / name).symlink_to(target)
     if block.language == "python":
