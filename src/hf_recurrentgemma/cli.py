@@ -12,9 +12,10 @@
 SRC is detected: an Orbax checkpoint directory (JAX release), a torch state-dict file (PyTorch release) or a
 Transformers `recurrent_gemma` folder; or the name of a shipped checkpoint (griffin-austen-6m, its draft
 griffin-austen-draft-1m), which brings its preset and tokenizer. MODEL of the inference commands and `--assistant`
-take those names too (converted once into a cache folder). Errors are one line on stderr (`error: ...`) with exit status 2; a failed
-`--verify` exits with 1. Nothing is left at OUT unless the conversion completed. A tensor holding NaN or infinite
-values is refused, naming it, unless `--allow-nonfinite` is given (then one `warning: ...` line names them).
+take those names too (converted once into a cache folder). Errors are one line on stderr (`error: ...`) with exit
+status 2; a failed `--verify` exits with 1. Nothing is left at OUT unless the conversion completed. A tensor holding
+NaN or infinite values is refused, naming it, unless `--allow-nonfinite` is given (then one `warning: ...` line
+names them).
 """
 
 import argparse

@@ -29,17 +29,16 @@ those are converted first, with `--preset` naming the published model and `--tok
 """
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline, set_seed
 
 from .commands.generate import add_sampling_arguments, add_speculation_arguments, check_sampling_arguments
 from .commands.loading import DTYPES, add_loading_arguments
-from .commands.speculative import (DRAFT_TOKENS, AcceptanceCounter, install_draft_hook, prepare_assistant,  # noqa: F401
-                                   sameness, speedup_summary)
+from .commands.speculative import AcceptanceCounter, install_draft_hook, prepare_assistant, sameness, speedup_summary
 from .griffin.cache_griffin import GriffinCache
 from .quantization import check_format, load_quantized
 from .shipped import CHECKPOINTS, DRAFT, MODEL, RELEASE, converted_location, is_converted_folder
@@ -213,27 +212,34 @@ def main(argv: list[str] | None = None) -> int:
           f"({config.block_types.count('recurrent')} recurrent, {config.block_types.count('attention')} local "
           f"attention, window {config.attention_window_size}), {str(model.dtype).removeprefix('torch.')}"
           + (f", {args.quantize} weights" if args.quantize else ""))
+    # One GenerationConfig holds every generation setting, passed alone (Transformers 5.19's pipeline warns when
+    # its own config meets generation keyword arguments); clean_up_tokenization_spaces=False is what the tokenizer
+    # says (5.19's pipeline defaults it to True, then ignores it for BPE with a warning after the streamed text).
+    plain = copy.deepcopy(model.generation_config)
+    plain.update(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
+                 do_sample=args.do_sample,
+                 **(dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k) if args.do_sample else {}))
+    options = dict(return_full_text=False, clean_up_tokenization_spaces=False)
     speculative = {}
     if draft is not None:
-        speculative = dict(assistant_model=draft)
+        speculative = dict(assistant_model=draft, generation_config=plain)
         print(f"speculative decoding: a {sum(p.numel() for p in draft.parameters()) / 1e6:.1f}M-parameter draft "
               f"({draft.config.num_hidden_layers} blocks) proposes up to "
               f"{draft.generation_config.num_assistant_tokens} tokens a round")
     elif args.prompt_lookup is not None:
-        speculative = dict(prompt_lookup_num_tokens=args.prompt_lookup)
+        lookup = copy.deepcopy(plain)
+        lookup.prompt_lookup_num_tokens = args.prompt_lookup
+        speculative = dict(generation_config=lookup)
         print(f"speculative decoding: prompt lookup proposes up to {args.prompt_lookup} tokens a round")
 
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
     streamer = CountingStreamer(tokenizer)
-    options = dict(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
-                   return_full_text=False,
-                   **(dict(do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
-                      if args.do_sample else dict(do_sample=False)))
     counter = install_draft_hook(model) if speculative else AcceptanceCounter()
     set_seed(args.seed)
     print(f"\n{args.prompt}", end="", flush=True)
     start = time.perf_counter()
-    text = generator(args.prompt, streamer=streamer, **options, **speculative)[0]["generated_text"]
+    text = generator(args.prompt, streamer=streamer, **options, **(speculative or dict(generation_config=plain)))
+    text = text[0]["generated_text"]
     elapsed = time.perf_counter() - start
     print()
     decode_time = elapsed - ((streamer.first_token_at or start) - start)
@@ -241,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{streamer.generated} tokens in {elapsed:.2f} s ({rate:.0f} tokens/s after the first); "
           f"recurrent state {state_bytes(model) / 1024:.0f} KiB per sequence, the same at any length")
     if speculative:
-        report_speculation(generator, args, options, counter, streamer.generated, elapsed, text)
+        report_speculation(generator, args, dict(options, generation_config=plain), counter, streamer.generated,
+                           elapsed, text)
     return 0
 
 

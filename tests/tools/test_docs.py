@@ -32,6 +32,9 @@ BLOCK_TIMEOUT = 300
 # The repository's entries a scratch folder links, so that commands written for a clone's root run there.
 CLONE_ENTRIES = ("README.md", "pyproject.toml", "constraints.txt", "constraints-floor.txt", "constraints-machine.txt",
                  "src", "tests", "examples", "benchmarks", "checks", "training", "scripts", "docs")
+# How a shell block names a folder it writes (then the name is not linked to a prepared model): convert's or an
+# export's OUT, --output.
+WRITES = (r"(convert|export-\w+)\s+\S+\s+{}(?![\w-])", r"--output\s+{}(?![\w-])")
 # Textual placeholders and long runs made short: (pattern, replacement), applied in order to every block.
 SUBSTITUTIONS = [
     (r"--max-new-tokens \d+", "--max-new-tokens 8"),
@@ -183,7 +186,10 @@ def test_block_runs(block, prepared, scratch_folders):
     where = scratch_folders(block.path)
     text = prepare_text(block)
     for name, target in folders.items():  # a name no earlier block of this page made stands for a prepared model
-        if re.search(rf"(?<![\w/.-]){re.escape(name)}(?![\w-])", text) and not (where / name).exists():
+        named = re.search(rf"(?<![\w/.-]){re.escape(name)}(?![\w-])", text)
+        written = block.language != "python" and any(re.search(pattern.format(re.escape(name)), text)
+                                                      for pattern in WRITES)
+        if named and not written and not (where / name).exists():
             (where / name).symlink_to(target)
     if block.language == "python":
         script = where / f"block_{block.line}.py"

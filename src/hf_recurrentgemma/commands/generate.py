@@ -176,6 +176,11 @@ def run_generate(args) -> int:
     from transformers import TextStreamer
 
     inputs = tokenizer(args.prompt, return_tensors="pt").to(model.device)
+    if args.stats:  # one-time costs (kernel builds and loads, first allocations) go into neither timed run
+        with torch.no_grad():
+            model.generate(**inputs, **{**kwargs, "max_new_tokens": 2})
+        model.speculation_counter.reset()
+        seed_from_flags(args)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     start = time.perf_counter()
     with torch.no_grad():

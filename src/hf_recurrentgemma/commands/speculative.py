@@ -15,8 +15,9 @@ the target's (greedy: plain greedy's tokens; sampling: the target's distribution
 import copy
 
 # Tokens the draft proposes per round when --num-assistant-tokens is not given (Transformers' own default is 20),
-# for the commands and the demo alike; docs/speculative.md ("Draft length") has the measurement behind it.
-DRAFT_TOKENS = 3
+# for the commands and the demo alike. Measured with benchmarks/bench_draft_length.py (docs/speculative.md, "Draft
+# length"): every k from 1 to 6 was within noise of the others on this CPU, 8 and longer clearly slower.
+DRAFT_TOKENS = 4
 
 
 class AcceptanceCounter:
@@ -76,7 +77,9 @@ class AcceptanceCounter:
         @contextlib.contextmanager
         def scope():
             before = model.__dict__.get("_get_candidate_generator")
-            install_draft_hook(model, self)
+            build = model._get_candidate_generator  # an instance's own generator (a benchmark's oracle) included
+            model._get_candidate_generator = lambda *args, **kwargs: self.wrap(hand_draft_one_config(
+                build(*args, **kwargs)))
             try:
                 yield self
             finally:
@@ -137,8 +140,8 @@ def prepare_assistant(draft, model, num_tokens: int | None = None, source: str =
 def speedup_summary(tokens: int, seconds: float, plain_tokens: int, plain_seconds: float, same: str) -> str:
     """The line comparing a speculative run with a plain run of the same prompt."""
     rate, plain_rate = tokens / seconds, plain_tokens / plain_seconds
-    return (f"plain decoding for comparison: {plain_tokens} tokens in {plain_seconds:.2f} s ({plain_rate:.0f} tokens/s, "
-            f"{same}); speculative {rate:.0f} tokens/s, speed-up {rate / plain_rate:.2f}x")
+    return (f"plain decoding for comparison: {plain_tokens} tokens in {plain_seconds:.2f} s ({plain_rate:.0f} "
+            f"tokens/s, {same}); speculative {rate:.0f} tokens/s, speed-up {rate / plain_rate:.2f}x")
 
 
 def sameness(greedy: bool, text: str, plain_text: str) -> str:
