@@ -43,8 +43,11 @@ def _configs(fmt, sample_cache, low: int, high: int, quantizer) -> dict:
     tokens = torch.export.Dim("tokens", min=low, max=high)
     state = [None] * len(torch.utils._pytree.tree_leaves(sample_cache))  # the state's shapes are fixed
     prefill = {"input_ids": {1: tokens}, "position_ids": {1: tokens}, "cache": state}
-    return {"prefill": config_class(dynamic_shapes=prefill, quantizer=quantizer),
-            "decode": config_class(quantizer=quantizer)}
+    # OpenVINO would fold the state into variables inside each compiled model (`stateful`); the prefill and decode
+    # programs are two models that must share it, so it stays their inputs and outputs, as in the other formats.
+    extra = {"stateful": False} if fmt.name == "openvino" else {}
+    return {"prefill": config_class(dynamic_shapes=prefill, quantizer=quantizer, **extra),
+            "decode": config_class(quantizer=quantizer, **extra)}
 
 
 @torch.no_grad()

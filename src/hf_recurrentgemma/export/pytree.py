@@ -63,6 +63,11 @@ def _config(architecture_json: str) -> GriffinConfig:
 def unflatten(leaves, context) -> GriffinCache:
     arch = context["architecture"]
     config = _config(json.dumps(arch, sort_keys=True))
+    if not all(isinstance(leaf, torch.Tensor) for leaf in leaves):
+        # ExecuTorch rebuilds a program's inputs from placeholder leaves (ints) only to flatten them again into its
+        # container description: a cache of the same structure, on the meta device, serves.
+        dtype = getattr(torch, context["dtype"]) if context["dtype"] else None
+        return GriffinCache(config, batch_size=1 if context["names"] else None, dtype=dtype, device="meta")
     state = {"architecture": arch, "dtype": context["dtype"], "tensors": dict(zip(context["names"], leaves))}
     return GriffinCache.from_state_dict(config, state)
 
