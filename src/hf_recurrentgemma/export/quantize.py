@@ -19,7 +19,7 @@ def quantizer(format_name: str, name: str | None):
     if (format_name, name) == ("onnx", "int8-dynamic"):
         from transformers.exporters import OnnxRuntimeDynamicConfig, OnnxRuntimeQuantizer
 
-        return OnnxRuntimeQuantizer(OnnxRuntimeDynamicConfig(per_channel=True))
+        return OnnxRuntimeQuantizer(OnnxRuntimeDynamicConfig())
     if (format_name, name) == ("executorch", "int8"):
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
