@@ -5,7 +5,9 @@
     hf-recurrentgemma convert griffin-austen-6m OUT  # a checkpoint this package ships, by name (shipped.py)
     hf-recurrentgemma export-orbax FOLDER OUT      # our folder -> Orbax checkpoint of the JAX release
     hf-recurrentgemma export-builtin FOLDER OUT    # our folder -> Transformers' built-in recurrent_gemma
-    hf-recurrentgemma generate MODEL "PROMPT"      # stream a continuation (--prompts-file for a batch)
+    hf-recurrentgemma export FOLDER OUT --format F # prefill/decode programs: onnx, executorch, openvino, dynamo
+    hf-recurrentgemma generate MODEL "PROMPT"      # stream a continuation (--prompts-file for a batch; MODEL may
+                                                   # be an `export` folder)
     hf-recurrentgemma chat MODEL                   # talk to an instruction-tuned model; /save, /load, /reset
     hf-recurrentgemma perplexity MODEL --dataset D # exact perplexity of whole documents in constant memory
 
@@ -27,7 +29,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .commands import chat, generate, perplexity
+from .commands import chat, export, generate, perplexity
 from .griffin.configuration_griffin import PRESETS
 from .convert.builtin import export_builtin
 from .convert.finite import NonFiniteWeightsWarning
@@ -83,14 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     convert.set_defaults(func=run_convert)
 
-    for name, export, what in (("export-orbax", export_orbax, "Orbax checkpoint of the JAX release"),
+    for name, exporter, what in (("export-orbax", export_orbax, "Orbax checkpoint of the JAX release"),
                                ("export-builtin", export_builtin, "Transformers' built-in recurrent_gemma")):
         sub = commands.add_parser(name, help=f"our folder -> {what}")
         sub.add_argument("src", help="a folder written by `convert` (or save_pretrained)")
         sub.add_argument("out", help="output folder (or checkpoint directory)")
         sub.add_argument("--force", action="store_true", help="replace OUT if it exists")
-        sub.set_defaults(func=functools.partial(run_export, export))
-    for command in (generate, chat, perplexity):  # inference commands: hf_recurrentgemma/commands/
+        sub.set_defaults(func=functools.partial(run_export, exporter))
+    for command in (export, generate, chat, perplexity):  # inference and export commands: hf_recurrentgemma/commands/
         command.add_parser(commands)
     return parser
 

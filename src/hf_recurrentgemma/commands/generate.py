@@ -161,6 +161,10 @@ def run_generate(args) -> int:
     if args.stats and args.prompts_file:
         raise CommandError("--stats applies to one PROMPT, not --prompts-file")
     prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
+    from .export import generate_exported, is_export_folder
+
+    if is_export_folder(args.model):  # `hf-recurrentgemma export` output: run by its backend (docs/export.md)
+        return generate_exported(args, prompts)
     check_sampling_arguments(args)
     tokenizer = load_tokenizer(args.model, args.tokenizer)
     model = load_model(args.model, args.dtype, args.device, args.quantize, args.group_size)
@@ -208,7 +212,7 @@ def run_generate(args) -> int:
 def add_parser(commands) -> None:
     sub = commands.add_parser("generate", help="stream a continuation of a prompt (or a file of prompts)",
                               description=__doc__.split("\n\n")[0])
-    add_model_arguments(sub)
+    add_model_arguments(sub)  # MODEL may also be a folder written by `hf-recurrentgemma export`
     sub.add_argument("prompt", nargs="?", help="the prompt (or use --prompts-file)")
     sub.add_argument("--prompts-file", metavar="FILE", help="one prompt per line; prints one JSON line per prompt")
     sub.add_argument("--batch-size", type=_positive(int), default=8, metavar="B",

@@ -451,7 +451,10 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 def linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`, through the few-row kernel where `gemv_kind` says one applies, or for a
     bfloat16 prompt on a CPU without native bfloat16 through float32 tiles (`cpu_widen_griffin.py`). Equal to
-    F.linear within float32 accumulation order, rounded once to x's dtype."""
+    F.linear within float32 accumulation order, rounded once to x's dtype. An exported program (torch.export) is run
+    by another runtime, which has none of these kernels: it gets `F.linear`."""
+    if torch.compiler.is_exporting():
+        return torch.nn.functional.linear(x, weight, bias)
     kind = weight_kind(x, weight)
     variant = None if kind is None else matvec_variant(kind)
     if variant is None:

@@ -294,7 +294,8 @@ class GriffinLocalAttention(nn.Module):
         window = self.config.attention_window_size
         chunk = query_chunk_size(window)
         outputs = []
-        for start in range(0, q.shape[2], chunk):
+        # One chunk without `range`: an exported program keeps the prompt length symbolic (docs/export.md).
+        for start in range(0, q.shape[2], chunk) if chunk < q.shape[2] else (0,):
             part = slice(start, start + chunk)
             keys = torch.cat([state.keys, k[:, :, part]], dim=2)  # (B, 1, W + C, Dh)
             values = torch.cat([state.values, v[:, :, part]], dim=2)

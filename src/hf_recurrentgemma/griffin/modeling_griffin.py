@@ -217,11 +217,13 @@ class GriffinModel(GriffinPreTrainedModel):
         # Without autograd, a long prompt goes through the whole stack in segments, the state carried from one to
         # the next exactly as a cache carries it: each segment's activations stay in the CPU's caches, so the cost
         # per token does not grow with the prompt (docs/performance.md). One segment otherwise.
-        segment = seq_len if torch.is_grad_enabled() or all_hidden is not None else min(seq_len, PREFILL_SEGMENT)
+        whole = torch.is_grad_enabled() or all_hidden is not None or seq_len <= PREFILL_SEGMENT
+        segment = seq_len if whole else PREFILL_SEGMENT
         # A recording cache (rollback, docs/speculative.md) keeps the state before each of the last `record` tokens.
         record = cache.tokens_to_record(seq_len) if cache is not None else 0
         outputs = []
-        for start in range(0, seq_len, segment):
+        # One segment without `range`: an exported program keeps the prompt length symbolic (docs/export.md).
+        for start in (0,) if whole else range(0, seq_len, segment):
             part = slice(start, start + segment)
             end = min(start + segment, seq_len)
             h, seq_part = x[:, part], seq.segment(part, max(0, min(end - start, end - (seq_len - record))))

@@ -8,6 +8,8 @@ Shape letters used throughout the package:
 Every function here takes the state it needs and returns the new one; nothing is stored between calls.
 """
 
+import contextlib
+import contextvars
 import logging
 import warnings
 from typing import Callable, NamedTuple
@@ -67,6 +69,61 @@ def rnn_scan_sequential(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> t
         h = a[:, t].float() * h + x[:, t].float()
         ys.append(h.to(x.dtype))
     return torch.stack(ys, dim=1), h
+
+
+# How an exported program (torch.export) runs the recurrence over a prompt. A Python loop over T would fix the prompt
+# length in the program, so the steps go into one of torch's loop operators, each step the sequential scan's own
+# `a * h + x` in float32: "scan" (lowered by ONNX and ExecuTorch) or "while_loop" (lowered by ONNX and OpenVINO, which
+# has no rule for scan). Chosen per export by `export_loop` (hf_recurrentgemma/export picks it per backend).
+EXPORT_LOOPS = ("scan", "while_loop")
+_export_loop = contextvars.ContextVar("hf_recurrentgemma_export_loop", default="scan")
+
+
+@contextlib.contextmanager
+def export_loop(kind: str):
+    """Within the block, programs exported from this model run the RG-LRU recurrence in loop operator `kind`."""
+    if kind not in EXPORT_LOOPS:
+        raise ValueError(f"unknown export loop {kind!r}; available: {list(EXPORT_LOOPS)}")
+    token = _export_loop.set(kind)
+    try:
+        yield
+    finally:
+        _export_loop.reset(token)
+
+
+def rnn_scan_exported(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor,
+                      loop: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rnn_scan_sequential` as one loop operator whose trip count is the symbolic T (`EXPORT_LOOPS`): the same
+    float32 steps in the same order, so an exported program gives the sequential scan's values.
+    x, a: (B, T, L); h0: (B, L) float32 -> y (B, T, L) in x.dtype, h (B, L) float32."""
+    loop = loop or _export_loop.get()
+    xs, decays = x.transpose(0, 1).float().contiguous(), a.transpose(0, 1).float().contiguous()  # (T, B, L)
+    if loop == "scan":
+        from torch._higher_order_ops.scan import scan
+
+        def step(h, inputs):
+            x_t, a_t = inputs
+            h = a_t * h + x_t
+            return h, h.clone()  # a loop output may not alias its carry
+
+        h, ys = scan(step, h0, (xs, decays))
+    elif loop == "while_loop":
+        from torch._higher_order_ops.while_loop import while_loop
+
+        def more(t, h, ys, xs, decays):
+            return t < xs.shape[0]
+
+        def step(t, h, ys, xs, decays):
+            index = t.reshape(1)
+            h = decays.index_select(0, index)[0] * h + xs.index_select(0, index)[0]
+            # The inputs travel as carries, returned as they came: OpenVINO's loop takes no other operands.
+            return t + 1, h, ys.index_copy(0, index, h[None]), xs.clone(), decays.clone()
+
+        start = torch.zeros((), dtype=torch.long, device=x.device)
+        _, h, ys, _, _ = while_loop(more, step, (start, h0, torch.zeros(xs.shape, device=x.device), xs, decays))
+    else:
+        raise ValueError(f"unknown export loop {loop!r}; available: {list(EXPORT_LOOPS)}")
+    return ys.transpose(0, 1).to(x.dtype), h
 
 
 def rnn_scan_step(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,6 +208,8 @@ def rnn_scan(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor, backend: str = 
         raise ValueError(f"unknown scan backend {backend!r}; available: {list(SCAN_BACKEND_NAMES)}")
     if x.shape[1] == 1:
         return rnn_scan_step(x, a, h0)
+    if torch.compiler.is_exporting():  # another runtime runs the program: no kernel of ours, T stays symbolic
+        return rnn_scan_exported(x, a, h0)
     return SCAN_BACKENDS[resolve_scan_backend(backend, x.device, x.dtype)](x, a, h0)
 
 
