@@ -9,16 +9,26 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
-from vllm.model_executor.layers.layernorm import GemmaRMSNorm
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
-from vllm.model_executor.layers.mamba.mamba_utils import get_conv_copy_spec, get_temporal_copy_spec
+from vllm.model_executor.layers.mamba.mamba_utils import (
+    get_conv_copy_spec,
+    get_temporal_copy_spec,
+)
 from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
+from vllm.model_executor.models.utils import maybe_prefix
 
 from ..griffin.configuration_griffin import ATTENTION
-from ..griffin.ops_griffin import RECURRENT_STATE_DTYPE, recurrent_state_shapes, scale_embeddings, soft_cap_logits
+from ..griffin.layers_griffin import GriffinRMSNorm
+from ..griffin.ops_griffin import (
+    RECURRENT_STATE_DTYPE,
+    recurrent_state_shapes,
+    scale_embeddings,
+    soft_cap_logits,
+)
 from .config import griffin_config
 from .layers import GriffinAttention, GriffinMLP, GriffinRecurrentBlock
 
@@ -38,13 +48,13 @@ class GriffinDecoderLayer(nn.Module):
     def __init__(self, config, idx: int, vllm_config: VllmConfig, prefix: str):
         super().__init__()
         cache_config, quant_config = vllm_config.cache_config, vllm_config.quant_config
-        self.temporal_pre_norm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.temporal_pre_norm = GriffinRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         if config.block_types[idx] == ATTENTION:
             self.temporal_block = GriffinAttention(config, cache_config, quant_config, f"{prefix}.temporal_block")
         else:
             self.temporal_block = GriffinRecurrentBlock(config, vllm_config.model_config, cache_config,
                                                         f"{prefix}.temporal_block")
-        self.channel_pre_norm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.channel_pre_norm = GriffinRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = GriffinMLP(config, f"{prefix}.mlp")
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -52,17 +62,22 @@ class GriffinDecoderLayer(nn.Module):
         return self.mlp(self.channel_pre_norm(residual)) + residual
 
 
+@support_torch_compile
 class GriffinModel(nn.Module):
-    def __init__(self, config, vllm_config: VllmConfig, prefix: str):
+    """Embedding, the decoder layers and the final norm: the graph vLLM compiles (its default mode); the recurrent
+    blocks' stateful middle stays an opaque custom op inside it (`layers.griffin_recurrent`)."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
-        self.config = config
+        self.config = config = griffin_config(vllm_config.model_config.hf_config)
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
                                                    prefix=f"{prefix}.embed_tokens")
         self.layers = nn.ModuleList(GriffinDecoderLayer(config, i, vllm_config, f"{prefix}.layers.{i}")
                                     for i in range(config.num_hidden_layers))
-        self.final_norm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.final_norm = GriffinRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, input_ids, positions, inputs_embeds=None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
+                intermediate_tensors=None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         x = scale_embeddings(inputs_embeds, self.config)
@@ -78,7 +93,7 @@ class GriffinForCausalLM(nn.Module, HasInnerState, IsHybrid):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
         self.config = griffin_config(vllm_config.model_config.hf_config)
-        self.model = GriffinModel(self.config, vllm_config, f"{prefix}model" if not prefix else f"{prefix}.model")
+        self.model = GriffinModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
         self.logits_processor = LogitsProcessor(self.config.vocab_size)
 
     # --- the hybrid-model contract ------------------------------------------------------------------------------
@@ -101,7 +116,7 @@ class GriffinForCausalLM(nn.Module, HasInnerState, IsHybrid):
         return self.model.embed_tokens(input_ids)
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
-        return self.model(input_ids, positions, inputs_embeds)
+        return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         logits = self.logits_processor(self.model.embed_tokens, hidden_states)  # tied head
