@@ -23,7 +23,7 @@ import torch
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'hf-recurrentgemma[vllm]'; "
                                           "docs/serving.md)")
 
-from reference_helpers import KERNEL_TOL, A, R, Case, reference_and_ours  # noqa: E402
+from reference_helpers import KERNEL_TOL, A, Case, R, reference_and_ours
 
 # vLLM computes in float32 through other kernels (its GEMMs, paged attention, RMSNorm in float32): ~1e-6 on logits
 # for these sizes; logprobs of the chosen tokens differ by less than this.

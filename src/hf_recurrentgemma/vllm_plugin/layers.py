@@ -22,6 +22,7 @@ from vllm.model_executor.layers.linear import (
     RowParallelLinear,
 )
 from vllm.model_executor.layers.mamba.abstract import MambaBase
+from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.model_loader.weight_utils import sharded_weight_loader
 from vllm.model_executor.utils import set_weight_attrs
 from vllm.utils.torch_utils import direct_register_custom_op
@@ -39,10 +40,7 @@ from ..griffin.ops_griffin import (
     rnn_scan,
     rnn_scan_step,
     rnn_scan_varlen,
-    rope_tables,
-    rotate_half_dims,
 )
-
 
 # Inductor computes fused bfloat16 arithmetic in float32 and rounds once at the end; this rounds every intermediate
 # result where eager (and the reference) round, so compiled bfloat16 serving keeps the reference's numerics
@@ -82,34 +80,31 @@ class GriffinMLP(nn.Module):
 
 
 class GriffinAttention(nn.Module):
-    """Local multi-query attention: RoPE on half of each head (the package's `rope_tables`), keys and values in
-    vLLM's paged cache, a window of `attention_span(W)` tokens (itself and the W previous, the reference's)."""
+    """Local multi-query attention: RoPE on the first `partial_rotary_factor` of each head (vLLM's `get_rope`, whose
+    tables and rotation are `ops_griffin.rope_tables` / `rotate_half_dims`'s), keys and values in vLLM's paged
+    cache, a window of `attention_span(W)` tokens (itself and the W previous, the reference's)."""
 
-    def __init__(self, config: GriffinConfig, cache_config, quant_config, prefix: str):
+    def __init__(self, config: GriffinConfig, max_positions: int, cache_config, prefix: str):
         super().__init__()
         self.num_heads = _heads_per_rank(config, "")
         self.head_dim = config.head_dim
-        self.rope_dim = int(self.head_dim * config.partial_rotary_factor)
-        self.rope_theta = config.rope_theta
         d = config.hidden_size
         # One key/value head (multi-query): QKVParallelLinear replicates it on every rank.
         self.qkv_proj = QKVParallelLinear(d, self.head_dim, config.num_attention_heads, 1, bias=False,
-                                          quant_config=quant_config, prefix=f"{prefix}.qkv_proj")
-        self.o_proj = RowParallelLinear(d, d, bias=True, quant_config=quant_config, prefix=f"{prefix}.o_proj")
+                                          prefix=f"{prefix}.qkv_proj")
+        self.o_proj = RowParallelLinear(d, d, bias=True, prefix=f"{prefix}.o_proj")
+        self.rotary_emb = get_rope(self.head_dim, max_position=max_positions, is_neox_style=True,
+                                   rope_parameters={"rope_theta": config.rope_theta,
+                                                    "partial_rotary_factor": config.partial_rotary_factor})
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim**-0.5, num_kv_heads=1,
-                              cache_config=cache_config, quant_config=quant_config,
+                              cache_config=cache_config,
                               per_layer_sliding_window=attention_span(config.attention_window_size),
                               prefix=f"{prefix}.attn")
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # (N, D), (N,) -> (N, D)
         qkv, _ = self.qkv_proj(x)
-        q_size = self.num_heads * self.head_dim
-        q, k, v = qkv.split([q_size, self.head_dim, self.head_dim], dim=-1)
-        sin, cos = rope_tables(positions[None], self.rope_dim, self.rope_theta, q.dtype)  # (1, 1, N, R/2)
-        q = rotate_half_dims(q.view(1, -1, self.num_heads, self.head_dim).transpose(1, 2), sin, cos)
-        k = rotate_half_dims(k.reshape(1, -1, 1, self.head_dim).transpose(1, 2), sin, cos)
-        q = q.transpose(1, 2).reshape(-1, q_size)
-        k = k.transpose(1, 2).reshape(-1, self.head_dim)
+        q, k, v = qkv.split([self.num_heads * self.head_dim, self.head_dim, self.head_dim], dim=-1)
+        q, k = self.rotary_emb(positions, q, k)
         out, _ = self.o_proj(self.attn(q, k, v.contiguous()))
         return out
 
