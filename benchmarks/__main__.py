@@ -23,8 +23,11 @@ SECTIONS = {
     "verify-cost": ("bench_verify_cost", "a (k+1)-token forward against one token, the whole 2B shape, per variant"),
     "quantized": ("bench_quantized", "int8/int4 weight-only decoding against bfloat16 and the weight-read floor"),
     "speculative": ("bench_speculative", "assisted and prompt-lookup decoding through generate()"),
+    "draft-length": ("bench_draft_length", "the shipped draft's speed-up and acceptance against its draft length"),
+    "export": ("bench_export", "exported programs (ONNX, ExecuTorch, OpenVINO, Dynamo) against our own decoding"),
     "serving": ("bench_serving", "vLLM against generate() on mixed-length requests (needs vLLM)"),
     "serving-long": ("bench_serving_long", "long generations, Griffin against an equal-size Gemma in vLLM"),
+    "serving-compile": ("bench_serving_compile", "vLLM's compiled mode against eager at many concurrent requests"),
 }
 
 
