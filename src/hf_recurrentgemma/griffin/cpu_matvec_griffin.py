@@ -349,8 +349,9 @@ def row_invariant_call(x: torch.Tensor) -> bool:
     """Whether a call over x (..., K) is one of 2..MAX_ROWS rows on CPU (verifying a speculative draft, decoding a
     small batch): the sizes at which a forward equals that many one-row forwards bit for bit. The few-row kernels
     accumulate each row in the same order whatever the row count; the layers route their other row-coupled ops
-    (the RG-LRU gates' bmm, attention) through their one-row form for such calls (docs/speculative.md)."""
-    return x.device.type == "cpu" and 1 < _rows(x) <= MAX_ROWS
+    (the RG-LRU gates' bmm, attention) through their one-row form for such calls (docs/speculative.md). Never
+    while exporting: another runtime runs the program, and its token count stays symbolic (docs/export.md)."""
+    return not torch.compiler.is_exporting() and x.device.type == "cpu" and 1 < _rows(x) <= MAX_ROWS
 
 
 @torch.library.custom_op(f"{_NS}::matmul_rows", mutates_args=(), device_types="cpu")
