@@ -25,14 +25,13 @@ rows where AMX exists): a speculative verification must stay in this kernel to e
 replaces (docs/speculative.md; tests/ops/test_cpu_kernels.py, tests/model/test_batch_invariance.py).
 """
 
-import re
 from string import Template
 
 import torch
 
 from .cpu_widen_griffin import linear_widened, widen_applies
 from .kernel_build_griffin import (CAPABILITIES, MAX_ROWS, CompiledKernel, kernel_argtypes, kernel_enabled,
-                                   kernel_settings)
+                                   kernel_settings, op_namespace, target_attribute)
 FLOAT_VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")  # float32 and int8 weights
 BF16_VARIANTS = (*FLOAT_VARIANTS, "bf16-dot", "bf16-tile")
 VARIANTS = {"bf16": BF16_VARIANTS, "f32": FLOAT_VARIANTS, "int8": FLOAT_VARIANTS}
@@ -50,7 +49,7 @@ _ISAS = {
 #define VFMA(a, b, c) ((a) * (b) + (c))
 #define VREDUCE(v) (v)
 """),
-    "fp32_fma_256": dict(attr='__attribute__((target("avx2,fma")))', mb=2, macros=r"""
+    "fp32_fma_256": dict(attr=target_attribute("fp32-fma-256"), mb=2, macros=r"""
 #define LANES 8
 #define VEC __m256
 #define VZERO _mm256_setzero_ps()
@@ -66,7 +65,7 @@ __attribute__((target("avx2,fma"))) static inline float reduce_fp32_fma_256(__m2
     return _mm_cvtss_f32(s);
 }
 """),
-    "fp32_fma_512": dict(attr='__attribute__((target("avx512f")))', mb=4, macros=r"""
+    "fp32_fma_512": dict(attr=target_attribute("fp32-fma-512"), mb=4, macros=r"""
 #define LANES 16
 #define VEC __m512
 #define VZERO _mm512_setzero_ps()
@@ -338,7 +337,7 @@ def _function(name: str, variant: str):
 
 # The op namespace is this module's name, so the package and a copy shipped as Hub remote code (another module
 # name) can both register their ops in one process.
-_NS = re.sub(r"\W", "_", __name__)
+_NS = op_namespace(__name__)
 
 
 def _rows(x: torch.Tensor) -> int:

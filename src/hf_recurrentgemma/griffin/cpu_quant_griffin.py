@@ -32,14 +32,13 @@ where no vector variant runs).
 """
 
 import ctypes
-import re
 from string import Template
 
 import torch
 
-from .kernel_build_griffin import CompiledKernel, kernel_argtypes, kernel_enabled, kernel_settings
+from .kernel_build_griffin import (MAX_ROWS, CompiledKernel, kernel_argtypes, kernel_enabled, kernel_settings,
+                                   op_namespace, target_attribute)
 
-MAX_ROWS = 16
 VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")
 INT4_BLOCK = 64  # output rows per block of torch's CPU int4 pack
 INT4_GROUPS = (32, 64, 128)  # the group sizes torchao's CPU int4 offers
@@ -68,7 +67,7 @@ _ISAS = {
 #define MB8 4
 #define MB4 4
 """),
-    "fp32_fma_256": dict(attr='__attribute__((target("avx2,fma")))', macros=r"""
+    "fp32_fma_256": dict(attr=target_attribute("fp32-fma-256"), macros=r"""
 #define LANES 8
 #define VEC __m256
 #define VZERO _mm256_setzero_ps()
@@ -99,7 +98,7 @@ __attribute__((target("avx2,fma"))) static inline float reduce_fp32_fma_256(__m2
     return _mm_cvtss_f32(s);
 }
 """),
-    "fp32_fma_512": dict(attr='__attribute__((target("avx512f")))', macros=r"""
+    "fp32_fma_512": dict(attr=target_attribute("fp32-fma-512"), macros=r"""
 #define LANES 16
 #define VEC __m512
 #define VZERO _mm512_setzero_ps()
@@ -372,7 +371,7 @@ def _function(name: str, variant: str):
 
 # The op namespace is this module's name, so the package and a copy shipped as Hub remote code (another module
 # name) can both register their ops in one process.
-_NS = re.sub(r"\W", "_", __name__)
+_NS = op_namespace(__name__)
 
 
 def _as_rows(x: torch.Tensor) -> torch.Tensor:

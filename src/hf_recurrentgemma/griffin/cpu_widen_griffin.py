@@ -14,10 +14,10 @@ of HF_RECURRENTGEMMA_CPU_KERNELS (see kernel_build_griffin.py).
 
 import torch
 
-from .kernel_build_griffin import kernel_enabled
+from .kernel_build_griffin import MAX_ROWS, kernel_enabled
 
 TILE_BYTES = 4 << 20  # a float32 weight tile (see above for the measurement)
-MIN_ROWS = 17  # fewer rows go to the few-row kernels (cpu_matvec_griffin.MAX_ROWS + 1)
+MIN_ROWS = MAX_ROWS + 1  # fewer rows go to the few-row kernels
 
 
 def widen_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
