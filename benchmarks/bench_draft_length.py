@@ -1,6 +1,6 @@
 """The draft length of the shipped draft: speed-up and acceptance against `num_assistant_tokens` (k).
 
-    python -m benchmarks.bench_draft_length [--ks 1,2,3,4,6,8] [--repeats 5] [--new-tokens 64] [--json FILE]
+    python -m benchmarks draft-length [--ks 1,2,3,4,6,8] [--repeats 5] [--new-tokens 64] [--json FILE]
 
 The shipped model (`griffin-austen-6m`) and its draft (`griffin-austen-draft-1m`), both float32 as the demo runs
 them, one thread, through `generate()` with the commands' draft hook (`commands/speculative.py`), on three tasks:
