@@ -266,3 +266,15 @@ def test_cache_of_another_architecture_is_refused(model):
     cache = GriffinCache(type(model.config).from_dict(other))
     with pytest.raises(ValueError, match="another architecture"):
         model(prompt_ids(3, 0), cache=cache, use_cache=True)
+
+
+def test_assisted_and_prompt_lookup_greedy_equal_plain_greedy_on_this_release():
+    """Speculative decoding through generate() on every supported Transformers (this file is in the core that CI
+    also runs at the oldest one, where a draft's generate() is handed its cache as `past_key_values=`)."""
+    model = reference_and_ours(CASES[0], seed=3)[1]
+    draft = reference_and_ours(CASES[0], seed=4)[1]
+    ids = torch.randint(4, 100, (1, 12), generator=torch.Generator().manual_seed(0))
+    plain = model.generate(ids, max_new_tokens=10, do_sample=False)
+    for kwargs in (dict(assistant_model=draft), dict(prompt_lookup_num_tokens=3)):
+        out = model.generate(ids, max_new_tokens=10, do_sample=False, **kwargs)
+        assert torch.equal(out, plain), kwargs

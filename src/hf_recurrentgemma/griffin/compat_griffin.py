@@ -97,6 +97,8 @@ for _hook, _params in (("_prepare_cache_for_generation", ("generation_config", "
                        # overridden for draft models (assisted decoding, docs/speculative.md)
                        ("_prepare_attention_mask_for_generation", ("inputs_tensor", "generation_config",
                                                                    "model_kwargs")),
+                       # overridden so a draft model is handed its cache under this release's name
+                       ("_validate_model_kwargs", ("model_kwargs",)),
                        # overridden to cap draft lengths (`cap_draft_length`)
                        ("_get_candidate_generator", ("generation_config", "input_ids", "inputs_tensor",
                                                      "logits_processor", "model_kwargs", "assistant_model",
@@ -162,6 +164,13 @@ def move_generation_cache(model_kwargs: dict):
     return cache
 
 
+def without_call_cache(model_kwargs: dict) -> dict:
+    """`model_kwargs` without the cache under this release's name, for generate()'s check that every argument is
+    one `forward` names: before 5.24 a draft model's generate() is handed its cache as `past_key_values=`, which
+    `forward` takes through `**kwargs` (`take_cache`), so the check would refuse it."""
+    return {k: v for k, v in model_kwargs.items() if k != CACHE_NAME or CACHE_NAME == "cache"}
+
+
 def compile_on_all_devices(config: CompileConfig) -> CompileConfig:
     """A copy of `config` that lets `generate()` compile the decode step on CPU too (Transformers alone compiles
     only on accelerators), unless the user already chose."""
@@ -202,4 +211,5 @@ def cap_draft_length(generator, cap: int):
 __all__ = ["ALL_ATTENTION_FUNCTIONS", "BaseModelOutputWithPast", "CACHE_NAME", "Cache", "CausalLMOutputWithPast",
            "CompileConfig", "GenerationMixin", "GradientCheckpointingLayer", "NEWEST_TRANSFORMERS",
            "OLDEST_TRANSFORMERS", "PreTrainedModel", "TESTED_TRANSFORMERS", "TRANSFORMERS_REQUIREMENT",
-           "can_return_tuple", "cap_draft_length", "compile_on_all_devices", "init", "move_generation_cache", "take_cache"]
+           "can_return_tuple", "cap_draft_length", "compile_on_all_devices", "init", "move_generation_cache", "take_cache",
+           "without_call_cache"]

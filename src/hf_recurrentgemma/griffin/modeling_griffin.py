@@ -29,6 +29,7 @@ from .compat_griffin import (  # Transformers internals, checked against the ins
     init,
     move_generation_cache,
     take_cache,
+    without_call_cache,
 )
 from .configuration_griffin import ATTENTION, GriffinConfig
 from .cpu_matvec_griffin import MAX_ROWS
@@ -406,6 +407,11 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         MAX_DRAFT_TOKENS tokens a round (see there for why)."""
         generator = super()._get_candidate_generator(generation_config, *args, **kwargs)
         return cap_draft_length(generator, MAX_DRAFT_TOKENS)
+
+    def _validate_model_kwargs(self, model_kwargs):
+        # A draft model's cache arrives under this release's cache name, which `forward` may take through
+        # `**kwargs` only (before 5.24: `past_key_values`, compat_griffin.take_cache).
+        return super()._validate_model_kwargs(without_call_cache(model_kwargs))
 
     def _valid_auto_compile_criteria(self, model_kwargs, generation_config) -> bool:
         """Compile the decode step when asked: `cache_implementation="static"` (as for Transformers' static caches;
