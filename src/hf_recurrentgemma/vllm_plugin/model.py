@@ -5,7 +5,7 @@ Numerics are the reference's in both cases: embeddings times sqrt(D) rounded to 
 the logit soft cap (`soft_cap_logits`), float32 RG-LRU state, a window of itself plus W previous tokens.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -47,6 +47,16 @@ WEIGHTS_MAPPER = WeightsMapper(
     },
     orig_to_new_prefix={"lm_head.": None},
 )
+
+
+def only_known(weights: Iterable[tuple[str, torch.Tensor]], params: Mapping[str, object]):
+    """`weights` (already under vLLM's names) passed through, with an error naming the nearby parameters for a
+    tensor that is not in `params`: vLLM's loader would drop an unknown bias silently."""
+    for name, tensor in weights:
+        if name not in params:
+            near = sorted(p for p in params if name.rsplit(".", 2)[0] in p)
+            raise ValueError(f"checkpoint tensor {name!r} has no counterpart in the Griffin vLLM model; nearby: {near}")
+        yield name, tensor
 
 
 class GriffinDecoderLayer(nn.Module):
@@ -149,17 +159,8 @@ class GriffinForCausalLM(nn.Module, HasInnerState, IsHybrid):
         is an error naming the nearby parameters (vLLM's loader drops unknown biases silently), and every
         parameter must be loaded."""
         params = dict(self.named_parameters())
-
-        def known(named):
-            for name, tensor in named:
-                if name not in params:
-                    near = sorted(p for p in params if name.rsplit(".", 2)[0] in p)
-                    raise ValueError(f"checkpoint tensor {name!r} has no counterpart in the Griffin vLLM model "
-                                     f"{near}")
-                yield name, tensor
-
         mapped = self.hf_to_vllm_mapper.apply(self.checkpoint_tensors(weights))
-        loaded = AutoWeightsLoader(self).load_weights(known(mapped))
+        loaded = AutoWeightsLoader(self).load_weights(only_known(mapped, params))
         missing = set(params) - loaded
         if missing:
             raise ValueError(f"the checkpoint lacks {len(missing)} tensors, e.g. {min(missing)!r}")
