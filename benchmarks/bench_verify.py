@@ -20,13 +20,12 @@ runs interleaved so that other load on the machine slows all three alike.
 import argparse
 import math
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-from hf_recurrentgemma.griffin.cpu_matvec_griffin import _matmul_rows_int8_op, linear_cpu, matvec_variant  # noqa: E402
+from hf_recurrentgemma.griffin.cpu_matvec_griffin import linear_cpu, matvec_variant
+from hf_recurrentgemma.griffin.cpu_quant_griffin import _matmul_int8_op, quant_variant
 
 SHAPES = [(2560, 2560)] * 3 + [(7680, 2560), (7680, 2560), (2560, 7680)]  # (out, in) of one block pair
 
@@ -72,7 +71,7 @@ def passes(copies, rows: int, ours: bool):
                 if scale is None:
                     linear_cpu(x, w) if ours else torch.nn.functional.linear(x, w)
                 elif ours:
-                    _matmul_rows_int8_op(x, w, scale, None, None, matvec_variant("int8") or "scalar")
+                    _matmul_int8_op(x, w, scale, None, None, quant_variant() or "scalar")
                 else:
                     torch._weight_int8pack_mm(x, w, scale.reshape(-1).bfloat16())
     return run
@@ -92,7 +91,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     print(f"threads {torch.get_num_threads()}; variants: bf16 {matvec_variant('bf16')}, "
-          f"int8 {matvec_variant('int8')}")
+          f"int8 {quant_variant()} (cpu_quant_griffin)")
     with torch.inference_mode():
         for dtype in args.dtypes.split(","):
             block = make_weights(dtype, gen)

@@ -1,10 +1,10 @@
 """Matrix products for a few rows on CPU, reading each weight once: `y (M, N) = x (M, K) W (N, K)^T + bias` for
 M = 1..16 (decoding one sequence, and verifying a speculative draft of up to 15 tokens), with bfloat16 or float32
-weights, or torchao's weight-only int8 layout (one float32 scale and optional int8 zero point per output row).
+weights. (Quantized weights, torchao's int8 and int4 layouts, have their own kernels: `cpu_quant_griffin.py`.)
 
 Why: decoding reads every weight once per token, so it runs at memory speed only if the product does. Torch's
 one-row bfloat16 product reads weights well below memory speed on AVX-512 CPUs, its one-row float32 product
-reaches about half the bandwidth on AVX2 ones, torchao's int8 path on CPU dequantizes first, and without AMX
+reaches about half the bandwidth on AVX2 ones, and without AMX
 torch's GEMM for 2..16 rows costs nearly one one-row product per row (docs/performance.md). Here the weights are
 walked in groups of rows; each group is multiplied against every input row while it is in cache, so memory sees
 it once.
@@ -13,7 +13,7 @@ Variants (`kernel_build_griffin.py` builds them, picks one at run time, and read
 `gemv`): `bf16-tile` (AMX tile products, bfloat16 weights only: 16 weight rows against all input rows per
 instruction, so 16 rows cost what one does), `bf16-dot` (AVX-512 BF16 pair products, bfloat16 weights only),
 `fp32-fma-512` (AVX-512F) and `fp32-fma-256` (AVX2 + FMA): weights widened to float32 (bfloat16 by a 16-bit
-shift, int8 by conversion), multiplied and accumulated in float32; `scalar`, portable C, tested everywhere but
+shift), multiplied and accumulated in float32; `scalar`, portable C, tested everywhere but
 used by `linear_cpu` only when asked for, since torch's own product is faster than scalar C. Every variant
 accumulates in float32 and rounds once to x's dtype: equal to F.linear within float32 accumulation order.
 
@@ -32,9 +32,9 @@ import torch
 from .cpu_widen_griffin import linear_widened, widen_applies
 from .kernel_build_griffin import (CAPABILITIES, MAX_ROWS, CompiledKernel, kernel_argtypes, kernel_enabled,
                                    kernel_settings, op_namespace, target_attribute)
-FLOAT_VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")  # float32 and int8 weights
+FLOAT_VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")  # float32 weights
 BF16_VARIANTS = (*FLOAT_VARIANTS, "bf16-dot", "bf16-tile")
-VARIANTS = {"bf16": BF16_VARIANTS, "f32": FLOAT_VARIANTS, "int8": FLOAT_VARIANTS}
+VARIANTS = {"bf16": BF16_VARIANTS, "f32": FLOAT_VARIANTS}
 
 # Per variant: the vector type and operations the one generic tile below is written in, its target attribute and
 # how many input rows a tile holds in registers (4 weight rows x that many accumulators, plus the loads).
@@ -45,7 +45,6 @@ _ISAS = {
 #define VZERO 0.0f
 #define VLOAD_F32(p) (*(p))
 #define VLOAD_BF16(p) bf16_to_f32(*(p))
-#define VLOAD_I8(p) ((float)*(p))
 #define VFMA(a, b, c) ((a) * (b) + (c))
 #define VREDUCE(v) (v)
 """),
@@ -55,7 +54,6 @@ _ISAS = {
 #define VZERO _mm256_setzero_ps()
 #define VLOAD_F32(p) _mm256_loadu_ps(p)
 #define VLOAD_BF16(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
-#define VLOAD_I8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define VREDUCE(v) reduce_fp32_fma_256(v)
 __attribute__((target("avx2,fma"))) static inline float reduce_fp32_fma_256(__m256 v) {
@@ -71,13 +69,12 @@ __attribute__((target("avx2,fma"))) static inline float reduce_fp32_fma_256(__m2
 #define VZERO _mm512_setzero_ps()
 #define VLOAD_F32(p) _mm512_loadu_ps(p)
 #define VLOAD_BF16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
-#define VLOAD_I8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define VREDUCE(v) _mm512_reduce_add_ps(v)
 """),
 }
 _UNDEF = "\n".join(f"#undef {m}" for m in
-                   ("LANES", "VEC", "VZERO", "VLOAD_F32", "VLOAD_BF16", "VLOAD_I8", "VFMA", "VREDUCE"))
+                   ("LANES", "VEC", "VZERO", "VLOAD_F32", "VLOAD_BF16", "VFMA", "VREDUCE"))
 
 # One tile: weight rows n0..n0+3 (the last row repeated past N, its results dropped) against $mb input rows of x
 # (float32, (M, K) with row stride K), into y (M, N) float32. $w names the weight type, $load its vector load.
@@ -109,8 +106,7 @@ $attr static void tile_${w}_${v}_$mb(const $wtype *w, int64_t n0, int64_t N, int
 # is in cache. x is float32 here (bfloat16 inputs are widened once by the caller of this part).
 _DRIVER = Template(r"""
 $attr static void rows_${w}_${v}(const $wtype *w, const float *x, float *y, int64_t M, int64_t N, int64_t K,
-                                 int threads, const float *bias, const float *scale, const int8_t *zero,
-                                 const float *x_sum) {
+                                 int threads, const float *bias) {
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t n0 = 0; n0 < N; n0 += 4) {
         for (int64_t m0 = 0; m0 < M; m0 += $mb) {
@@ -119,37 +115,24 @@ $attr static void rows_${w}_${v}(const $wtype *w, const float *x, float *y, int6
             }
         }
         for (int64_t m = 0; m < M; m++)
-            for (int64_t n = n0; n < n0 + 4 && n < N; n++) {
-                float v = y[m * N + n];
-                if (scale) v = scale[n] * (v - (zero ? (float)zero[n] * x_sum[m] : 0.0f));
-                y[m * N + n] = v + (bias ? bias[n] : 0.0f);
-            }
+            for (int64_t n = n0; n < n0 + 4 && n < N; n++) y[m * N + n] += bias ? bias[n] : 0.0f;
     }
 }
 """)
 
-# Entry points, one per weight type and variant: x (M, K) in the weight's float type (float32 for int8 weights),
-# bias (N) float32 or NULL, y (M, N) float32; int8 adds scale (N) float32 and zero (N) int8 or NULL.
+# Entry points, one per weight type and variant: x (M, K) in the weight's dtype, bias (N) float32 or NULL,
+# y (M, N) float32.
 _ENTRIES = Template(r"""
 $attr void matmul_bf16_$v(const uint16_t *w, const uint16_t *x, const float *bias, float *y, int64_t M, int64_t N,
                           int64_t K, int threads) {
     float *x32 = (float *)malloc(sizeof(float) * M * K);
     for (int64_t i = 0; i < M * K; i++) x32[i] = bf16_to_f32(x[i]);
-    rows_bf16_$v(w, x32, y, M, N, K, threads, bias, NULL, NULL, NULL);
+    rows_bf16_$v(w, x32, y, M, N, K, threads, bias);
     free(x32);
 }
 $attr void matmul_f32_$v(const float *w, const float *x, const float *bias, float *y, int64_t M, int64_t N,
                          int64_t K, int threads) {
-    rows_f32_$v(w, x, y, M, N, K, threads, bias, NULL, NULL, NULL);
-}
-$attr void matmul_i8_$v(const int8_t *q, const float *scale, const int8_t *zero, const float *x, const float *bias,
-                        float *y, int64_t M, int64_t N, int64_t K, int threads) {
-    float x_sum[$max_rows];
-    for (int64_t m = 0; m < M; m++) {
-        x_sum[m] = 0.0f;
-        if (zero) for (int64_t k = 0; k < K; k++) x_sum[m] += x[m * K + k];
-    }
-    rows_i8_$v(q, x, y, M, N, K, threads, bias, scale, zero, x_sum);
+    rows_f32_$v(w, x, y, M, N, K, threads, bias);
 }
 """)
 
@@ -269,13 +252,13 @@ def _cases(tile: str, mb: int, x_expr: str) -> str:
 def _variant_source(v: str) -> str:
     isa = _ISAS[v]
     parts = [isa["macros"]]
-    for w, wtype, load, scalar in (("bf16", "uint16_t", "VLOAD_BF16", "bf16_to_f32"), ("f32", "float", "VLOAD_F32", ""),
-                                   ("i8", "int8_t", "VLOAD_I8", "(float)")):
+    for w, wtype, load, scalar in (("bf16", "uint16_t", "VLOAD_BF16", "bf16_to_f32"),
+                                   ("f32", "float", "VLOAD_F32", "")):
         for mb in range(1, isa["mb"] + 1):
             parts.append(_TILE.substitute(attr=isa["attr"], w=w, v=v, mb=mb, wtype=wtype, load=load, scalar=scalar))
         cases = _cases(f"tile_{w}_{v}", isa["mb"], "x + m0 * K")
         parts.append(_DRIVER.substitute(attr=isa["attr"], w=w, v=v, mb=isa["mb"], wtype=wtype, cases=cases))
-    parts.append(_ENTRIES.substitute(attr=isa["attr"], v=v, max_rows=MAX_ROWS))
+    parts.append(_ENTRIES.substitute(attr=isa["attr"], v=v))
     parts.append(_UNDEF)
     return "\n".join(parts)
 
@@ -293,12 +276,11 @@ def _source() -> str:
 MATVEC_KERNEL = CompiledKernel("gemv", _source(), {
     "matmul_bf16": (BF16_VARIANTS, kernel_argtypes(4)),
     "matmul_f32": (FLOAT_VARIANTS, kernel_argtypes(4)),
-    "matmul_i8": (FLOAT_VARIANTS, kernel_argtypes(6)),
 })
 
 
 def supported_variants(kind: str) -> list[str]:
-    """The variants of kernel `kind` ("bf16", "f32", "int8") this CPU and build can run, weakest first (whatever
+    """The variants of kernel `kind` ("bf16", "f32") this CPU and build can run, weakest first (whatever
     the switches say: tests force each in turn)."""
     return [v for v in MATVEC_KERNEL.supported() if v in VARIANTS[kind]]
 
@@ -317,7 +299,7 @@ def _allowed_variant(kind: str) -> str | None:
 
 @torch.compiler.assume_constant_result  # decided in Python; a compiled graph only sees the answer
 def matvec_variant(kind: str) -> str | None:
-    """The variant `linear_cpu` uses now for weights of `kind` ("bf16", "f32", "int8"), or None for `F.linear`:
+    """The variant `linear_cpu` uses now for weights of `kind` ("bf16", "f32"), or None for `F.linear`:
     the best one the CPU, the build and HF_RECURRENTGEMMA_CPU_ISA allow, if it is a vector one (torch's product
     beats scalar C), and None where HF_RECURRENTGEMMA_CPU_KERNELS turns `gemv` off or nothing builds."""
     variant = _allowed_variant(kind)
@@ -372,55 +354,16 @@ def _(x, weight, bias, variant):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
-@torch.library.custom_op(f"{_NS}::matmul_rows_int8", mutates_args=(), device_types="cpu")
-def _matmul_rows_int8_op(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
-                         bias: torch.Tensor | None, variant: str) -> torch.Tensor:
-    """x (..., K) float, at most MAX_ROWS rows; qdata (N, K) int8, scale (N) or (N, 1), zero_point the same in
-    int8 or None: y = x (scale (q - zero))^T + bias, in x's dtype."""
-    kernel = _function("matmul_i8", variant)
-    rows = x.reshape(-1, x.shape[-1]).float().contiguous()
-    scale32 = scale.reshape(-1).float().contiguous()
-    zero = None if zero_point is None else zero_point.reshape(-1).contiguous()
-    bias32 = None if bias is None else bias.float().contiguous()
-    y = torch.empty(rows.shape[0], qdata.shape[0], dtype=torch.float32)
-    kernel(qdata.data_ptr(), scale32.data_ptr(), None if zero is None else zero.data_ptr(), rows.data_ptr(),
-           None if bias32 is None else bias32.data_ptr(), y.data_ptr(), rows.shape[0], qdata.shape[0],
-           qdata.shape[1], torch.get_num_threads())
-    return y.to(x.dtype).view(*x.shape[:-1], qdata.shape[0])
-
-
-@_matmul_rows_int8_op.register_fake
-def _(x, qdata, scale, zero_point, bias, variant):
-    return x.new_empty(*x.shape[:-1], qdata.shape[0])
-
-
-def _int8_rows(weight) -> bool:
-    """Whether `weight` is torchao's weight-only int8 tensor with one scale (and zero point) per output row:
-    `qdata` (N, K) int8, `scale` (N, 1), blocks of one whole row, no activation quantization."""
-    qdata = getattr(weight, "qdata", None)
-    return (
-        type(weight).__name__ == "Int8Tensor"
-        and isinstance(qdata, torch.Tensor) and qdata.dtype == torch.int8 and qdata.ndim == 2
-        and qdata.is_contiguous()
-        and tuple(getattr(weight, "block_size", ())) == (1, qdata.shape[1])
-        and getattr(weight, "scale", None) is not None and weight.scale.numel() == qdata.shape[0]
-        and getattr(weight, "act_quant_kwargs", None) is None
-        and getattr(weight, "act_pre_scale", None) is None
-    )
-
-
 def weight_kind(x: torch.Tensor, weight: torch.Tensor) -> str | None:
-    """Which kernel family fits this call ("bf16", "f32", "int8"), whatever the CPU, or None for `F.linear`:
-    inference on CPU, 1..MAX_ROWS rows (decoding one sequence, verifying a short draft), x in the weight's dtype
-    and plain weights (a sharded or otherwise wrapped one goes to F.linear), or torchao's per-row int8."""
+    """Which kernel family fits this call ("bf16", "f32"), whatever the CPU, or None for `F.linear`: inference on
+    CPU, 1..MAX_ROWS rows (decoding one sequence, verifying a short draft), x in the weight's dtype and plain
+    weights (a sharded, quantized or otherwise wrapped one goes elsewhere)."""
     if x.device.type != "cpu" or not x.is_floating_point() or x.shape[-1] == 0 or _rows(x) > MAX_ROWS:
         return None
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return None
     if type(weight) in (torch.Tensor, torch.nn.Parameter) and weight.is_contiguous() and x.dtype == weight.dtype:
         return {torch.bfloat16: "bf16", torch.float32: "f32"}.get(weight.dtype)
-    if _int8_rows(weight):
-        return "int8"
     return None
 
 
@@ -442,9 +385,6 @@ def gemv_kind(x: torch.Tensor, weight: torch.Tensor) -> str | None:
 
 def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: str) -> torch.Tensor:
     """`F.linear(x, weight, bias)` through variant `variant` of the kernel (for a call `weight_kind` accepts)."""
-    if weight_kind(x, weight) == "int8":
-        return _matmul_rows_int8_op(x, weight.qdata, weight.scale, getattr(weight, "zero_point", None), bias,
-                                    variant)
     return _matmul_rows_op(x, weight, bias, variant)
 
 
@@ -461,8 +401,5 @@ def linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         if widen_applies(x, weight) and not native_bf16():  # a bfloat16 prompt on a CPU without native bfloat16
             return linear_widened(x, weight, bias)
         return torch.nn.functional.linear(x, weight, bias)
-    if kind == "int8":
-        return _matmul_rows_int8_op(x, weight.qdata, weight.scale, getattr(weight, "zero_point", None), bias,
-                                    variant)
     return _matmul_rows_op(x, weight, bias, variant)
 
