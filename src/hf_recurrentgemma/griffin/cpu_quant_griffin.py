@@ -168,11 +168,12 @@ $attr void matmul_int8_$v(const int8_t *q, const float *scale, const int8_t *zer
         float acc[MB8 * 4];
         for (int64_t m0 = 0; m0 < M; m0 += MB8) {
             int mb = (int)(M - m0 < MB8 ? M - m0 : MB8);
-            /* a constant row count per call, so the inlined tile keeps its accumulators in registers */
+            /* a constant row count per call, so the inlined tile keeps its accumulators in registers (cases
+               above MB8 never run: the row count is at most MB8) */
             switch (mb) {
                 case 1: i8_tile_$v(q, n0, N, K, x + m0 * K, 1, acc); break;
-                case 2: i8_tile_$v(q, n0, N, K, x + m0 * K, 2, acc); break;
-                case 3: i8_tile_$v(q, n0, N, K, x + m0 * K, 3, acc); break;
+                case 2: i8_tile_$v(q, n0, N, K, x + m0 * K, 2 <= MB8 ? 2 : MB8, acc); break;
+                case 3: i8_tile_$v(q, n0, N, K, x + m0 * K, 3 <= MB8 ? 3 : MB8, acc); break;
                 default: i8_tile_$v(q, n0, N, K, x + m0 * K, MB8, acc); break;
             }
             for (int m = 0; m < mb; m++)
@@ -237,8 +238,8 @@ $attr static void i4_block_$v(const uint8_t *q, const uint16_t *sz, int64_t blk,
             /* a constant row count per call, so the inlined tile keeps its accumulators in registers */
             switch (M - m0 < MB4 ? (int)(M - m0) : MB4) {
                 case 1: i4_tile_$v(base, sz, blk * 64, N, K, G, x, xsum, bias, y, h0, m0, 1); break;
-                case 2: i4_tile_$v(base, sz, blk * 64, N, K, G, x, xsum, bias, y, h0, m0, 2); break;
-                case 3: i4_tile_$v(base, sz, blk * 64, N, K, G, x, xsum, bias, y, h0, m0, 3); break;
+                case 2: i4_tile_$v(base, sz, blk * 64, N, K, G, x, xsum, bias, y, h0, m0, 2 <= MB4 ? 2 : MB4); break;
+                case 3: i4_tile_$v(base, sz, blk * 64, N, K, G, x, xsum, bias, y, h0, m0, 3 <= MB4 ? 3 : MB4); break;
                 default: i4_tile_$v(base, sz, blk * 64, N, K, G, x, xsum, bias, y, h0, m0, MB4); break;
             }
         }
