@@ -1,6 +1,6 @@
 """Peak memory and time of `hf-recurrentgemma convert` on a synthetic checkpoint of at least 1 GB.
 
-    python benchmarks/bench_conversion.py [--formats torch,orbax] [--max-shard-size 256MB] [--layers 16]
+    python -m benchmarks conversion [--formats torch,orbax] [--max-shard-size 256MB] [--layers 16]
 
 Writes a random float32 Griffin checkpoint (by default vocabulary 65536, width 1024, 16 blocks: 1.07 GB) as the
 PyTorch release stores it (a `recurrentgemma.torch` state dict) and/or as the JAX release does (an Orbax
@@ -104,7 +104,7 @@ def directory_size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--formats", default="torch,orbax", help="comma-separated: torch, orbax")
     parser.add_argument("--vocab", type=int, default=65536)
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--max-shard-size", default="256MB")
     parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temporary folder)")
     parser.add_argument("--write-synthetic", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.write_synthetic:
         import torch
 

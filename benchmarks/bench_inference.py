@@ -1,7 +1,7 @@
 """Prefill time and decode latency of our model, the reference torch code and Transformers' built-in
 `recurrent_gemma`, on the same weights, in one run (float32, CPU).
 
-    python benchmarks/bench_inference.py [--width 512] [--layers 6] [--window 256] [--prompts 512,2048]
+    python -m benchmarks inference [--width 512] [--layers 6] [--window 256] [--prompts 512,2048]
 
 The built-in runs our weights converted as `export_to_builtin` does (window W + 1, so it computes our function).
 Decode steps of ours and the built-in go through `generate()` (greedy); the reference has no such API and runs
@@ -14,8 +14,8 @@ import argparse
 
 import torch
 
-from common import time_it
-from models import build_trio, small_config
+from benchmarks.common import time_it
+from benchmarks.models import build_trio, small_config
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -28,7 +28,7 @@ def build(args):
 
 
 @torch.inference_mode()
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--layers", type=int, default=6)
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--prompts", default="512,2048")
     parser.add_argument("--decode-steps", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     reference, ours, builtin = build(args)
     print(f"width {args.width}, {args.layers} layers, window {args.window}, vocab {args.vocab}, "
           f"{torch.get_num_threads()} threads, float32")

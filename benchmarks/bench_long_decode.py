@@ -1,7 +1,7 @@
 """Decodes a long stream token by token through a GriffinCache and prints resident memory and latency as the
 context grows: both should stay flat (the cache is fixed-size).
 
-    python benchmarks/bench_long_decode.py [--tokens 100000] [--every 10000]
+    python -m benchmarks long-decode [--tokens 100000] [--every 10000]
 
 The model is a small random Griffin (width 256, 6 layers R R A R R A, window 128); the numbers show the shape of
 the curves on this machine, not the speed of a released model.
@@ -12,16 +12,16 @@ import time
 
 import torch
 
-from common import rss_mib
+from benchmarks.common import rss_mib
 
 from hf_recurrentgemma import GriffinCache, GriffinConfig, GriffinForCausalLM
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=20_000)
     parser.add_argument("--every", type=int, default=2_000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.manual_seed(0)
     config = GriffinConfig(vocab_size=1000, hidden_size=256, intermediate_size=768, num_attention_heads=4,

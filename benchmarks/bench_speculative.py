@@ -1,6 +1,6 @@
 """Speculative decoding on CPU (issue 14): what assisted and prompt-lookup decoding buy through `generate()`.
 
-    python benchmarks/bench_speculative.py [--threads 1] [--repeats 3] [--json docs/data/speculative.json]
+    python -m benchmarks speculative [--threads 1] [--repeats 3] [--json docs/data/speculative.json]
         [--img-dir docs/img] [--big-layers 26] [--skip-shipped] [--skip-big] [--isa native|avx2]
 
 Two sections, one run, medians of `--repeats` runs taken in turn (a, b, c, a, b, c, ...):
@@ -47,8 +47,8 @@ import torch  # noqa: E402
 from transformers import set_seed  # noqa: E402
 from transformers.generation.candidate_generator import CandidateGenerator  # noqa: E402
 
-from common import busy_warning, greedy_kwargs, machine, time_interleaved  # noqa: E402
-from models import random_griffin  # noqa: E402
+from benchmarks.common import busy_warning, greedy_kwargs, machine, time_interleaved  # noqa: E402
+from benchmarks.models import random_griffin  # noqa: E402
 
 from hf_recurrentgemma import PRESETS, GriffinCache, GriffinConfig  # noqa: E402
 from hf_recurrentgemma.griffin.configuration_griffin import griffin_block_pattern  # noqa: E402

@@ -8,8 +8,8 @@ weights dominate. The weights are held in enough copies to total about 1 GiB (--
 as a 2B model's 5 GB do, not from the last-level cache. Floor: the bytes of one pass over the weights divided by
 the read bandwidth of a float32 sum over a buffer of the same size, measured in the same run.
 
-    python benchmarks/bench_verify.py                          # the variant this CPU picks
-    HF_RECURRENTGEMMA_CPU_ISA=fp32-fma-256 python benchmarks/bench_verify.py   # what an AVX2 CPU runs
+    python -m benchmarks verify                          # the variant this CPU picks
+    HF_RECURRENTGEMMA_CPU_ISA=fp32-fma-256 python -m benchmarks verify   # what an AVX2 CPU runs
 
 Prints one table per dtype: for each row count, the median time of a pass (ours: `linear_cpu`; torch:
 `F.linear`, or `torch._weight_int8pack_mm` for int8), each relative to ours for one token, and ours against the
@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from hf_recurrentgemma.griffin.cpu_matvec_griffin import _matmul_rows_int8_op, linear_cpu, matvec_variant  # noqa: E402
 
 SHAPES = [(2560, 2560)] * 3 + [(7680, 2560), (7680, 2560), (2560, 7680)]  # (out, in) of one block pair

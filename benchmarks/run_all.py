@@ -2,9 +2,9 @@
 prefill, decode, batch throughput, training. Prints tables with ratios (other / ours: > 1 means ours is faster)
 and the issue's targets with PASS/MISS, writes PNG plots and a JSON file of every figure.
 
-    python benchmarks/run_all.py                       # everything at the sizes (long: tens of minutes)
-    python benchmarks/run_all.py --quick               # tiny sizes, a smoke test (well under a minute)
-    python benchmarks/run_all.py --only scan,prefill --prefill-lens 2k,8k --repeats 5
+    python -m benchmarks suite                       # everything at the sizes (long: tens of minutes)
+    python -m benchmarks suite --quick               # tiny sizes, a smoke test (well under a minute)
+    python -m benchmarks suite --only scan,prefill --prefill-lens 2k,8k --repeats 5
 
 Sections: peaks, scan, prefill, decode, throughput, training (see each file in benchmarks/sections/ for exactly
 what it measures). Sizes accept k suffixes (2k = 2048). Each figure is the median of `--repeats` runs after a
@@ -21,9 +21,9 @@ import time
 
 import torch
 
-from common import Report, busy_warning, machine, size, sizes
-from models import Trio, build_trio, small_config
-from sections import decode, peaks, prefill, scan, throughput, training
+from benchmarks.common import Report, busy_warning, machine, size, sizes
+from benchmarks.models import Trio, build_trio, small_config
+from benchmarks.sections import decode, peaks, prefill, scan, throughput, training
 
 SECTIONS = {"peaks": peaks, "scan": scan, "prefill": prefill, "decode": decode, "throughput": throughput,
             "training": training}

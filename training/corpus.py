@@ -1,6 +1,6 @@
 """Rebuild the training corpus, Jane Austen's six novels, from Debian's `r-cran-janeaustenr` package, offline.
 
-    python training/corpus.py [--deb r-cran-janeaustenr_1.0.0-1_all.deb] [--out corpus/] [--force]
+    python -m training.corpus [--deb r-cran-janeaustenr_1.0.0-1_all.deb] [--out corpus/] [--force]
 
 Without `--deb` the package is fetched with `apt-get download` (the Debian archive is the only source needed).
 The novels are public domain; the packaging (Julia Silge's janeaustenr, Debian's r-cran-janeaustenr) is MIT.
@@ -24,14 +24,13 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rdata import RFormatError, read_lazyload_index, read_lazyload_object  # noqa: E402
+from training.rdata import RFormatError, read_lazyload_index, read_lazyload_object
 
 PACKAGE = "r-cran-janeaustenr"
 DATA_DIR = "usr/lib/R/site-library/janeaustenr/data/"
 NOVELS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion")
 HELDOUT = ("persuasion",)
-DOCUMENT_SEPARATOR = "\f"  # between novels in one file: a character the novels never use
+from training.constants import DOCUMENT_SEPARATOR
 LICENSE = ("Texts: public domain (Jane Austen, 1811-1818). Packaging: janeaustenr by Julia Silge (MIT), "
            "Debian package r-cran-janeaustenr (MIT).")
 LOCK_FILE = Path(__file__).with_name("corpus.lock.json")  # checksums of the corpus the shipped model was trained on

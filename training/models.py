@@ -22,8 +22,7 @@ from hf_recurrentgemma.griffin.configuration_griffin import ATTENTION, RECURRENT
 
 ARCHS = ("griffin", "hawk", "transformer", "hawk-draft")
 WIDTH, DEPTH, HEADS, MLP_EXPANSION = 256, 6, 4, 3
-TRAIN_LENGTH = 512
-WINDOW = 128  # local attention: a query sees itself and 128 previous tokens, a quarter of the training length
+from training.constants import BOS, EOS, TRAIN_LENGTH, WINDOW
 TRANSFORMER_EXTRA_MLP = 40  # widens the Transformer's MLP to match Griffin's parameter count
 DRAFT_WIDTH, DRAFT_DEPTH = 128, 2
 
@@ -49,7 +48,7 @@ def build_model(arch: str, vocab_size: int):
             vocab_size=vocab_size, hidden_size=WIDTH, intermediate_size=MLP_EXPANSION * WIDTH + TRANSFORMER_EXTRA_MLP,
             num_attention_heads=HEADS, num_key_value_heads=1, head_dim=WIDTH // HEADS, num_hidden_layers=DEPTH,
             max_position_embeddings=65_536, rope_theta=10_000.0, tie_word_embeddings=True,
-            hidden_activation="gelu_pytorch_tanh", pad_token_id=0, eos_token_id=1, bos_token_id=2,
+            hidden_activation="gelu_pytorch_tanh", pad_token_id=0, eos_token_id=EOS, bos_token_id=BOS,
             attn_implementation="sdpa",
         )
         return GemmaForCausalLM(config)

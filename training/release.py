@@ -1,9 +1,9 @@
 """Ship a trained Griffin the way Google shipped RecurrentGemma: an Orbax checkpoint directory, in bfloat16, next
 to the SentencePiece `tokenizer.model`, with a model card.
 
-    python training/release.py runs/griffin/final src/hf_recurrentgemma/assets/griffin-austen \
+    python -m training.release runs/griffin/final src/hf_recurrentgemma/assets/griffin-austen \
         --metrics runs/griffin/metrics.json [--force]
-    python training/release.py runs/hawk-draft/final src/hf_recurrentgemma/assets/griffin-austen \
+    python -m training.release runs/hawk-draft/final src/hf_recurrentgemma/assets/griffin-austen \
         --metrics runs/hawk-draft/metrics.json --draft [--force]
 
 OUT receives `6m/` (the Orbax checkpoint, written by our `export_orbax`) and `README.md` (the model card); the
@@ -69,11 +69,11 @@ def model_card(metrics: dict, corpus_manifest: dict) -> str:
         "## Retrain",
         "",
         "```bash",
-        "python training/corpus.py --out corpus/",
-        "python training/tokenizer.py corpus/train.txt src/hf_recurrentgemma/assets/griffin-austen/tokenizer.model",
-        "python training/train.py griffin --tokenizer src/hf_recurrentgemma/assets/griffin-austen/tokenizer.model "
+        "python -m training.corpus --out corpus/",
+        "python -m training.tokenizer corpus/train.txt src/hf_recurrentgemma/assets/griffin-austen/tokenizer.model",
+        "python -m training.train griffin --tokenizer src/hf_recurrentgemma/assets/griffin-austen/tokenizer.model "
         f"--out runs/griffin --tokens {metrics['tokens_seen']}",
-        "python training/release.py runs/griffin/final src/hf_recurrentgemma/assets/griffin-austen "
+        "python -m training.release runs/griffin/final src/hf_recurrentgemma/assets/griffin-austen "
         "--metrics runs/griffin/metrics.json --force",
         "```",
         "",
@@ -117,10 +117,10 @@ def draft_section(metrics: dict, config) -> str:
         "```bash",
         "hf-recurrentgemma convert src/hf_recurrentgemma/assets/griffin-austen/6m runs/6m-hf --preset "
         "griffin-austen-6m --tokenizer src/hf_recurrentgemma/assets/griffin-austen/tokenizer.model",
-        "python training/train.py hawk-draft --tokenizer src/hf_recurrentgemma/assets/griffin-austen/tokenizer.model "
+        "python -m training.train hawk-draft --tokenizer src/hf_recurrentgemma/assets/griffin-austen/tokenizer.model "
         f"--out runs/hawk-draft --tokens {metrics['tokens_seen']} --threads 1"
         + (" --teacher runs/6m-hf" if metrics.get("teacher") else ""),
-        "python training/release.py runs/hawk-draft/final src/hf_recurrentgemma/assets/griffin-austen "
+        "python -m training.release runs/hawk-draft/final src/hf_recurrentgemma/assets/griffin-austen "
         "--metrics runs/hawk-draft/metrics.json --draft --force",
         "```",
     ]

@@ -1,6 +1,6 @@
 """The paper's central claims at our scale: Griffin, Hawk and a Transformer of equal size, trained on the same tokens.
 
-    python training/reproduce.py --runs runs/ --corpus corpus/ --tokenizer src/hf_recurrentgemma/assets/griffin-austen/tokenizer.model \
+    python -m training.reproduce --runs runs/ --corpus corpus/ --tokenizer src/hf_recurrentgemma/assets/griffin-austen/tokenizer.model \
         [--sample-length 16384] [--context 4096] [--out docs/data/reproduction.json] [--img docs/img]
 
 Measures, for each model trained by training/train.py:
@@ -28,9 +28,8 @@ from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorL
 
 import hf_recurrentgemma  # noqa: F401  (registers "griffin" with the Auto classes)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import ARCHS, TRAIN_LENGTH  # noqa: E402
-from train import documents  # noqa: E402
+from training.models import ARCHS, TRAIN_LENGTH
+from training.train import documents
 
 PROMPT = "Anne had not been two days at Uppercross before"
 BUDGET_MIB = 64  # the fixed memory budget for the cache in claim 4

@@ -1,6 +1,6 @@
 """Train the SentencePiece `tokenizer.model` shipped with our Griffin, the way the RecurrentGemma releases ship theirs.
 
-    python training/tokenizer.py corpus/train.txt release/tokenizer.model [--vocab-size 4096]
+    python -m training.tokenizer corpus/train.txt release/tokenizer.model [--vocab-size 4096]
 
 A BPE model with Gemma's conventions, so that `hf-recurrentgemma convert --tokenizer` handles it exactly as it
 handles a real release: ids 0-3 are <pad>, <eos>, <bos>, <unk>; <start_of_turn>/<end_of_turn> exist (unused by a
@@ -16,7 +16,7 @@ from pathlib import Path
 
 GEMMA_IDS = dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3,
                  pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>")
-DOCUMENT_SEPARATOR = "\f"
+from training.constants import DOCUMENT_SEPARATOR
 
 
 def train_tokenizer(corpus: Path, out: Path, vocab_size: int = 4096) -> Path:

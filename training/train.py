@@ -1,6 +1,6 @@
 """Train one of the three comparison models on the Austen corpus with `datasets` and `Trainer`.
 
-    python training/train.py griffin --corpus corpus/ --tokenizer release/tokenizer.model --out runs/griffin \
+    python -m training.train griffin --corpus corpus/ --tokenizer release/tokenizer.model --out runs/griffin \
         [--tokens 2500000] [--batch-size 8] [--lr 2e-3] [--teacher FOLDER [--distill-weight 1.0]]
 
 Resumable: rerun the same command and it continues from the newest checkpoint in OUT. Every model sees the same
@@ -27,13 +27,11 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments, default_data_collator
 from transformers.trainer_utils import get_last_checkpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import ARCHS, TRAIN_LENGTH, build_model, parameter_count  # noqa: E402
+from training.models import ARCHS, TRAIN_LENGTH, build_model, parameter_count
 
 from hf_recurrentgemma import GriffinForCausalLM  # noqa: E402
 
-DOCUMENT_SEPARATOR = "\f"
-BOS, EOS = 2, 1
+from training.constants import BOS, DOCUMENT_SEPARATOR, EOS
 
 
 def documents(path: Path) -> list[str]:

@@ -15,8 +15,8 @@ import tempfile
 
 import torch
 
-from common import at_least, at_most, decode_latency, greedy_kwargs, new_figure, plot_path, ratio, save_figure
-from models import builtin_from_ours, random_griffin
+from benchmarks.common import at_least, at_most, decode_latency, greedy_kwargs, new_figure, plot_path, ratio, save_figure
+from benchmarks.models import builtin_from_ours, random_griffin
 
 NAME = "decode"
 

@@ -8,7 +8,7 @@
 import torch
 import torch.nn.functional as F
 
-from common import time_it
+from benchmarks.common import time_it
 
 NAME = "peaks"
 

@@ -9,8 +9,8 @@ share of the matmul peak of the same dtype measured in section 1.
 
 import torch
 
-from common import at_least, at_most, new_figure, plot_path, ratio, save_figure, time_interleaved
-from models import parameter_counts, prefill_flops
+from benchmarks.common import at_least, at_most, new_figure, plot_path, ratio, save_figure, time_interleaved
+from benchmarks.models import parameter_counts, prefill_flops
 
 NAME = "prefill"
 

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from common import at_least, fmt, new_figure, plot_path, ratio, save_figure, time_it
+from benchmarks.common import at_least, fmt, new_figure, plot_path, ratio, save_figure, time_it
 
 NAME = "scan"
 TARGET = 10.0

@@ -14,8 +14,8 @@ import time
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from common import StepClock, greedy_kwargs, new_figure, plot_path, save_figure
-from models import gemma_kv_bytes, gemma_like, weight_bytes
+from benchmarks.common import StepClock, greedy_kwargs, new_figure, plot_path, save_figure
+from benchmarks.models import gemma_kv_bytes, gemma_like, weight_bytes
 
 NAME = "throughput"
 

@@ -8,7 +8,7 @@ import contextlib
 
 import torch
 
-from common import at_least, at_most, new_figure, plot_path, ratio, save_figure, time_interleaved
+from benchmarks.common import at_least, at_most, new_figure, plot_path, ratio, save_figure, time_interleaved
 
 NAME = "training"
 

@@ -2,16 +2,22 @@
 
     hf-recurrentgemma convert SRC OUT --preset recurrentgemma-2b [--dtype bfloat16] [--tokenizer tokenizer.model]
                                       [--verify] [--allow-nonfinite] [--push-to-hub USER/REPO [--private]] [--force]
+    hf-recurrentgemma convert griffin-austen-6m OUT  # a checkpoint this package ships, by name (shipped.py)
     hf-recurrentgemma export-orbax FOLDER OUT      # our folder -> Orbax checkpoint of the JAX release
     hf-recurrentgemma export-builtin FOLDER OUT    # our folder -> Transformers' built-in recurrent_gemma
-    hf-recurrentgemma generate MODEL "PROMPT"      # stream a continuation (--prompts-file for a batch)
+    hf-recurrentgemma export FOLDER OUT --format F # prefill/decode programs: onnx, executorch, openvino, dynamo
+    hf-recurrentgemma generate MODEL "PROMPT"      # stream a continuation (--prompts-file for a batch; MODEL may
+                                                   # be an `export` folder)
     hf-recurrentgemma chat MODEL                   # talk to an instruction-tuned model; /save, /load, /reset
     hf-recurrentgemma perplexity MODEL --dataset D # exact perplexity of whole documents in constant memory
 
 SRC is detected: an Orbax checkpoint directory (JAX release), a torch state-dict file (PyTorch release) or a
-Transformers `recurrent_gemma` folder. Errors are one line on stderr (`error: ...`) with exit status 2; a failed
-`--verify` exits with 1. Nothing is left at OUT unless the conversion completed. A tensor holding NaN or infinite
-values is refused, naming it, unless `--allow-nonfinite` is given (then one `warning: ...` line names them).
+Transformers `recurrent_gemma` folder; or the name of a shipped checkpoint (griffin-austen-6m, its draft
+griffin-austen-draft-1m), which brings its preset and tokenizer. MODEL of the inference commands and `--assistant`
+take those names too (converted once into a cache folder). Errors are one line on stderr (`error: ...`) with exit
+status 2; a failed `--verify` exits with 1. Nothing is left at OUT unless the conversion completed. A tensor holding
+NaN or infinite values is refused, naming it, unless `--allow-nonfinite` is given (then one `warning: ...` line
+names them).
 """
 
 import argparse
@@ -23,13 +29,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from .commands import chat, generate, perplexity
+from .commands import chat, export, generate, perplexity
 from .griffin.configuration_griffin import PRESETS
 from .convert.builtin import export_builtin
 from .convert.finite import NonFiniteWeightsWarning
 from .convert.orbax_release import export_orbax
 from .convert.pipeline import DTYPES, VerificationFailed, convert_checkpoint
 from .convert.reference import UNINFERABLE
+from .shipped import CHECKPOINTS, TOKENIZER, shipped_name
 
 
 def _bool(text: str) -> bool:
@@ -47,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="original checkpoint -> Transformers folder",
                                   description="Convert an original checkpoint (Orbax directory, torch state dict "
                                   "or Transformers recurrent_gemma folder) to a hf-recurrentgemma folder.")
-    convert.add_argument("src", help="Orbax checkpoint directory, torch state-dict file or recurrent_gemma folder")
+    convert.add_argument("src", help="Orbax checkpoint directory, torch state-dict file or recurrent_gemma folder, or "
+                         f"a shipped checkpoint's name ({', '.join(CHECKPOINTS)})")
     convert.add_argument("out", help="output folder (must not exist, unless --force)")
     convert.add_argument("--preset", choices=sorted(PRESETS),
                          help="published model whose hyperparameters the weights cannot tell (shapes are checked)")
@@ -77,14 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     convert.set_defaults(func=run_convert)
 
-    for name, export, what in (("export-orbax", export_orbax, "Orbax checkpoint of the JAX release"),
+    for name, exporter, what in (("export-orbax", export_orbax, "Orbax checkpoint of the JAX release"),
                                ("export-builtin", export_builtin, "Transformers' built-in recurrent_gemma")):
         sub = commands.add_parser(name, help=f"our folder -> {what}")
         sub.add_argument("src", help="a folder written by `convert` (or save_pretrained)")
         sub.add_argument("out", help="output folder (or checkpoint directory)")
         sub.add_argument("--force", action="store_true", help="replace OUT if it exists")
-        sub.set_defaults(func=functools.partial(run_export, export))
-    for command in (generate, chat, perplexity):  # inference commands: hf_recurrentgemma/commands/
+        sub.set_defaults(func=functools.partial(run_export, exporter))
+    for command in (export, generate, chat, perplexity):  # inference and export commands: hf_recurrentgemma/commands/
         command.add_parser(commands)
     return parser
 
@@ -113,10 +121,14 @@ def _warnings_as_lines(category: type[Warning]):
 
 
 def run_convert(args) -> int:
+    src, preset, tokenizer = args.src, args.preset, args.tokenizer
+    name = shipped_name(src)
+    if name is not None:  # a shipped checkpoint: its own preset and tokenizer unless given
+        src, preset, tokenizer = CHECKPOINTS[name], preset or name, tokenizer or TOKENIZER
     with _warnings_as_lines(NonFiniteWeightsWarning):
         result = convert_checkpoint(
-            args.src, args.out, preset=args.preset, overrides={name: getattr(args, name) for name in UNINFERABLE},
-            dtype=args.dtype, max_shard_size=args.max_shard_size, tokenizer=args.tokenizer,
+            src, args.out, preset=preset, overrides={name: getattr(args, name) for name in UNINFERABLE},
+            dtype=args.dtype, max_shard_size=args.max_shard_size, tokenizer=tokenizer,
             chat_template=args.chat_template, verify=args.verify, push_to_hub=args.push_to_hub, private=args.private,
             verify_tolerance=args.verify_tolerance, allow_nonfinite=args.allow_nonfinite, force=args.force,
             progress=not args.quiet, command=_public_command(args),

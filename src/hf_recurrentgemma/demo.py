@@ -1,7 +1,7 @@
 """The main job: the whole user journey on a Griffin trained here, or on your own checkpoint.
 
     python -m hf_recurrentgemma.demo [MODEL] [--prompt "..."] [--max-new-tokens N] [--temperature T] [--seed S]
-        [--assistant DRAFT | --prompt-lookup N | --no-speculative]
+        [--greedy] [--assistant [DRAFT] | --prompt-lookup N | --no-speculative] [--dtype D] [--device cuda]
 
 With no MODEL it takes the checkpoint this package ships, `griffin-austen-6m` (a 6M-parameter Griffin trained on
 Jane Austen's novels, stored as the RecurrentGemma releases are: an Orbax checkpoint directory plus a SentencePiece
@@ -13,10 +13,14 @@ Jane Austen's novels, stored as the RecurrentGemma releases are: an Orbax checkp
   4. prints tokens/s and the size of the recurrent state, which is the same at any length.
 
 Speculative decoding (docs/speculative.md): `--assistant DRAFT` lets a small model propose tokens that MODEL checks
-in one forward (the shipped model's draft, `draft-1m`, is the default assistant for the shipped model),
-`--prompt-lookup N` proposes up to N tokens copied from the prompt instead, `--no-speculative` decodes plainly. The
-output is the one plain decoding gives (greedy: the same tokens); the demo then prints the acceptance rate and the
-speed-up over plain decoding of the same tokens, measured right after.
+in one forward (`--assistant` alone: the shipped draft, `griffin-austen-draft-1m`), `--prompt-lookup N` proposes up
+to N tokens copied from the prompt instead, `--no-speculative` decodes plainly. The output is the one plain
+decoding gives (greedy: the same tokens, on CPU in float32 and bfloat16 with the package's kernels); the demo then prints the acceptance rate and the speed-up over plain
+decoding of the same tokens, measured right after (the lines `hf-recurrentgemma generate --stats` prints).
+
+The sampling, speculation, --dtype and --device flags are those of `hf-recurrentgemma generate`, with the demo's
+defaults: sampling on (`--greedy` turns it off; temperature 0.8, top-p 0.95, top-k 50), repetition penalty 1.1,
+seed 0, 200 new tokens, float32.
 
 MODEL may also be a folder converted by `hf-recurrentgemma convert` (loaded as is), a Transformers
 `recurrent_gemma` folder, or an original checkpoint (Orbax directory or download folder, torch state-dict file):
@@ -25,35 +29,31 @@ those are converted first, with `--preset` naming the published model and `--tok
 """
 
 import argparse
-import contextlib
-import hashlib
-import json
-import os
+import copy
 import sys
 import time
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline, set_seed
 
-from .commands.loading import add_quantize_arguments
+from .commands.generate import add_sampling_arguments, add_speculation_arguments, check_sampling_arguments
+from .commands.loading import DTYPES, add_loading_arguments
+from .commands.speculative import AcceptanceCounter, install_draft_hook, prepare_assistant, sameness, speedup_summary
 from .griffin.cache_griffin import GriffinCache
 from .quantization import check_format, load_quantized
+from .shipped import CHECKPOINTS, DRAFT, MODEL, RELEASE, converted_location, is_converted_folder
 
-BUNDLED_RELEASE = Path(__file__).with_name("assets") / "griffin-austen"
-BUNDLED_PRESET = "griffin-austen-6m"
-BUNDLED_CHECKPOINT = BUNDLED_RELEASE / "6m"
-# Its draft for speculative decoding, beside it in the release folder and sharing its tokenizer.model.
-BUNDLED_DRAFT = "draft-1m"
-BUNDLED_DRAFT_PRESET = "griffin-austen-draft-1m"
+# The shipped release (shipped.py holds the facts; these names stay for the benchmarks that import them).
+BUNDLED_RELEASE = RELEASE
+BUNDLED_PRESET = MODEL
+BUNDLED_CHECKPOINT = CHECKPOINTS[MODEL]
+BUNDLED_DRAFT = CHECKPOINTS[DRAFT].name
+BUNDLED_DRAFT_PRESET = DRAFT
 # Speculation is the shipped model's default only where it measured faster (benchmarks/bench_speculative.py).
 SPECULATIVE_BY_DEFAULT = False
-SHIPPED_ASSISTANT = "shipped"  # `--assistant` given without a path
-DRAFT_TOKENS = 6  # num_assistant_tokens for the draft (5.24's default of 20 drafts far past what is accepted)
 DEFAULT_PROMPT = "Anne had not been two days at Uppercross before"
 # The demo's sampling settings (also what benchmarks/bench_speculative.py measures as the demo's default run).
 SAMPLING_DEFAULTS = dict(temperature=0.8, top_p=0.95, top_k=50, repetition_penalty=1.1)
-CACHE_ROOT = Path(os.environ.get("HF_RECURRENTGEMMA_CACHE", Path.home() / ".cache" / "hf_recurrentgemma"))
 
 
 class CountingStreamer(TextStreamer):
@@ -79,66 +79,6 @@ class CountingStreamer(TextStreamer):
             super().on_finalized_text(text, stream_end)
 
 
-class AcceptanceCounter:
-    """Counts the draft tokens that assisted or prompt-lookup decoding proposed and how many the model accepted
-    (`generate()` reports neither), by wrapping the candidate generator that `generate()` builds.
-
-    >>> counter = AcceptanceCounter()
-    >>> with counter.watching(model):  # doctest: +SKIP
-    ...     model.generate(ids, prompt_lookup_num_tokens=10)
-    >>> counter.acceptance_rate  # doctest: +SKIP
-    """
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.proposed = self.accepted = self.rounds = 0
-        self._last_proposed = 0
-
-    @property
-    def acceptance_rate(self) -> float | None:
-        """Accepted / proposed tokens; None while nothing was proposed."""
-        return self.accepted / self.proposed if self.proposed else None
-
-    def as_dict(self) -> dict:
-        return {"acceptance_rate": self.acceptance_rate, "drafted": self.proposed, "accepted": self.accepted,
-                "rounds": self.rounds}
-
-    def wrap(self, generator):
-        """Counts what `generator` (a Transformers `CandidateGenerator`) proposes and what is kept; returns it."""
-        get_candidates, update = generator.get_candidates, generator.update_candidate_strategy
-
-        def counted_get_candidates(input_ids, *args, **kwargs):
-            candidates, logits = get_candidates(input_ids, *args, **kwargs)
-            self._last_proposed = candidates.shape[1] - input_ids.shape[1]
-            return candidates, logits
-
-        def counted_update(input_ids, scores, num_matches):
-            self.proposed += self._last_proposed
-            self.accepted += int(num_matches)
-            self.rounds += 1
-            return update(input_ids, scores, num_matches)
-
-        generator.get_candidates, generator.update_candidate_strategy = counted_get_candidates, counted_update
-        return generator
-
-    @contextlib.contextmanager
-    def watching(self, model):
-        """Inside the block, every candidate generator `model.generate()` builds is counted."""
-        build = model._get_candidate_generator
-        model._get_candidate_generator = lambda *args, **kwargs: self.wrap(build(*args, **kwargs))
-        try:
-            yield self
-        finally:
-            del model._get_candidate_generator
-
-
-def is_converted_folder(path: Path) -> bool:
-    config = path / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") == "griffin"
-
-
 def find_tokenizer(src: Path) -> Path | None:
     """A `tokenizer.model` inside a download folder or next to a checkpoint, as the releases lay them out."""
     for candidate in (src / "tokenizer.model", src.parent / "tokenizer.model"):
@@ -147,21 +87,20 @@ def find_tokenizer(src: Path) -> Path | None:
     return None
 
 
-def converted_location(src: Path) -> Path:
-    """Where the conversion of `src` is kept: named after the checkpoint and a hash of its path and timestamps,
-    so that a changed checkpoint is converted again."""
-    stamp = f"{src.resolve()}:{src.stat().st_mtime_ns}:{sorted(p.stat().st_mtime_ns for p in src.rglob('*'))}"
-    return CACHE_ROOT / "converted" / f"{src.name}-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}"
-
-
-def prepare(model: Path | None, preset: str | None, tokenizer: Path | None, out: Path | None) -> Path:
-    """The folder to load: `model` itself when already converted, else its conversion (made once, then reused)."""
+def prepare(model: Path | str | None, preset: str | None, tokenizer: Path | None, out: Path | None) -> Path:
+    """The folder to load: `model` itself when already converted, else its conversion (made once into
+    `shipped.converted_location`, then reused; or into `out`). A shipped model's name brings its checkpoint and
+    preset (`shipped.py`); no `model` means the shipped griffin-austen-6m."""
     from .convert.pipeline import convert_checkpoint  # conversion tools stay out of the model files
+    from .shipped import shipped_name
 
-    if model is None:
-        model, preset = BUNDLED_CHECKPOINT, preset or BUNDLED_PRESET
+    name = shipped_name(MODEL if model is None else model)
+    if name is not None:
+        model, preset = CHECKPOINTS[name], preset or name
+    model = Path(model)
     if not model.exists():
-        raise FileNotFoundError(f"{model}: no such checkpoint or folder")
+        raise FileNotFoundError(f"{model}: no such checkpoint or folder (shipped models go by name: "
+                                f"{', '.join(CHECKPOINTS)})")
     if model.is_dir() and is_converted_folder(model):
         print(f"model: {model} (a converted folder)")
         return model
@@ -186,76 +125,84 @@ def state_bytes(model) -> int:
 
 
 def load_assistant(args, model):
-    """The draft model of `--assistant` (the shipped draft when given without a path, or by default for the shipped
-    model where speculation is the default), converted like MODEL, in MODEL's dtype; None for plain decoding."""
+    """The draft model of `--assistant` (a folder, an original checkpoint, or a shipped name; the shipped draft
+    when given without a value, or by default for the shipped model where speculation is the default), converted
+    like MODEL, in MODEL's dtype and on its device; None for plain decoding."""
     if args.no_speculative or args.prompt_lookup is not None:
         return None
     if args.assistant is None:
         if not (args.model is None and SPECULATIVE_BY_DEFAULT):
             return None
-        args.assistant = SHIPPED_ASSISTANT
-    source, preset = args.assistant, args.assistant_preset
-    if source == SHIPPED_ASSISTANT:
-        source, preset = BUNDLED_RELEASE / BUNDLED_DRAFT, BUNDLED_DRAFT_PRESET
-    draft = AutoModelForCausalLM.from_pretrained(prepare(Path(source), preset, None, None), dtype=model.dtype).eval()
-    if draft.config.vocab_size != model.config.vocab_size:
-        raise ValueError(f"{source}: the assistant's vocabulary has {draft.config.vocab_size} tokens, the model's "
-                         f"{model.config.vocab_size}; an assistant must share the model's tokenizer")
-    draft.generation_config.num_assistant_tokens = args.num_assistant_tokens
-    draft.generation_config.num_assistant_tokens_schedule = "constant"
-    return draft
+        args.assistant = DRAFT
+    folder = prepare(args.assistant, args.assistant_preset, None, None)
+    draft = AutoModelForCausalLM.from_pretrained(folder, dtype=model.dtype).to(model.device).eval()
+    return prepare_assistant(draft, model, args.num_assistant_tokens, source=str(args.assistant))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", type=Path,
-                        help="converted folder, original checkpoint or recurrent_gemma folder (default: the shipped "
-                             f"{BUNDLED_PRESET})")
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's flags: the sampling, speculation and loading flags are the commands' own
+    (`commands/generate.py`, `commands/loading.py`), with the demo's defaults (sampling on, float32)."""
+    parser = argparse.ArgumentParser(prog="python -m hf_recurrentgemma.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", nargs="?",
+                        help="converted folder, original checkpoint, recurrent_gemma folder or shipped model's name "
+                             f"(default: the shipped {MODEL})")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=SAMPLING_DEFAULTS["temperature"])
-    parser.add_argument("--top-p", type=float, default=SAMPLING_DEFAULTS["top_p"])
-    parser.add_argument("--top-k", type=int, default=SAMPLING_DEFAULTS["top_k"])
-    parser.add_argument("--repetition-penalty", type=float, default=SAMPLING_DEFAULTS["repetition_penalty"])
-    parser.add_argument("--greedy", action="store_true", help="no sampling: the most likely token each step")
-    parser.add_argument("--seed", type=int, default=0)
+    add_sampling_arguments(parser)
+    parser.add_argument("--greedy", dest="do_sample", action="store_false",
+                        help="no sampling: the most likely token each step")
+    add_speculation_arguments(parser, bare_assistant=DRAFT)
+    parser.add_argument("--no-speculative", action="store_true", help="plain decoding, one token a step")
+    parser.add_argument("--assistant-preset", help="published model of an original --assistant checkpoint")
+    add_loading_arguments(parser)
     parser.add_argument("--preset", help="published model of an original checkpoint (e.g. recurrentgemma-2b)")
     parser.add_argument("--tokenizer", type=Path, help="tokenizer.model of an original checkpoint")
     parser.add_argument("--out", type=Path, help="where to write the converted folder (default: a cache folder)")
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="float32",
-                        help="compute dtype (default float32)")
-    speculation = parser.add_mutually_exclusive_group()
-    speculation.add_argument("--assistant", nargs="?", const=SHIPPED_ASSISTANT, metavar="DRAFT",
-                             help="speculative decoding with a draft model sharing MODEL's tokenizer (converted folder "
-                                  f"or original checkpoint; without DRAFT: the shipped {BUNDLED_DRAFT}"
-                                  + (", the default for the shipped model)" if SPECULATIVE_BY_DEFAULT else ")"))
-    speculation.add_argument("--prompt-lookup", type=int, metavar="N",
-                             help="speculative decoding with up to N tokens copied from the prompt")
-    speculation.add_argument("--no-speculative", action="store_true", help="plain decoding, one token a step")
-    parser.add_argument("--assistant-preset", help="published model of an original --assistant checkpoint")
-    parser.add_argument("--num-assistant-tokens", type=int, default=DRAFT_TOKENS, metavar="K",
-                        help=f"tokens the assistant drafts per round (default {DRAFT_TOKENS})")
-    add_quantize_arguments(parser)
+    parser.set_defaults(max_new_tokens=200, do_sample=True, seed=0, dtype="float32",
+                        repetition_penalty=SAMPLING_DEFAULTS["repetition_penalty"])
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses and checks the flags (the commands' checks, plus the demo's own); sampling settings left unset take
+    `SAMPLING_DEFAULTS` when sampling."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    chosen = [flag for flag, given in (("--assistant", args.assistant is not None),
+                                       ("--prompt-lookup", args.prompt_lookup is not None),
+                                       ("--no-speculative", args.no_speculative)) if given]
+    if len(chosen) > 1:
+        parser.error(f"give one of --assistant, --prompt-lookup and --no-speculative, not {' and '.join(chosen)}")
+    if args.num_assistant_tokens is not None and args.assistant is None:
+        parser.error("--num-assistant-tokens only applies with --assistant")
     if args.quantize:
         try:
             check_format(args.quantize, args.group_size)
-        except ImportError as err:
-            parser.error(str(err))
-    if args.prompt_lookup is not None and args.prompt_lookup < 1:
-        parser.error(f"--prompt-lookup must be at least 1, got {args.prompt_lookup}")
-    if args.num_assistant_tokens < 1:
-        parser.error(f"--num-assistant-tokens must be at least 1, got {args.num_assistant_tokens}")
+        except (ImportError, ValueError) as err:
+            parser.error(f"--quantize: {err}")
+    try:
+        check_sampling_arguments(args)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.do_sample:
+        for field, value in SAMPLING_DEFAULTS.items():
+            if getattr(args, field) is None:
+                setattr(args, field, value)
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         folder = prepare(args.model, args.preset, args.tokenizer, args.out)
         if args.quantize:
             model = load_quantized(folder, args.quantize, args.group_size,
-                                   dtype=torch.bfloat16 if args.quantize == "int4" else getattr(torch, args.dtype))
+                                   dtype=torch.bfloat16 if args.quantize == "int4" else DTYPES.get(args.dtype, torch.bfloat16))
         else:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype)).eval()
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES.get(args.dtype, "auto"))
+        model = model.to(args.device).eval()
         draft = load_assistant(args, model)
-    except (OSError, ValueError) as err:  # ConversionError is a ValueError
+    except (OSError, ValueError, RuntimeError) as err:  # ConversionError is a ValueError; a bad --device a RuntimeError
         print(f"error: {err}", file=sys.stderr)
         return 2
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -263,29 +210,36 @@ def main(argv: list[str] | None = None) -> int:
     params = sum(p.numel() for p in model.parameters())
     print(f"loaded {type(model).__name__}: {params / 1e6:.1f}M parameters, {config.num_hidden_layers} blocks "
           f"({config.block_types.count('recurrent')} recurrent, {config.block_types.count('attention')} local "
-          f"attention, window {config.attention_window_size}), {model.dtype}"
+          f"attention, window {config.attention_window_size}), {str(model.dtype).removeprefix('torch.')}"
           + (f", {args.quantize} weights" if args.quantize else ""))
+    # One GenerationConfig holds every generation setting, passed alone (Transformers 5.19's pipeline warns when
+    # its own config meets generation keyword arguments); clean_up_tokenization_spaces=False is what the tokenizer
+    # says (5.19's pipeline defaults it to True, then ignores it for BPE with a warning after the streamed text).
+    plain = copy.deepcopy(model.generation_config)
+    plain.update(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
+                 do_sample=args.do_sample,
+                 **(dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k) if args.do_sample else {}))
+    options = dict(return_full_text=False, clean_up_tokenization_spaces=False)
     speculative = {}
     if draft is not None:
-        speculative = dict(assistant_model=draft)
+        speculative = dict(assistant_model=draft, generation_config=plain)
         print(f"speculative decoding: a {sum(p.numel() for p in draft.parameters()) / 1e6:.1f}M-parameter draft "
-              f"({draft.config.num_hidden_layers} blocks) proposes up to {args.num_assistant_tokens} tokens a round")
+              f"({draft.config.num_hidden_layers} blocks) proposes up to "
+              f"{draft.generation_config.num_assistant_tokens} tokens a round")
     elif args.prompt_lookup is not None:
-        speculative = dict(prompt_lookup_num_tokens=args.prompt_lookup)
+        lookup = copy.deepcopy(plain)
+        lookup.prompt_lookup_num_tokens = args.prompt_lookup
+        speculative = dict(generation_config=lookup)
         print(f"speculative decoding: prompt lookup proposes up to {args.prompt_lookup} tokens a round")
 
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
     streamer = CountingStreamer(tokenizer)
-    options = dict(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
-                   return_full_text=False,
-                   **(dict(do_sample=False) if args.greedy else
-                      dict(do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)))
+    counter = install_draft_hook(model) if speculative else AcceptanceCounter()
     set_seed(args.seed)
     print(f"\n{args.prompt}", end="", flush=True)
-    counter = AcceptanceCounter()
     start = time.perf_counter()
-    with counter.watching(model) if speculative else contextlib.nullcontext():
-        text = generator(args.prompt, streamer=streamer, **options, **speculative)[0]["generated_text"]
+    text = generator(args.prompt, streamer=streamer, **options, **(speculative or dict(generation_config=plain)))
+    text = text[0]["generated_text"]
     elapsed = time.perf_counter() - start
     print()
     decode_time = elapsed - ((streamer.first_token_at or start) - start)
@@ -293,26 +247,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{streamer.generated} tokens in {elapsed:.2f} s ({rate:.0f} tokens/s after the first); "
           f"recurrent state {state_bytes(model) / 1024:.0f} KiB per sequence, the same at any length")
     if speculative:
-        report_speculation(generator, args, options, counter, streamer.generated, elapsed, text)
+        report_speculation(generator, args, dict(options, generation_config=plain), counter, streamer.generated,
+                           elapsed, text)
     return 0
 
 
-def report_speculation(generator, args, options: dict, counter: "AcceptanceCounter", generated: int, elapsed: float,
+def report_speculation(generator, args, options: dict, counter: AcceptanceCounter, generated: int, elapsed: float,
                        text: str) -> None:
-    """Prints the acceptance rate, then decodes the same prompt plainly (not shown) and prints the speed-up."""
-    rate = "" if counter.acceptance_rate is None else f" ({counter.acceptance_rate:.0%})"
-    print(f"acceptance: {counter.accepted} of {counter.proposed} proposed tokens{rate} in {counter.rounds} rounds")
+    """Prints the acceptance rate, then decodes the same prompt plainly (not shown) and prints the speed-up (the
+    lines `generate --stats` prints, from the same functions)."""
+    print(counter.summary())
     plain = CountingStreamer(generator.tokenizer, quiet=True)
     set_seed(args.seed)
     start = time.perf_counter()
     plain_text = generator(args.prompt, streamer=plain, **options)[0]["generated_text"]
     plain_elapsed = time.perf_counter() - start
-    speculative_rate, plain_rate = generated / elapsed, plain.generated / plain_elapsed
-    same = ("the same text" if plain_text == text else "a different text") if args.greedy else \
-        "a different sample from the same distribution"
-    print(f"plain decoding for comparison: {plain.generated} tokens in {plain_elapsed:.2f} s ({plain_rate:.0f} "
-          f"tokens/s, {same}); speculative {speculative_rate:.0f} tokens/s, speed-up "
-          f"{speculative_rate / plain_rate:.2f}x")
+    print(speedup_summary(generated, elapsed, plain.generated, plain_elapsed,
+                          sameness(not args.do_sample, text, plain_text)))
 
 
 if __name__ == "__main__":

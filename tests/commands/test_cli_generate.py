@@ -132,6 +132,11 @@ def test_streams_token_by_token(folders, monkeypatch):
     (["hello", "--assistant", "x", "--prompt-lookup", "2"], "give --assistant or --prompt-lookup, not both"),
     (["hello", "--num-assistant-tokens", "3"], "--num-assistant-tokens only applies with --assistant"),
     (["--prompts-file", "EMPTY", "--prompt-lookup", "2"], "one sequence at a time: add --batch-size 1"),
+    (["hello", "--stats"], "--stats compares speculative with plain decoding: give --assistant or --prompt-lookup"),
+    (["--prompts-file", "EMPTY", "--prompt-lookup", "2", "--batch-size", "1", "--stats"],
+     "--stats applies to one PROMPT, not --prompts-file"),
+    (["hello", "--assistant", "no-such-draft"], "--assistant no-such-draft: no such folder, and not a shipped model "
+     "(griffin-austen-6m, griffin-austen-draft-1m) or a Hub id (user/repo)"),
 ])
 def test_bad_arguments_are_one_line_errors(folders, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

@@ -19,8 +19,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_recurrentgemma import PRESETS, GriffinConfig
 from hf_recurrentgemma.convert.pipeline import convert_checkpoint
+from hf_recurrentgemma.commands.speculative import DRAFT_TOKENS, AcceptanceCounter
 from hf_recurrentgemma.demo import (BUNDLED_CHECKPOINT, BUNDLED_DRAFT, BUNDLED_DRAFT_PRESET, BUNDLED_PRESET,
-                                    BUNDLED_RELEASE, DEFAULT_PROMPT, AcceptanceCounter)
+                                    BUNDLED_RELEASE, DEFAULT_PROMPT)
 
 CHECKPOINT = BUNDLED_CHECKPOINT
 DRAFT = BUNDLED_RELEASE / BUNDLED_DRAFT
@@ -166,15 +167,46 @@ def test_demo_decodes_speculatively_with_the_same_text(tmp_path, monkeypatch, ca
     test_main_job_end_to_end): greedy text equal to plain decoding's, acceptance and speed-up printed."""
     from hf_recurrentgemma import demo
 
-    monkeypatch.setattr(demo, "CACHE_ROOT", tmp_path)
+    monkeypatch.setenv("HF_RECURRENTGEMMA_CACHE", str(tmp_path))
     args = ["--prompt", COPY_PROMPT, "--max-new-tokens", "12", "--greedy"]
     assert demo.main(args + ["--assistant"]) == 0
     out = capsys.readouterr().out
-    assert "speculative decoding: a 0.9M-parameter draft (2 blocks) proposes up to 6 tokens" in out
+    assert f"speculative decoding: a 0.9M-parameter draft (2 blocks) proposes up to {DRAFT_TOKENS} tokens" in out
     assert "acceptance:" in out and "the same text" in out and "speed-up" in out
+    assert demo.main(args + ["--assistant", BUNDLED_DRAFT_PRESET, "--num-assistant-tokens", "2"]) == 0  # by name
+    assert "proposes up to 2 tokens" in capsys.readouterr().out
     assert demo.main(args + ["--prompt-lookup", "4"]) == 0
     out = capsys.readouterr().out
     assert "prompt lookup proposes up to 4" in out and "the same text" in out
-    with pytest.raises(SystemExit):
-        demo.main(args + ["--prompt-lookup", "4", "--no-speculative"])
-    assert "not allowed with argument" in capsys.readouterr().err
+    for bad, message in ((["--prompt-lookup", "4", "--no-speculative"], "not --prompt-lookup and --no-speculative"),
+                         (["--temperature", "0.5"], "--temperature only applies with --do-sample")):
+        with pytest.raises(SystemExit):
+            demo.main(args + bad)
+        assert message in capsys.readouterr().err
+
+
+def test_shipped_names_convert_to_a_chosen_folder_and_serve_as_model_and_assistant(converted, tmp_path):
+    """`convert griffin-austen-draft-1m OUT` writes the draft where the user says; `generate griffin-austen-6m ...
+    --assistant griffin-austen-draft-1m --stats` converts both once into the cache folder and prints plain greedy's
+    text with the acceptance and the speed-up; the shipped checkpoint's own path works as its name does."""
+    out = tmp_path / "my-draft"
+    run = subprocess.run([sys.executable, "-m", "hf_recurrentgemma.cli", "convert", BUNDLED_DRAFT_PRESET, str(out),
+                          "--quiet"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    config = GriffinConfig.from_pretrained(out)
+    assert config.block_types == PRESETS[BUNDLED_DRAFT_PRESET]["block_types"] and (out / "tokenizer.json").is_file()
+    env = {**os.environ, "HF_RECURRENTGEMMA_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "hf_recurrentgemma.cli", "generate", BUNDLED_PRESET, DEFAULT_PROMPT,
+               "--max-new-tokens", "12", "--dtype", "float32", "--stats", "--assistant"]
+    run = subprocess.run(command + [BUNDLED_DRAFT_PRESET], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "converting the shipped griffin-austen-6m once" in run.stderr
+    assert "acceptance: " in run.stderr and "the same text" in run.stderr and "speed-up" in run.stderr
+    model = AutoModelForCausalLM.from_pretrained(converted.out, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(converted.out)
+    ids = tokenizer(DEFAULT_PROMPT, return_tensors="pt")
+    plain = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert run.stdout == tokenizer.decode(plain[0, ids["input_ids"].shape[1]:], skip_special_tokens=True) + "\n"
+    again = subprocess.run(command + [str(DRAFT)], capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and again.stdout == run.stdout, again.stderr[-2000:]
+    assert "converting" not in again.stderr  # both conversions were kept

@@ -4,7 +4,6 @@ command line over it."""
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -160,16 +159,16 @@ def test_mapped_pages_are_released_without_changing_values(tmp_path):
     source.close()
 
 
-def test_conversion_scripts_are_thin_wrappers(tmp_path, monkeypatch):
+def test_cli_module_runs_without_the_console_script(tmp_path, monkeypatch):
+    """`python -m hf_recurrentgemma.cli convert ...` (a source checkout without the console script on PATH)."""
     import runpy
 
     case = CASES[2]
     save_torch_checkpoint(case, tmp_path / "src.pt")
-    script = Path(__file__).parents[2] / "conversion" / "convert_checkpoint.py"
-    monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "src.pt"), str(tmp_path / "out"),
-                                      *hyper_flags(case), "--quiet"])
+    monkeypatch.setattr(sys, "argv", ["hf_recurrentgemma.cli", "convert", str(tmp_path / "src.pt"),
+                                      str(tmp_path / "out"), *hyper_flags(case), "--quiet"])
     with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(script), run_name="__main__")
+        runpy.run_module("hf_recurrentgemma.cli", run_name="__main__", alter_sys=True)
     assert exit_info.value.code == 0
     assert (tmp_path / "out" / "model.safetensors").is_file()
 

@@ -19,15 +19,11 @@ from reference_helpers import CASES, CASE_IDS, assert_close, document_positions,
 from hf_recurrentgemma import GriffinCache
 from hf_recurrentgemma.griffin.cache_griffin import DEFAULT_ROLLBACK_TOKENS, empty_attention_state
 from hf_recurrentgemma.griffin.configuration_griffin import GriffinConfig
-from hf_recurrentgemma.griffin.layers_griffin import (
-    GriffinLocalAttention,
-    SequenceInfo,
-    attention_steps,
-    conv_tails_before,
-    eager_local_attention,
-    rnn_scan_recording,
-)
-from hf_recurrentgemma.griffin.ops_griffin import causal_conv1d, rnn_scan
+from hf_recurrentgemma.griffin.cpu_matvec_griffin import MAX_ROWS
+from hf_recurrentgemma.griffin.layers_griffin import (GriffinLocalAttention, SequenceInfo, attention_steps,
+                                                     eager_local_attention)
+from hf_recurrentgemma.griffin.modeling_griffin import MAX_DRAFT_TOKENS
+from hf_recurrentgemma.griffin.ops_griffin import causal_conv1d, conv_tails_before, rnn_scan, rnn_scan_recording
 
 # kernels: run again with the optional CPU kernels off and capped (.ci/run; docs/reliability.md)
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.kernels]
@@ -106,6 +102,54 @@ def _assert_bit_equal(cache, expected, what):
 
 
 # --- rollback --------------------------------------------------------------------------------------------------
+
+def test_recorded_tokens_spanning_prompt_segments_crop_like_a_shorter_prompt(monkeypatch):
+    """A long prompt runs in segments (PREFILL_SEGMENT, here 8 tokens), each handing its share of the recorded
+    tokens to the cache as it comes: cropping into the last two segments gives the state of the shorter prompt,
+    bit for bit at a segment boundary (the same computations), and within float32 rounding inside a segment (there
+    the shorter prompt's last segment multiplies fewer rows at once; an off-by-one token would differ by ~1)."""
+    import hf_recurrentgemma.griffin.modeling_griffin as modeling
+
+    model = reference_and_ours(CASES[0], seed=1)[1]
+    ids = _ids(21, seed=4)
+    monkeypatch.setattr(modeling, "PREFILL_SEGMENT", 8)
+    cache = GriffinCache(model.config, rollback_tokens=12)
+    cache.activate_past_recording()
+    with torch.no_grad():
+        model(ids, cache=cache, use_cache=True)  # segments 0-7, 8-15, 16-20; the last 12 tokens recorded
+        for keep in (9, 13, 16, 18):
+            expected = GriffinCache(model.config)
+            model(ids[:, :keep], cache=expected, use_cache=True)
+            cropped = cache.clone()
+            cropped.crop(-(21 - keep))
+            assert cropped.seen_tokens == keep
+            if keep == 16:
+                _assert_bit_equal(cropped, expected, f"crop to {keep} tokens")
+            for name, tensor in _tensors(expected).items():
+                assert_close(_tensors(cropped)[name].float(), tensor.float(), 1e-5, f"crop to {keep}: {name}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_each_block_kind_has_its_cache_layer_class_with_its_history_shapes(case):
+    """One cache-layer class per block kind: the cache builds them from `block_types`; each kind's declared history
+    shapes are those of what its layers actually record; a layer is croppable once it holds a history."""
+    from hf_recurrentgemma.griffin.cache_griffin import CACHE_LAYER_KINDS
+
+    model = reference_and_ours(case, seed=1)[1]
+    assert set(model.config.block_types) <= set(CACHE_LAYER_KINDS)
+    cache = GriffinCache(model.config, rollback_tokens=4)
+    assert [type(layer) for layer in cache.layers] == [CACHE_LAYER_KINDS[t] for t in model.config.block_types]
+    cache.activate_past_recording()
+    assert not any(layer.is_croppable for layer in cache.layers)  # nothing recorded yet: nothing to restore
+    with torch.no_grad():
+        model(_ids(6, seed=2), cache=cache, use_cache=True)
+    for layer in cache.layers:
+        declared = type(layer).history_shapes(model.config, 1, 4, torch.float32)
+        assert [(tuple(t.shape), t.dtype) for t in layer.history] == [(tuple(s), d) for s, d in declared], layer
+        assert layer.is_croppable
+    assert cache.recording_nbytes(model.config, 4, 1, torch.float32) == cache._positions_history.nbytes + sum(
+        t.nbytes for layer in cache.layers for t in layer.history)
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -390,6 +434,36 @@ def test_prompt_lookup_equals_greedy(target, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(out, plain)
     assert any(k > 0 for k, _ in _accepted(rounds, crops, ids.shape[1])), "lookup never proposed a draft"
+
+
+def test_drafts_are_capped_at_the_row_invariant_verification_size(target, target_copy, monkeypatch):
+    """Transformers' default draft length (20), its "heuristic" schedule (which grows it without bound) and a
+    30-token prompt lookup are cut to MAX_DRAFT_TOKENS: every verification holds at most MAX_ROWS tokens, the sizes
+    at which it equals as many decoding steps bit for bit (tests/model/test_batch_invariance.py)."""
+    assert MAX_DRAFT_TOKENS + 1 == MAX_ROWS
+    ids = _ids(9, seed=0)
+    plain = _plain(target, ids, max_new_tokens=40)
+    target_copy.generation_config.num_assistant_tokens_schedule = "heuristic"
+    try:
+        rounds, crops, handle = _spy_target(monkeypatch, target)
+        out = target.generate(ids, do_sample=False, max_new_tokens=40, **_assist(target_copy, 20))
+        handle.remove()
+        monkeypatch.undo()
+    finally:
+        target_copy.generation_config.num_assistant_tokens_schedule = "constant"
+    assert torch.equal(out, plain)
+    drafts = [k for k, _ in _accepted(rounds, crops, ids.shape[1])]
+    assert drafts[:2] == [MAX_DRAFT_TOKENS] * 2, drafts  # every token accepted: full drafts, at the cap
+    base = _ids(6, seed=9)
+    ids = torch.cat([base] * 5 + [base[:, :3]], dim=1)
+    plain = _plain(target, ids, max_new_tokens=20)
+    rounds, crops, handle = _spy_target(monkeypatch, target)
+    out = target.generate(ids, do_sample=False, max_new_tokens=20, prompt_lookup_num_tokens=30)
+    handle.remove()
+    monkeypatch.undo()
+    assert torch.equal(out, plain)
+    drafts = [k for k, _ in _accepted(rounds, crops, ids.shape[1])]
+    assert max(drafts) == MAX_DRAFT_TOKENS, drafts
 
 
 # --- generate(): sampling keeps the target's distribution ------------------------------------------------------

@@ -88,6 +88,48 @@ def test_int8_kernels(variant, dtype, zero_point, rows):
     assert ((y.double() - exact).abs() <= _bound(exact, magnitude, 700 + 2, dtype)).all()
 
 
+ODD_SHAPES = [(37, 75), (130, 700), (20, 2560)]  # K tails for every lane count; N tails for 4-row and 16-row tiles
+
+
+def _row_by_row(product, x):
+    """The product of each row of x alone, stacked: what M one-row calls give."""
+    return torch.cat([product(x[m : m + 1]) for m in range(x.shape[0])])
+
+
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=lambda s: f"N{s[0]}-K{s[1]}")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+@pytest.mark.parametrize("variant", _cases("bf16"))
+def test_each_row_equals_its_one_row_product(variant, dtype, shape):
+    """Row invariance, bit for bit: for 2..MAX_ROWS rows every variant gives each row exactly what that row alone
+    gives, because each output is accumulated in an order that depends on K only (lanes, then the K tail), never
+    on how many rows share the weight tile. A speculative verification of k tokens then equals k decoding steps
+    (tests/model/test_batch_invariance.py). float32 weights run the best float variant at or below `variant`."""
+    if dtype == torch.float32 and variant.startswith("bf16"):
+        pytest.skip("bf16-dot and bf16-tile take bfloat16 weights only (float32 ones run fp32-fma-512, tested)")
+    n, k = shape
+    w, b = torch.randn(n, k).to(dtype), torch.randn(n).to(dtype)
+    with torch.inference_mode():
+        for rows in range(2, MAX_ROWS + 1):
+            x = torch.randn(rows, k).to(dtype)
+            together = linear_rows(x, w, b, variant)
+            alone = _row_by_row(lambda r: linear_rows(r, w, b, variant), x)
+            assert torch.equal(together, alone), f"{variant}, {rows} rows: {(together - alone).abs().max():.3g}"
+
+
+def test_row_invariance_check_catches_a_changed_accumulation_order():
+    """The check above fails for a product whose summation order depends on the row count: rows computed
+    together with 8-lane sums (fp32-fma-256), one row alone with 16-lane ones (fp32-fma-512)."""
+    variants = [v for v in ("fp32-fma-256", "fp32-fma-512") if v in matvec_variants_here("f32")]
+    if len(variants) < 2:
+        pytest.skip("needs the AVX2 and AVX-512 variants (an AVX-512 CPU)")
+    w, x = torch.randn(130, 700), torch.randn(5, 700)
+    with torch.inference_mode():
+        together = linear_rows(x, w, None, "fp32-fma-256")
+        alone = _row_by_row(lambda r: linear_rows(r, w, None, "fp32-fma-512"), x)
+    assert not torch.equal(together, alone)
+    assert (together - alone).abs().max() < 1e-3  # the same product: only the rounding differs
+
+
 def test_a_variant_this_cpu_cannot_run_is_refused(monkeypatch):
     missing = [v for v in mv.BF16_VARIANTS if v not in matvec_variants_here("bf16")]
     if not missing:
@@ -110,11 +152,11 @@ def test_linear_takes_the_kernel_only_where_it_applies(variant, monkeypatch):
     # bfloat16 weights run the variant itself; float32 ones the best float variant at or below it.
     assert matvec_variant("bf16") == variant
     assert matvec_variant("f32") == ("fp32-fma-512" if variant.startswith("bf16") else variant)
-    limit = mv._row_limit("bf16", variant)  # 4 for bf16-dot, where torch's GEMM wins from 5 rows
     with torch.inference_mode():
-        for rows in (1, 2, limit):
+        # Every variant up to MAX_ROWS (verification sizes stay in the row-invariant kernel, bf16-dot included).
+        for rows in (1, 2, 5, MAX_ROWS):
             assert gemv_kind(torch.randn(rows, 64).bfloat16(), w) == "bf16", rows
-        assert gemv_kind(torch.randn(limit + 1, 64).bfloat16(), w) is None
+        assert gemv_kind(torch.randn(MAX_ROWS + 1, 64).bfloat16(), w) is None
         assert gemv_kind(torch.randn(1, 3, 64), w.float()) == "f32"
         assert gemv_kind(torch.randn(MAX_ROWS, 64), w.float()) == "f32"
         assert gemv_kind(torch.randn(MAX_ROWS + 1, 64), w.float()) is None  # a prompt: torch's GEMM

@@ -148,7 +148,7 @@ def test_explicit_triton_backend_is_refused_on_cpu():
 def test_module_imports_without_triton_and_says_why(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now raises ImportError
     monkeypatch.setitem(sys.modules, "triton.language", None)
-    spec = importlib.util.spec_from_file_location("hf_recurrentgemma.scan_triton_without_triton",
+    spec = importlib.util.spec_from_file_location("hf_recurrentgemma.griffin.scan_triton_without_triton",
                                                   scan_triton_griffin.__file__)
     module = importlib.util.module_from_spec(spec)  # a sibling in the package, so its relative imports resolve
     spec.loader.exec_module(module)

@@ -3,26 +3,21 @@ writes its JSON and plots. Speed figures are not checked (this is not a timed te
 
 import importlib
 import json
-import os
 import sys
 
 import pytest
 import torch
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
 SECTIONS = ["peaks", "scan", "prefill", "decode", "throughput", "training"]
 PLOTS = ["scan.png", "prefill.png", "decode.png", "throughput.png", "training.png"]
 
 
 @pytest.fixture
-def run_all(monkeypatch):
-    """benchmarks/run_all.py imported in this process (the scripts import their siblings by plain name)."""
-    monkeypatch.syspath_prepend(BENCHMARKS)
+def run_all():
+    """benchmarks/run_all.py (the `suite` section of `python -m benchmarks`), imported in this process."""
     threads = torch.get_num_threads()
-    yield importlib.import_module("run_all")
+    yield importlib.import_module("benchmarks.run_all")
     torch.set_num_threads(threads)
-    for name in [n for n in sys.modules if n in ("run_all", "common", "models") or n.split(".")[0] == "sections"]:
-        del sys.modules[name]
 
 
 def test_run_all_quick_writes_json_and_plots(run_all, tmp_path, capsys):
@@ -49,14 +44,11 @@ def test_run_all_quick_writes_json_and_plots(run_all, tmp_path, capsys):
 
 
 @pytest.fixture
-def bench_speculative(monkeypatch):
+def bench_speculative():
     """benchmarks/bench_speculative.py imported in this process."""
-    monkeypatch.syspath_prepend(BENCHMARKS)
     threads = torch.get_num_threads()
-    yield importlib.import_module("bench_speculative")
+    yield importlib.import_module("benchmarks.bench_speculative")
     torch.set_num_threads(threads)
-    for name in [n for n in sys.modules if n in ("bench_speculative", "common", "models")]:
-        del sys.modules[name]
 
 
 def test_bench_speculative_runs_both_sections(bench_speculative, tmp_path, capsys):
@@ -84,3 +76,23 @@ def test_bench_speculative_runs_both_sections(bench_speculative, tmp_path, capsy
     assert len(results["checks"]) == 3
     for name in ("speculative_shipped.png", "speculative_big.png"):
         assert (tmp_path / "img" / name).read_bytes()[:4] == b"\x89PNG", name
+
+
+def test_runner_lists_every_section_and_refuses_unknown_ones(capsys):
+    """`python -m benchmarks` is the one runner: each section is a module of the package with `main(argv)`."""
+    import ast
+    from pathlib import Path
+
+    from benchmarks.__main__ import SECTIONS, main
+
+    assert main([]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in SECTIONS), listed
+    assert main(["no-such-section"]) == 2 and "unknown section 'no-such-section'" in capsys.readouterr().err
+    package = Path(importlib.import_module("benchmarks").__file__).parent
+    for name, (module, _) in SECTIONS.items():
+        tree = ast.parse((package / f"{module}.py").read_text())  # parsed, not imported: some need vLLM
+        mains = [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "main"]
+        assert mains and [a.arg for a in mains[0].args.args] == ["argv"], f"{name}: {module}.main(argv=None)"
+    scripts = {p.stem for p in package.glob("bench_*.py")}
+    assert scripts <= {module for module, _ in SECTIONS.values()}, "a benchmark module that no section runs"

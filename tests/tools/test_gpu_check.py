@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py: the dry run (`--device cpu`) runs every check on a tiny model and writes its JSON and
+"""checks/gpu_check.py: the dry run (`--device cpu`) runs every check on a tiny model and writes its JSON and
 summary; the script refuses to overwrite them; an unsupported Transformers is named with what to carry; the
 time budget skips and stops checks, and a failure or an error never stops the run."""
 
@@ -14,8 +14,9 @@ from packaging.requirements import Requirement
 
 from hf_recurrentgemma.griffin.compat_griffin import TRANSFORMERS_REQUIREMENT
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
-SCRIPT = os.path.join(BENCHMARKS, "gpu_check.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Run as the docs say: `python -m checks.gpu_check` from the repository root.
+COMMAND = [sys.executable, "-m", "checks.gpu_check"]
 CHECKS = ["requirements", "triton_scan", "logits_vs_cpu_fp32", "bf16_generation", "compiled_decoding",
           "bench_prefill", "bench_decode", "bench_training", "bench_scan"]
 
@@ -24,7 +25,7 @@ CHECKS = ["requirements", "triton_scan", "logits_vs_cpu_fp32", "bf16_generation"
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check") / "out"
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, SCRIPT, "--device", "cpu", "--out", str(out)], capture_output=True,
+    done = subprocess.run([*COMMAND, "--device", "cpu", "--out", str(out)], capture_output=True, cwd=ROOT,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     return out, json.loads((out / "gpu_check.json").read_text()), time.perf_counter() - start
@@ -59,19 +60,16 @@ def test_dry_run_runs_every_check_without_errors(dry_run):
 def test_existing_results_are_kept_without_force(dry_run):
     out, _, _ = dry_run
     before = (out / "gpu_check.json").read_bytes()
-    done = subprocess.run([sys.executable, SCRIPT, "--device", "cpu", "--out", str(out), "--only", "requirements"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*COMMAND, "--device", "cpu", "--out", str(out), "--only", "requirements"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode != 0 and "pass --force to overwrite" in done.stderr, done.stderr
     assert (out / "gpu_check.json").read_bytes() == before
     assert sorted(os.listdir(out)) == ["gpu_check.json", "gpu_check.txt"]  # no temporary file left
 
 
 @pytest.fixture
-def gpu_check(monkeypatch):
-    monkeypatch.syspath_prepend(BENCHMARKS)
-    module = importlib.import_module("gpu_check")
-    yield module
-    sys.modules.pop("gpu_check", None)
+def gpu_check():
+    return importlib.import_module("checks.gpu_check")
 
 
 def test_old_transformers_is_named_with_what_to_carry(gpu_check, monkeypatch):

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import corpus
-import rdata
+from training import corpus, rdata
 
 SLICE = Path(__file__).parents[1] / "data" / "r-cran-janeaustenr-slice.deb"
 

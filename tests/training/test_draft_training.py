@@ -4,7 +4,6 @@ preset of training/models.py, and the model card section training/release.py wri
 import copy
 import importlib
 import math
-import sys
 
 import pytest
 import torch
@@ -14,15 +13,8 @@ from hf_recurrentgemma import PRESETS, GriffinConfig, GriffinForCausalLM
 
 @pytest.fixture(scope="module")
 def training():
-    """training/models.py, train.py and release.py, imported for this module only: benchmarks/ has its own
-    `models` module, which the benchmark tests import by the same plain name."""
-    before = {name: sys.modules.pop(name) for name in ("models", "train", "release") if name in sys.modules}
-    try:
-        yield {name: importlib.import_module(name) for name in ("models", "train", "release")}
-    finally:
-        for name in ("models", "train", "release"):
-            sys.modules.pop(name, None)
-        sys.modules.update(before)
+    """training/models.py, train.py and release.py (the `training` package)."""
+    return {name: importlib.import_module(f"training.{name}") for name in ("models", "train", "release")}
 
 
 def tiny_pair(seed: int = 0):

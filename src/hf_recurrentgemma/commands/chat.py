@@ -227,7 +227,7 @@ def run_chat(args) -> int:
     check_speculation_arguments(args)
     tokenizer = load_tokenizer(args.model, args.tokenizer)
     model = load_model(args.model, args.dtype, args.device, args.quantize, args.group_size)
-    session = ChatSession(model, tokenizer, **generation_kwargs(args, tokenizer), **speculation_kwargs(args))
+    session = ChatSession(model, tokenizer, **generation_kwargs(args, tokenizer), **speculation_kwargs(args, model))
     if args.load:
         session.load(args.load)
     if sys.stdin.isatty():

@@ -2,7 +2,8 @@
 
 One prompt streams its continuation to stdout token by token (statistics go to stderr). A prompts file holds one
 prompt per line; they run in left-padded batches of `--batch-size` and each result is one JSON line on stdout,
-`{"prompt": ..., "completion": ...}`, in the file's order.
+`{"prompt": ..., "completion": ...}`, in the file's order. With `--assistant` or `--prompt-lookup`, `--stats`
+prints the acceptance rate, then decodes the prompt again plainly (not shown) and prints the speed-up.
 """
 
 import json
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .loading import CommandError, add_model_arguments, load_model, load_tokenizer
+from ..griffin.modeling_griffin import MAX_DRAFT_TOKENS
+from .loading import SHIPPED_NAMES, CommandError, add_model_arguments, load_model, load_tokenizer
+from .speculative import DRAFT_TOKENS, install_draft_hook, prepare_assistant, sameness, speedup_summary
 
 
 def _positive(kind):
@@ -39,15 +42,22 @@ def add_sampling_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, help="random seed (sampling is reproducible with the same seed)")
 
 
-def add_speculation_arguments(parser) -> None:
-    """Speculative decoding flags shared by `generate` and `chat` (docs/speculative.md): the output is the one the
-    model alone gives (greedy: the same tokens; sampling: the same distribution), faster when drafts are accepted."""
-    parser.add_argument("--assistant", metavar="MODEL",
-                        help="draft model folder (same tokenizer): it proposes tokens, the model checks them at once")
+def add_speculation_arguments(parser, bare_assistant: str | None = None) -> None:
+    """Speculative decoding flags shared by `generate`, `chat` and the demo (docs/speculative.md): the output is the
+    one the model alone gives (greedy: the same tokens, on CPU in float32 and bfloat16 with the package's kernels;
+    sampling: the same distribution), faster when drafts are
+    accepted. `bare_assistant`: what `--assistant` given without a value means (the demo, whose prompt is a flag)."""
+    parser.add_argument("--assistant", metavar="DRAFT", **({} if bare_assistant is None else
+                                                           dict(nargs="?", const=bare_assistant)),
+                        help="draft model (same tokenizer): a folder, or the shipped draft by name "
+                        f"({SHIPPED_NAMES.split(', ')[-1]}); it proposes tokens, the model checks them at once"
+                        + ("" if bare_assistant is None else f" (without DRAFT: {bare_assistant})"))
     parser.add_argument("--num-assistant-tokens", type=_positive(int), metavar="K",
-                        help="tokens the assistant drafts per round (default: Transformers' 20)")
+                        help=f"tokens the assistant drafts per round (default {DRAFT_TOKENS}; at most "
+                        f"{MAX_DRAFT_TOKENS} are checked)")
     parser.add_argument("--prompt-lookup", type=_positive(int), metavar="N",
-                        help="draft N tokens by copying what followed the last n-gram's earlier occurrence")
+                        help="draft N tokens by copying what followed the last n-gram's earlier occurrence (at "
+                        f"most {MAX_DRAFT_TOKENS} are checked)")
 
 
 def check_speculation_arguments(args) -> None:
@@ -58,19 +68,26 @@ def check_speculation_arguments(args) -> None:
         raise CommandError("--num-assistant-tokens only applies with --assistant")
 
 
-def speculation_kwargs(args) -> dict:
+def speculation_kwargs(args, model=None) -> dict:
     """`generate()` keyword arguments from the speculation flags (loads the assistant, in the model's --dtype and
-    on its --device)."""
+    on its --device). Given `model`, its candidate generators hand the draft one config from then on
+    (`install_draft_hook`) and count what is accepted (`model.speculation_counter`)."""
     check_speculation_arguments(args)
     if args.prompt_lookup:
-        return {"prompt_lookup_num_tokens": args.prompt_lookup}
-    if not args.assistant:
+        kwargs = {"prompt_lookup_num_tokens": args.prompt_lookup}
+    elif args.assistant:
+        draft = load_model(args.assistant, args.dtype, args.device, flag="--assistant")
+        if model is not None:
+            try:
+                prepare_assistant(draft, model, args.num_assistant_tokens)
+            except ValueError as err:
+                raise CommandError(f"{err}") from None
+        kwargs = {"assistant_model": draft}
+    else:
         return {}
-    assistant = load_model(args.assistant, args.dtype, args.device)
-    if args.num_assistant_tokens is not None:
-        # Transformers reads the draft length from the assistant's generation config, not from generate()'s.
-        assistant.generation_config.num_assistant_tokens = args.num_assistant_tokens
-    return {"assistant_model": assistant}
+    if model is not None:
+        model.speculation_counter = install_draft_hook(model)
+    return kwargs
 
 
 def check_sampling_arguments(args) -> None:
@@ -84,18 +101,24 @@ def check_sampling_arguments(args) -> None:
         raise CommandError(f"--top-p must be in (0, 1], got {args.top_p}")
 
 
+def seed_from_flags(args) -> None:
+    """Seeds the random generators when --seed is given (sampling is then reproducible)."""
+    if args.seed is not None:
+        from transformers import set_seed
+
+        set_seed(args.seed)
+
+
 def generation_kwargs(args, tokenizer) -> dict:
     """`generate()` keyword arguments from the sampling flags (checked by `check_sampling_arguments`); seeds
-    the random generators when --seed is given."""
+    the random generators when --seed is given. (Plain keyword arguments, no `generation_config` beside them:
+    Transformers 5.19-5.24 warn when both are given.)"""
     check_sampling_arguments(args)
     kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, pad_token_id=tokenizer.pad_token_id)
     for flag in ("temperature", "top_k", "top_p", "repetition_penalty"):
         if getattr(args, flag) is not None:
             kwargs[flag] = getattr(args, flag)
-    if args.seed is not None:
-        from transformers import set_seed
-
-        set_seed(args.seed)
+    seed_from_flags(args)
     return kwargs
 
 
@@ -133,11 +156,19 @@ def run_generate(args) -> int:
     check_speculation_arguments(args)
     if (args.assistant or args.prompt_lookup) and args.prompts_file and args.batch_size != 1:
         raise CommandError("--assistant and --prompt-lookup decode one sequence at a time: add --batch-size 1")
+    if args.stats and not (args.assistant or args.prompt_lookup):
+        raise CommandError("--stats compares speculative with plain decoding: give --assistant or --prompt-lookup")
+    if args.stats and args.prompts_file:
+        raise CommandError("--stats applies to one PROMPT, not --prompts-file")
     prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
+    from .export import generate_exported, is_export_folder
+
+    if is_export_folder(args.model):  # `hf-recurrentgemma export` output: run by its backend (docs/export.md)
+        return generate_exported(args, prompts)
     check_sampling_arguments(args)
     tokenizer = load_tokenizer(args.model, args.tokenizer)
     model = load_model(args.model, args.dtype, args.device, args.quantize, args.group_size)
-    kwargs = {**generation_kwargs(args, tokenizer), **speculation_kwargs(args)}
+    kwargs = {**generation_kwargs(args, tokenizer), **speculation_kwargs(args, model)}
     if args.prompts_file:
         start = time.perf_counter()
         completions = generate_batch(model, tokenizer, prompts, args.batch_size, **kwargs)
@@ -149,30 +180,51 @@ def run_generate(args) -> int:
     from transformers import TextStreamer
 
     inputs = tokenizer(args.prompt, return_tensors="pt").to(model.device)
+    if args.stats:  # one-time costs (kernel builds and loads, first allocations) go into neither timed run
+        with torch.no_grad():
+            model.generate(**inputs, **{**kwargs, "max_new_tokens": 2})
+        model.speculation_counter.reset()
+        seed_from_flags(args)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(**inputs, streamer=streamer, **kwargs)
     elapsed = time.perf_counter() - start
-    new_tokens = out.shape[1] - inputs["input_ids"].shape[1]
+    prompt_length = inputs["input_ids"].shape[1]
+    new_tokens = out.shape[1] - prompt_length
     print(f"{new_tokens} tokens in {elapsed:.2f}s ({new_tokens / elapsed:.1f} tokens/s, prompt "
-          f"{inputs['input_ids'].shape[1]} tokens)", file=sys.stderr)
+          f"{prompt_length} tokens)", file=sys.stderr)
+    if args.stats:
+        print(model.speculation_counter.summary(), file=sys.stderr)
+        plain_kwargs = {key: value for key, value in kwargs.items()
+                        if key not in ("assistant_model", "prompt_lookup_num_tokens")}
+        seed_from_flags(args)  # the plain run samples under the same seed
+        start = time.perf_counter()
+        with torch.no_grad():
+            plain = model.generate(**inputs, **plain_kwargs)
+        plain_elapsed = time.perf_counter() - start
+        same = sameness(not args.do_sample, out[0, prompt_length:].tolist(), plain[0, prompt_length:].tolist())
+        print(speedup_summary(new_tokens, elapsed, plain.shape[1] - prompt_length, plain_elapsed, same),
+              file=sys.stderr)
     return 0
 
 
 def add_parser(commands) -> None:
     sub = commands.add_parser("generate", help="stream a continuation of a prompt (or a file of prompts)",
                               description=__doc__.split("\n\n")[0])
-    add_model_arguments(sub)
+    add_model_arguments(sub)  # MODEL may also be a folder written by `hf-recurrentgemma export`
     sub.add_argument("prompt", nargs="?", help="the prompt (or use --prompts-file)")
     sub.add_argument("--prompts-file", metavar="FILE", help="one prompt per line; prints one JSON line per prompt")
     sub.add_argument("--batch-size", type=_positive(int), default=8, metavar="B",
                      help="prompts per left-padded batch with --prompts-file (default 8)")
     add_sampling_arguments(sub)
     add_speculation_arguments(sub)
+    sub.add_argument("--stats", action="store_true",
+                     help="with --assistant or --prompt-lookup: print the acceptance rate, then decode plainly (not "
+                     "shown) and print the speed-up")
     sub.set_defaults(func=run_generate)
 
 
 __all__ = ["add_parser", "add_sampling_arguments", "add_speculation_arguments", "check_sampling_arguments",
-           "check_speculation_arguments", "speculation_kwargs", "generation_kwargs", "generate_batch",
-           "read_prompts", "run_generate"]
+           "check_speculation_arguments", "generation_kwargs", "generate_batch", "read_prompts",
+           "run_generate", "seed_from_flags", "speculation_kwargs"]

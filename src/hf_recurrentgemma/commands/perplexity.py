@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from ..griffin.cache_griffin import GriffinCache
-from ..griffin.ops_griffin import soft_cap_logits
 from .loading import CommandError, add_model_arguments, load_model, load_tokenizer
 
 # Local files by extension -> the `datasets` builder that reads them.
@@ -51,10 +50,10 @@ class PerplexityResult:
 
 def _nll_sum(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed next-token NLL (float64) of hidden states (T, D) against targets (T,), through the LM head and the
-    soft cap in blocks of HEAD_BLOCK positions, exactly as `GriffinForCausalLM.forward` computes logits."""
+    soft cap in blocks of HEAD_BLOCK positions (`GriffinForCausalLM.compute_logits`, as `forward` makes them)."""
     total = torch.zeros((), dtype=torch.float64, device=hidden.device)
     for start in range(0, hidden.shape[0], HEAD_BLOCK):
-        logits = soft_cap_logits(model.lm_head(hidden[start:start + HEAD_BLOCK]), model.config.logits_soft_cap)
+        logits = model.compute_logits(hidden[start:start + HEAD_BLOCK])
         total += F.cross_entropy(logits.float(), targets[start:start + HEAD_BLOCK], reduction="sum").double()
     return total
 

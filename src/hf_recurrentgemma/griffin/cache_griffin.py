@@ -20,16 +20,16 @@ from typing import NamedTuple
 import torch
 
 from .compat_griffin import Cache
-from .configuration_griffin import ATTENTION, GriffinConfig
+from .configuration_griffin import ATTENTION, RECURRENT, GriffinConfig
 from .ops_griffin import RECURRENT_STATE_DTYPE, recurrent_state_shapes
 
 # Tokens `crop` can undo while recording unless the cache is told otherwise: Transformers' assisted decoding undoes
 # at most `num_assistant_tokens` (20 by default) per round, prompt lookup `prompt_lookup_num_tokens` (10).
 DEFAULT_ROLLBACK_TOKENS = 64
-# The config fields a saved state must agree on with the model that loads it (`from_state_dict`): those that shape
-# the buffers, and those that give the saved token ids and positions their meaning.
-ARCHITECTURE_FIELDS = ("block_types", "lru_width", "conv1d_width", "attention_window_size", "head_dim",
-                       "hidden_size", "vocab_size", "num_hidden_layers")
+# The config fields that shape the state buffers (`fits`), and with them those that give a saved state's token ids
+# and positions their meaning: a saved state must agree on all of them with the model that loads it.
+SHAPE_FIELDS = ("block_types", "lru_width", "conv1d_width", "attention_window_size", "head_dim")
+ARCHITECTURE_FIELDS = (*SHAPE_FIELDS, "hidden_size", "vocab_size", "num_hidden_layers")
 
 
 class RecurrentState(NamedTuple):
@@ -80,33 +80,61 @@ def empty_attention_state(config: GriffinConfig, batch_size: int, dtype, device)
     )
 
 
-def history_shapes(config: GriffinConfig, block_type: str, batch_size: int, tokens: int, dtype) -> list:
-    """[(shape, dtype)] of one layer's rollback ring buffers for `tokens` tokens (token dimension 1), in the field
-    order of `RecurrentSteps` / `AttentionSteps`."""
-    if block_type == ATTENTION:
-        slot = ((batch_size, tokens, config.head_dim), dtype)
-        return [slot, slot, ((batch_size, tokens, config.attention_window_size), torch.bool)]
-    return [((batch_size, tokens, config.conv1d_width - 1, config.lru_width), dtype),
-            ((batch_size, tokens, config.lru_width), torch.float32)]
-
-
 class GriffinCacheLayer:
     """The state of one residual block; `state` is None until the first forward fills it. While the cache records,
-    `history` holds ring buffers with the `RecurrentSteps` / `AttentionSteps` of the last R tokens."""
+    `history` holds ring buffers with the per-token steps (`steps_type`) of the last R tokens.
 
+    One subclass per block kind (`CACHE_LAYER_KINDS`) owns what differs between kinds: its empty state, the shapes
+    of its history, and how `restore` puts back the state from before a recorded token. `GriffinCache` only loops
+    over its layers, so a new block kind is one subclass here and one entry in `CACHE_LAYER_KINDS`."""
+
+    block_type: str
+    state_type: type
+    steps_type: type
+    is_sliding = False
     is_compileable = True
-    is_croppable = False
     supports_early_init = True
 
-    def __init__(self, block_type: str):
-        self.block_type = block_type
-        self.is_sliding = block_type == ATTENTION
-        self.state: RecurrentState | AttentionState | None = None
-        self.history: RecurrentSteps | AttentionSteps | None = None
+    def __init__(self, config: GriffinConfig, capacity: int = DEFAULT_ROLLBACK_TOKENS):
+        self.config = config
+        self.capacity = capacity  # tokens the history's ring buffers hold (the cache's `rollback_tokens`)
+        self.state = None
+        self.history = None
+
+    @classmethod
+    def empty_state(cls, config: GriffinConfig, batch_size: int, dtype, device):
+        """A state with nothing seen yet: zeros, every key slot invisible."""
+        raise NotImplementedError
+
+    @classmethod
+    def history_shapes(cls, config: GriffinConfig, batch_size: int, tokens: int, dtype) -> list:
+        """[(shape, dtype)] of the rollback ring buffers for `tokens` tokens (token dimension 1), in the field
+        order of `steps_type`."""
+        raise NotImplementedError
+
+    def restore(self, first: int, dropped: torch.Tensor) -> None:
+        """Puts back the state from before the recorded token in ring slot `first`; `dropped` (n,) are the ring
+        slots of the tokens undone, oldest first."""
+        raise NotImplementedError
 
     @property
     def is_initialized(self) -> bool:
         return self.state is not None
+
+    @property
+    def is_croppable(self) -> bool:
+        """Whether `restore` has something to restore from (a history was recorded)."""
+        return self.history is not None
+
+    def record(self, slots: torch.Tensor, steps) -> None:
+        """Writes a call's per-token `steps` (token dimension 1) into ring `slots`, allocating the ring buffers
+        for `capacity` tokens on first use."""
+        if self.history is None:
+            batch, capacity = steps[0].shape[0], self.capacity
+            shapes = self.history_shapes(self.config, batch, capacity, steps[0].dtype)
+            self.history = self.steps_type(*(torch.zeros(s, dtype=d, device=steps[0].device) for s, d in shapes))
+        for ring, new in zip(self.history, steps):
+            ring.index_copy_(1, slots.to(ring.device), new)
 
     def store(self, new_state) -> None:
         """Keeps `new_state`, in place when possible so buffer addresses stay fixed (CUDA graphs). When autograd
@@ -133,7 +161,59 @@ class GriffinCacheLayer:
         return -1
 
     def __repr__(self) -> str:
-        return f"GriffinCacheLayer({self.block_type})"
+        return f"{type(self).__name__}()"
+
+
+class RecurrentCacheLayer(GriffinCacheLayer):
+    """A recurrent block: the conv1d tail and the float32 RG-LRU state, and per recorded token both as they were
+    before it."""
+
+    block_type = RECURRENT
+    state_type = RecurrentState
+    steps_type = RecurrentSteps
+
+    @classmethod
+    def empty_state(cls, config, batch_size, dtype, device) -> RecurrentState:
+        return empty_recurrent_state(config, batch_size, dtype, device)
+
+    @classmethod
+    def history_shapes(cls, config, batch_size, tokens, dtype) -> list:
+        conv_shape, rg_lru_shape = recurrent_state_shapes(config)
+        return [((batch_size, tokens, *conv_shape), dtype),
+                ((batch_size, tokens, *rg_lru_shape), RECURRENT_STATE_DTYPE)]
+
+    def restore(self, first, dropped) -> None:
+        self.store(RecurrentState(self.history.conv[:, first].clone(), self.history.rg_lru[:, first].clone()))
+
+
+class AttentionCacheLayer(GriffinCacheLayer):
+    """A local-attention block: the last W keys and values with their visibility, and per recorded token the slot
+    it pushed out of the window and the visibility before it."""
+
+    block_type = ATTENTION
+    state_type = AttentionState
+    steps_type = AttentionSteps
+    is_sliding = True
+
+    @classmethod
+    def empty_state(cls, config, batch_size, dtype, device) -> AttentionState:
+        return empty_attention_state(config, batch_size, dtype, device)
+
+    @classmethod
+    def history_shapes(cls, config, batch_size, tokens, dtype) -> list:
+        slot = ((batch_size, tokens, config.head_dim), dtype)
+        return [slot, slot, ((batch_size, tokens, config.attention_window_size), torch.bool)]
+
+    def restore(self, first, dropped) -> None:
+        # The window before the dropped tokens: the slots they pushed out, oldest first, then the kept keys.
+        window = self.config.attention_window_size
+        history, state = self.history, self.state
+        keys, values = (torch.cat([ring[:, dropped.to(ring.device)][:, None], kept], dim=2)[:, :, :window]
+                        for ring, kept in ((history.keys, state.keys), (history.values, state.values)))
+        self.store(AttentionState(keys, values, self.history.valid[:, first].clone()))
+
+
+CACHE_LAYER_KINDS = {kind.block_type: kind for kind in (RecurrentCacheLayer, AttentionCacheLayer)}
 
 
 class GriffinCache(Cache):
@@ -154,7 +234,7 @@ class GriffinCache(Cache):
 
     def __init__(self, config: GriffinConfig, batch_size: int | None = None, dtype=None, device=None,
                  rollback_tokens: int = DEFAULT_ROLLBACK_TOKENS):
-        super().__init__(layers=[GriffinCacheLayer(block_type) for block_type in config.block_types])
+        super().__init__(layers=[CACHE_LAYER_KINDS[block_type](config) for block_type in config.block_types])
         self.config = config
         # Tokens seen, as a 0-d tensor updated in place: a compiled decode step then reads no Python number that
         # changes every step (which would make torch.compile specialise on it and compile again).
@@ -172,19 +252,19 @@ class GriffinCache(Cache):
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
             raise ValueError(f"rollback_tokens must be a positive int, got {tokens!r}")
         self.rollback_tokens = tokens
+        for layer in self.layers:
+            layer.capacity = tokens  # the ring buffers' length in tokens
 
     def allocate(self, batch_size: int, dtype, device) -> None:
         """Creates empty buffers for every layer (all slots invisible, states zero)."""
         for layer in self.layers:
-            make = empty_attention_state if layer.block_type == ATTENTION else empty_recurrent_state
-            layer.state = make(self.config, batch_size, dtype, device)
+            layer.state = layer.empty_state(self.config, batch_size, dtype, device)
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
         self._seen_tokens = torch.zeros((), dtype=torch.long, device=device)
 
     def fits(self, config: GriffinConfig) -> bool:
         """Whether this cache's buffers have the shapes a model with `config` needs."""
-        fields = ("block_types", "lru_width", "conv1d_width", "attention_window_size", "head_dim")
-        return all(getattr(self.config, f) == getattr(config, f) for f in fields)
+        return all(getattr(self.config, f) == getattr(config, f) for f in SHAPE_FIELDS)
 
     def early_initialization(self, batch_size: int, num_heads=None, head_dim=None, dtype=None, device=None, **_):
         self.allocate(batch_size, dtype, device)
@@ -278,11 +358,9 @@ class GriffinCache(Cache):
         batch = next_position.shape[0]
         model_dtype = getattr(torch, saved_dtype) if saved_dtype else None
         for idx, layer in enumerate(cache.layers):
-            kind = AttentionState if layer.is_sliding else RecurrentState
-            make = empty_attention_state if layer.is_sliding else empty_recurrent_state
-            expected = make(config, batch, model_dtype or torch.float32, "meta")
+            expected = layer.empty_state(config, batch, model_dtype or torch.float32, "meta")
             fields = []
-            for field, want in zip(kind._fields, expected):
+            for field, want in zip(layer.state_type._fields, expected):
                 key = f"layers.{idx}.{field}"
                 if key not in tensors:
                     raise ValueError(f"state lacks the tensor {key}")
@@ -291,7 +369,7 @@ class GriffinCache(Cache):
                     raise ValueError(f"state tensor {key} is {got.dtype} {tuple(got.shape)}; this model needs "
                                      f"{want.dtype} {tuple(want.shape)}")
                 fields.append(got.to(device) if device is not None else got)
-            layer.state = kind(*fields)
+            layer.state = layer.state_type(*fields)
         cache.next_position = next_position.to(device) if device is not None else next_position
         seen = tensors["seen_tokens"].reshape(())
         cache._seen_tokens = seen.to(device) if device is not None else seen
@@ -323,25 +401,22 @@ class GriffinCache(Cache):
         """How many of a call's `num_tokens` last tokens the layers must return per-token states for."""
         return min(num_tokens, self.rollback_tokens) if self.recording else 0
 
-    def record(self, steps: list, positions: torch.Tensor) -> None:
-        """Keeps the per-token states of a call's last r tokens (before `update_state` overwrites the old state).
+    def record(self, steps: list, positions: torch.Tensor, next_position: torch.Tensor) -> None:
+        """Keeps the per-token states of a segment's last r tokens, as the model hands them over (before
+        `update_state` overwrites the old state).
 
         Args:
-            steps: per layer, the `RecurrentSteps` / `AttentionSteps` of the last r tokens (token dimension 1).
-            positions: (B, T) the call's positions (-1 for padding).
+            steps: per layer, the `RecurrentSteps` / `AttentionSteps` of the segment's last r tokens (token dimension
+                1).
+            positions: (B, T) the segment's positions (-1 for padding).
+            next_position: (B,) long, the next position before the segment's first token.
         """
         r = steps[0][0].shape[1]
         capacity = self.rollback_tokens
-        before = torch.cat([self.next_position[:, None], positions.to(torch.long) + 1], dim=1)[:, -r - 1 : -1]
+        before = torch.cat([next_position[:, None], positions.to(torch.long) + 1], dim=1)[:, -r - 1 : -1]
         slots = (self._head + torch.arange(r)) % capacity
         for layer, layer_steps in zip(self.layers, steps):
-            if layer.history is None:
-                shapes = history_shapes(self.config, layer.block_type, before.shape[0], capacity,
-                                        layer_steps[0].dtype)
-                kind = AttentionSteps if layer.is_sliding else RecurrentSteps
-                layer.history = kind(*(torch.zeros(s, dtype=d, device=before.device) for s, d in shapes))
-            for ring, new in zip(layer.history, layer_steps):
-                ring.index_copy_(1, slots.to(ring.device), new)
+            layer.record(slots, layer_steps)
         if self._positions_history is None:
             self._positions_history = torch.zeros(before.shape[0], capacity, dtype=torch.long, device=before.device)
         self._positions_history.index_copy_(1, slots.to(before.device), before)
@@ -368,15 +443,8 @@ class GriffinCache(Cache):
         capacity = self.rollback_tokens
         first = (self._head - n) % capacity  # ring slot of the first token dropped
         dropped = (first + torch.arange(n)) % capacity
-        window = self.config.attention_window_size
         for layer in self.layers:
-            history = layer.history
-            if layer.is_sliding:
-                keys, values = (torch.cat([h[:, dropped.to(h.device)][:, None], s], dim=2)[:, :, :window]
-                                for h, s in ((history.keys, layer.state.keys), (history.values, layer.state.values)))
-                layer.store(AttentionState(keys, values, history.valid[:, first].clone()))
-            else:
-                layer.store(RecurrentState(history.conv[:, first].clone(), history.rg_lru[:, first].clone()))
+            layer.restore(first, dropped)
         self.next_position.copy_(self._positions_history[:, first])
         self._seen_tokens.sub_(n)
         self._head = first
@@ -388,7 +456,8 @@ class GriffinCache(Cache):
         """Bytes of the rollback ring buffers for `rollback_tokens` tokens (from their shapes; nothing allocated)."""
         total = batch_size * rollback_tokens * torch.tensor([], dtype=torch.long).element_size()
         for block_type in config.block_types:
-            for shape, dt in history_shapes(config, block_type, batch_size, rollback_tokens, dtype):
+            kind = CACHE_LAYER_KINDS[block_type]
+            for shape, dt in kind.history_shapes(config, batch_size, rollback_tokens, dtype):
                 total += torch.Size(shape).numel() * torch.tensor([], dtype=dt).element_size()
         return total
 
@@ -440,7 +509,8 @@ class GriffinCache(Cache):
 
     @property
     def is_croppable(self) -> bool:
-        """True while recording (`crop` can then undo up to `rollback_tokens` tokens)."""
+        """True while recording (`crop` can then undo up to `rollback_tokens` tokens; before the first recorded
+        forward there is nothing to undo, and `crop(0)`, all `generate()` asks then, is allowed)."""
         return self.recording
 
     @property
@@ -449,7 +519,7 @@ class GriffinCache(Cache):
 
     @property
     def is_linear(self) -> list[bool]:
-        return [layer.block_type != ATTENTION for layer in self.layers]
+        return [layer.block_type == RECURRENT for layer in self.layers]
 
     @property
     def is_sliding(self) -> list[bool]:
@@ -471,5 +541,6 @@ class GriffinCache(Cache):
         return f"GriffinCache(layers={len(self.layers)}, seen_tokens={self.seen_tokens}, batch_size={self.batch_size})"
 
 
-__all__ = ["GriffinCache", "RecurrentState", "AttentionState", "RecurrentSteps", "AttentionSteps",
-           "DEFAULT_ROLLBACK_TOKENS", "ARCHITECTURE_FIELDS"]
+__all__ = ["GriffinCache", "GriffinCacheLayer", "RecurrentCacheLayer", "AttentionCacheLayer", "CACHE_LAYER_KINDS",
+           "RecurrentState", "AttentionState", "RecurrentSteps", "AttentionSteps", "DEFAULT_ROLLBACK_TOKENS",
+           "SHAPE_FIELDS", "ARCHITECTURE_FIELDS"]

@@ -12,7 +12,7 @@ kwargs, and the field of the output classes. Our model takes `cache=` and return
 `move_generation_cache` files a user's `cache=` under it, and the output classes exported here take `cache=` and
 answer `.cache` on every release. Everything else the model overrides or reads is checked at import
 (`_prepare_cache_for_generation`, `_valid_auto_compile_criteria`, `_prepare_attention_mask_for_generation`,
-`CompileConfig._compile_all_devices`), so an
+`_get_candidate_generator`, `CompileConfig._compile_all_devices`), so an
 unsupported Transformers fails with one error naming the missing piece instead of a TypeError deep inside
 `generate()`.
 
@@ -96,7 +96,11 @@ for _hook, _params in (("_prepare_cache_for_generation", ("generation_config", "
                        ("_valid_auto_compile_criteria", ("model_kwargs", "generation_config")),
                        # overridden for draft models (assisted decoding, docs/speculative.md)
                        ("_prepare_attention_mask_for_generation", ("inputs_tensor", "generation_config",
-                                                                   "model_kwargs"))):
+                                                                   "model_kwargs")),
+                       # overridden to cap draft lengths (`cap_draft_length`)
+                       ("_get_candidate_generator", ("generation_config", "input_ids", "inputs_tensor",
+                                                     "logits_processor", "model_kwargs", "assistant_model",
+                                                     "target_tokenizer", "assistant_tokenizer"))):
     _found = getattr(GenerationMixin, _hook, None)
     if _found is None or tuple(inspect.signature(_found).parameters)[1:] != _params:
         raise _unsupported(f"GenerationMixin.{_hook}{_params}")
@@ -168,7 +172,34 @@ def compile_on_all_devices(config: CompileConfig) -> CompileConfig:
     return config
 
 
+# The attributes holding a candidate generator's draft length in the supported releases: the assistant's
+# (`AssistedCandidateGenerator` and its subclasses; the "heuristic" schedule raises it by 2 after every fully
+# accepted round, without bound) and prompt lookup's (`PromptLookupCandidateGenerator`).
+_DRAFT_LENGTH_ATTRIBUTES = ("num_assistant_tokens", "num_output_tokens")
+
+
+def cap_draft_length(generator, cap: int):
+    """`generator` (a Transformers candidate generator) made to propose at most `cap` tokens a round: its draft
+    length is lowered to `cap` before every round (so a draft model does not compute tokens that would be cut),
+    and whatever it proposes beyond `cap` is dropped. Returns the same object."""
+    propose = generator.get_candidates
+
+    def get_candidates(input_ids, **kwargs):
+        for name in _DRAFT_LENGTH_ATTRIBUTES:
+            if isinstance(getattr(generator, name, None), (int, float)):
+                setattr(generator, name, min(getattr(generator, name), cap))
+        candidates, logits = propose(input_ids, **kwargs)
+        keep = input_ids.shape[1] + cap
+        if candidates.shape[1] > keep:
+            candidates = candidates[:, :keep]
+            logits = None if logits is None else logits[:, :cap]
+        return candidates, logits
+
+    generator.get_candidates = get_candidates
+    return generator
+
+
 __all__ = ["ALL_ATTENTION_FUNCTIONS", "BaseModelOutputWithPast", "CACHE_NAME", "Cache", "CausalLMOutputWithPast",
            "CompileConfig", "GenerationMixin", "GradientCheckpointingLayer", "NEWEST_TRANSFORMERS",
            "OLDEST_TRANSFORMERS", "PreTrainedModel", "TESTED_TRANSFORMERS", "TRANSFORMERS_REQUIREMENT",
-           "can_return_tuple", "compile_on_all_devices", "init", "move_generation_cache", "take_cache"]
+           "can_return_tuple", "cap_draft_length", "compile_on_all_devices", "init", "move_generation_cache", "take_cache"]

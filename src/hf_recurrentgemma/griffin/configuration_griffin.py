@@ -7,8 +7,8 @@ usual names (`hidden_size` is the reference `width`, `intermediate_size` its `ml
 `attention_window_size=W` has the reference's meaning: a query attends to itself and the `W` previous tokens
 (`W + 1` keys). Transformers' built-in `recurrent_gemma` lets a query see only `W - 1` previous tokens.
 
-This file is shipped as Hub remote code by `save_pretrained`; from this package it imports only the scan backend
-registry's names (`ops_griffin.py`, itself remote code).
+This file is shipped as Hub remote code by `save_pretrained`. It is a leaf: it imports nothing else of this package
+(and no torch at import), so reading a config costs no kernel loading.
 """
 
 import itertools
@@ -17,7 +17,10 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
-from .ops_griffin import SCAN_BACKEND_NAMES  # "auto" and every backend of the registry
+# The RG-LRU scan backends a config may name; `ops_griffin.SCAN_BACKEND_REGISTRY` implements exactly these (it
+# checks so at import). Declared here so the config stays a leaf: importing it loads no torch ops or kernels.
+SCAN_BACKENDS = ("sequential", "cpu_kernel", "triton")
+SCAN_BACKEND_NAMES = ("auto", *SCAN_BACKENDS)
 
 RECURRENT = "recurrent"
 ATTENTION = "attention"

@@ -14,8 +14,15 @@ Variants (`kernel_build_griffin.py` builds them, picks one at run time, and read
 instruction, so 16 rows cost what one does), `bf16-dot` (AVX-512 BF16 pair products, bfloat16 weights only),
 `fp32-fma-512` (AVX-512F) and `fp32-fma-256` (AVX2 + FMA): weights widened to float32 (bfloat16 by a 16-bit
 shift, int8 by conversion), multiplied and accumulated in float32; `scalar`, portable C, tested everywhere but
-used by `linear_cpu` only when asked for, since torch's own product is faster than scalar C. Every variant accumulates in float32 and rounds once
-to x's dtype: equal to F.linear within float32 accumulation order.
+used by `linear_cpu` only when asked for, since torch's own product is faster than scalar C. Every variant
+accumulates in float32 and rounds once to x's dtype: equal to F.linear within float32 accumulation order.
+
+Row invariance: each output is accumulated in an order fixed by K alone (vector lanes along K, their reduction,
+then the K tail; AMX tiles multiply 32 k at a time in one fixed order), never by how many input rows share a
+weight tile, so a call of M <= MAX_ROWS rows gives each row bit for bit what that row alone gives, in every
+variant. Every variant takes up to MAX_ROWS rows (bf16-dot too, although torch's oneDNN GEMM is faster from 5
+rows where AMX exists): a speculative verification must stay in this kernel to equal the decoding steps it
+replaces (docs/speculative.md; tests/ops/test_cpu_kernels.py, tests/model/test_batch_invariance.py).
 """
 
 import re
@@ -24,10 +31,8 @@ from string import Template
 import torch
 
 from .cpu_widen_griffin import linear_widened, widen_applies
-from .kernel_build_griffin import (CAPABILITIES, CompiledKernel, kernel_argtypes, kernel_enabled,
+from .kernel_build_griffin import (CAPABILITIES, MAX_ROWS, CompiledKernel, kernel_argtypes, kernel_enabled,
                                    kernel_settings)
-
-MAX_ROWS = 16
 FLOAT_VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")  # float32 and int8 weights
 BF16_VARIANTS = (*FLOAT_VARIANTS, "bf16-dot", "bf16-tile")
 VARIANTS = {"bf16": BF16_VARIANTS, "f32": FLOAT_VARIANTS, "int8": FLOAT_VARIANTS}
@@ -340,6 +345,14 @@ def _rows(x: torch.Tensor) -> int:
     return x.numel() // x.shape[-1]
 
 
+def row_invariant_call(x: torch.Tensor) -> bool:
+    """Whether a call over x (..., K) is one of 2..MAX_ROWS rows on CPU (verifying a speculative draft, decoding a
+    small batch): the sizes at which a forward equals that many one-row forwards bit for bit. The few-row kernels
+    accumulate each row in the same order whatever the row count; the layers route their other row-coupled ops
+    (the RG-LRU gates' bmm, attention) through their one-row form for such calls (docs/speculative.md)."""
+    return x.device.type == "cpu" and 1 < _rows(x) <= MAX_ROWS
+
+
 @torch.library.custom_op(f"{_NS}::matmul_rows", mutates_args=(), device_types="cpu")
 def _matmul_rows_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: str) -> torch.Tensor:
     """x (..., K) with at most MAX_ROWS rows, in the weight's dtype (bfloat16 or float32), times weight (N, K);
@@ -420,19 +433,11 @@ def native_bf16() -> bool:
     return rank >= CAPABILITIES.index("bf16-dot")
 
 
-def _row_limit(kind: str, variant: str) -> int:
-    """The most rows `linear_cpu` sends to the kernel. With bfloat16 pair products (`bf16-dot`, i.e. capped below
-    the AMX tiles) the kernel's arithmetic, not the weight reads, bounds it from 5 rows on, and torch's bfloat16
-    GEMM (oneDNN, which uses AMX where the CPU has it) was faster there (docs/performance.md); every other kind and
-    variant wins up to MAX_ROWS (float32: torch's few-row GEMM reads its weights about once per row)."""
-    return 4 if kind == "bf16" and variant == "bf16-dot" else MAX_ROWS
-
-
 def gemv_kind(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     """The kernel family `linear_cpu` runs for this call on this machine now, or None for `F.linear`."""
     kind = weight_kind(x, weight)
     variant = None if kind is None else matvec_variant(kind)
-    return kind if variant is not None and _rows(x) <= _row_limit(kind, variant) else None
+    return kind if variant is not None else None
 
 
 def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: str) -> torch.Tensor:
@@ -446,10 +451,13 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 def linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`, through the few-row kernel where `gemv_kind` says one applies, or for a
     bfloat16 prompt on a CPU without native bfloat16 through float32 tiles (`cpu_widen_griffin.py`). Equal to
-    F.linear within float32 accumulation order, rounded once to x's dtype."""
+    F.linear within float32 accumulation order, rounded once to x's dtype. An exported program (torch.export) is run
+    by another runtime, which has none of these kernels: it gets `F.linear`."""
+    if torch.compiler.is_exporting():
+        return torch.nn.functional.linear(x, weight, bias)
     kind = weight_kind(x, weight)
     variant = None if kind is None else matvec_variant(kind)
-    if variant is None or _rows(x) > _row_limit(kind, variant):
+    if variant is None:
         if widen_applies(x, weight) and not native_bf16():  # a bfloat16 prompt on a CPU without native bfloat16
             return linear_widened(x, weight, bias)
         return torch.nn.functional.linear(x, weight, bias)

@@ -369,10 +369,12 @@ def quant_format(weight) -> str | None:
 
 
 def is_quantized(weight) -> bool:
-    """Whether `weight` is a torchao tensor subclass (quantized), whatever its layout: such a weight goes through
-    `linear_quantized`, which falls back to torchao's own product where this module has no kernel for it. (Checked
-    by the class's module, so a DTensor or another wrapper stays on `cpu_matvec_griffin.linear_cpu`.)"""
-    return type(weight).__module__.startswith("torchao.")
+    """Whether `weight` is a quantized tensor subclass, whatever its layout: such a weight goes through
+    `linear_quantized`, which falls back to the subclass's own product where this module has no kernel for it.
+    Duck-typed on the integer codes torchao's weight tensors carry (`qdata`), so a DTensor or another wrapper stays
+    on `cpu_matvec_griffin.linear_cpu`; plain tensors and parameters are told apart by their type first, which a
+    compiled graph decides without tracing an attribute lookup."""
+    return type(weight) not in (torch.Tensor, torch.nn.Parameter) and hasattr(weight, "qdata")
 
 
 _functions: dict[tuple, object] = {}

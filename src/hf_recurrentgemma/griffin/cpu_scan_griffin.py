@@ -13,12 +13,12 @@ the latter with non-temporal stores for large outputs). Floating-point contracti
 are bit-identical to it in float32 and bfloat16.
 """
 
-import re
 from string import Template
 
 import torch
 
-from .kernel_build_griffin import CompiledKernel, kernel_argtypes, kernel_enabled
+from .kernel_build_griffin import (CompiledKernel, kernel_argtypes, kernel_enabled, op_namespace, symbol_suffix,
+                                   target_attribute)
 from .scan_autograd_griffin import register_reverse_scan_autograd, scan_with_backend
 
 SCAN_VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")
@@ -150,8 +150,9 @@ _STREAM_512 = r"""
 def _source() -> str:
     parts = [_COMMON, _SCANS.substitute(v="scalar", attr="", stream="")]
     parts.append("#if defined(HF_RG_X86)")
-    parts.append(_SCANS.substitute(v="fp32_fma_256", attr='__attribute__((target("avx2,fma")))', stream=""))
-    parts.append(_SCANS.substitute(v="fp32_fma_512", attr='__attribute__((target("avx512f")))', stream=_STREAM_512))
+    for capability, stream in (("fp32-fma-256", ""), ("fp32-fma-512", _STREAM_512)):
+        parts.append(_SCANS.substitute(v=symbol_suffix(capability), attr=target_attribute(capability),
+                                       stream=stream))
     parts.append("#endif")
     return "\n".join(parts)
 
@@ -184,9 +185,7 @@ def _kernel(function: str):
     return SCAN_KERNEL.function(function, SCAN_KERNEL.best_variant(SCAN_VARIANTS))
 
 
-# The op namespace is this module's name, so the package and a copy shipped as Hub remote code (another module
-# name) can both register their ops in one process.
-_NS = re.sub(r"\W", "_", __name__)
+_NS = op_namespace(__name__)
 
 
 @torch.library.custom_op(f"{_NS}::rnn_scan", mutates_args=(), device_types="cpu")

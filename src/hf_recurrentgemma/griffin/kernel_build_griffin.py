@@ -37,6 +37,7 @@ target attribute does not change it): the scan rounds `a * h + x` twice, exactly
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,14 @@ from typing import NamedTuple
 
 # Capability names, weakest first; a variant's index is its rank.
 CAPABILITIES = ("scalar", "fp32-fma-256", "fp32-fma-512", "bf16-dot", "bf16-tile")
+# The compiler target of each capability, for the `__attribute__((target(...)))` of the functions built for it:
+# the one table every kernel module takes its variants' attributes from (`target_attribute`).
+TARGETS = {"scalar": None, "fp32-fma-256": "avx2,fma", "fp32-fma-512": "avx512f",
+           "bf16-dot": "avx512f,avx512bf16", "bf16-tile": "avx512f,avx512bf16,amx-tile,amx-bf16"}
+# Rows (tokens) the few-row matrix kernels take in one call: one decoding step up to a 15-token draft plus its
+# bonus token. Every row is accumulated in the same order whatever the row count (docs/speculative.md), so a call
+# of up to MAX_ROWS rows equals that many one-row calls; longer inputs go to the prompt paths.
+MAX_ROWS = 16
 KERNEL_NAMES = ("scan", "gemv", "widen")  # cpu_scan_griffin, cpu_matvec_griffin, cpu_widen_griffin
 DEFAULT_CFLAGS = ("-O3", "-fno-math-errno")
 REQUIRED_CFLAGS = ("-ffp-contract=off", "-fPIC", "-shared", "-fopenmp")
@@ -100,6 +109,23 @@ static int find_capability(void) {
     return 0;
 }
 """
+
+
+def target_attribute(capability: str) -> str:
+    """The C attribute that compiles a function for `capability` ("" for scalar code)."""
+    target = TARGETS[capability]
+    return f'__attribute__((target("{target}")))' if target else ""
+
+
+def symbol_suffix(capability: str) -> str:
+    """The C identifier suffix of a variant: "fp32-fma-256" -> "fp32_fma_256"."""
+    return capability.replace("-", "_")
+
+
+def op_namespace(module_name: str) -> str:
+    """The `torch.library` namespace of a kernel module's ops: its module name made an identifier, so the package
+    and a copy shipped as Hub remote code (another module name) can both register their ops in one process."""
+    return re.sub(r"\W", "_", module_name)
 
 
 class KernelSettings(NamedTuple):

@@ -23,14 +23,16 @@ from .cache_griffin import (
 )
 from .compat_griffin import ALL_ATTENTION_FUNCTIONS, init
 from .configuration_griffin import GriffinConfig
-from .cpu_matvec_griffin import linear_cpu
+from .cpu_matvec_griffin import linear_cpu, row_invariant_call
 from .cpu_quant_griffin import is_quantized, linear_quantized
 from .ops_griffin import (
     causal_conv1d,
+    conv_tails_before,
+    key_documents,
     local_attention_mask,
     rg_lru_gated_inputs,
     rnn_scan,
-    rnn_scan_step,
+    rnn_scan_recording,
     rope_tables,
     rotate_half_dims,
 )
@@ -127,7 +129,14 @@ class BlockDiagonalLinear(nn.Module):
         # One batched GEMM over the H blocks: equal to the reference's einsum "... h i, h i j -> ... h j" to the
         # bit, and fewer copies than einsum makes.
         blocks = x.reshape(-1, self.num_blocks, x.shape[-1] // self.num_blocks).transpose(0, 1)  # (H, N, i)
-        y = torch.bmm(blocks, self.weight).transpose(0, 1) + self.bias  # (N, H, j)
+        if row_invariant_call(x):
+            # A few rows (a speculative verification): torch's bmm picks another kernel, with another summation
+            # order, for 2..16 rows than for one, so each row goes through the one-row product a decoding step
+            # runs and the call equals that many decoding steps bit for bit (docs/speculative.md).
+            y = torch.cat([torch.bmm(blocks[:, n : n + 1], self.weight) for n in range(blocks.shape[1])], dim=1)
+        else:
+            y = torch.bmm(blocks, self.weight)  # (H, N, j)
+        y = y.transpose(0, 1) + self.bias  # (N, H, j)
         return y.reshape(x.shape)
 
 
@@ -157,41 +166,6 @@ class GriffinRGLRU(nn.Module):
         """The inputs and decays (B, T, L) of the recurrence `h_t = a_t * h_{t-1} + x_t`, in `x.dtype`
         (the formula: `ops_griffin.rg_lru_gated_inputs`)."""
         return rg_lru_gated_inputs(x, self.input_gate(x), self.a_gate(x), self.a_param, reset)
-
-
-def rnn_scan_recording(x, a, h0, backend: str, record: int):
-    """`rnn_scan`, also returning the float32 state before each of the last `record` steps (B, record, L).
-
-    In bfloat16 the scan's per-step outputs are rounded, so those states are not in its output: the scan runs up to
-    the last `record` steps, and those steps run one at a time from its float32 final state (`rnn_scan_step`).
-    Every backend equals the sequential scan to the bit on CPU (tests/ops/test_scan_backends.py), so the output is the
-    one plain `rnn_scan` gives, and the states are exactly those it passes through."""
-    split = x.shape[1] - record
-    ys, h = [], h0
-    if split > 0:
-        y, h = rnn_scan(x[:, :split], a[:, :split], h0, backend=backend)
-        ys.append(y)
-    before = []
-    for t in range(split, x.shape[1]):
-        before.append(h)
-        y, h = rnn_scan_step(x[:, t : t + 1], a[:, t : t + 1], h)
-        ys.append(y)
-    return torch.cat(ys, dim=1), h, torch.stack(before, dim=1)
-
-
-def conv_tails_before(x: torch.Tensor, tail: torch.Tensor, reset: torch.Tensor, record: int) -> torch.Tensor:
-    """The conv1d tail before each of the last `record` tokens: what `causal_conv1d` returns for a call that ends
-    just before that token (its K-1 previous inputs, zeroed where a document start after them hides them).
-    x: (B, T, L) conv inputs; tail: (B, K-1, L); reset: (B, T) bool -> (B, record, K-1, L)."""
-    width1, seq_len = tail.shape[1], x.shape[1]
-    x_ext = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, K-1+T, L)
-    reset_ext = torch.cat([torch.zeros_like(reset[:, :1]).expand(-1, width1), reset], dim=1)
-    tails = []
-    for j in range(seq_len - record, seq_len):
-        starts = reset_ext[:, j : j + width1].int()  # (B, K-1): resets at the tail's entries
-        starts_after = starts.flip(1).cumsum(1).flip(1) - starts  # resets after each entry, within the tail
-        tails.append(x_ext[:, j : j + width1] * (starts_after == 0)[..., None].to(x.dtype))
-    return torch.stack(tails, dim=1)
 
 
 class GriffinConv1d(nn.Module):
@@ -307,6 +281,8 @@ class GriffinLocalAttention(nn.Module):
         steps = attention_steps(state, k, v, seq) if seq.record else None
         if seq_len == 1:
             out, state = self._attend_one_token(attend, q, k, v, seq, state)
+        elif row_invariant_call(x):
+            out, state = self._attend_tokens(attend, q, k, v, seq, state)
         else:
             out, state = self._attend_chunks(attend, q, k, v, seq, state)
         out = out.reshape(batch, seq_len, -1)
@@ -318,7 +294,8 @@ class GriffinLocalAttention(nn.Module):
         window = self.config.attention_window_size
         chunk = query_chunk_size(window)
         outputs = []
-        for start in range(0, q.shape[2], chunk):
+        # One chunk without `range`: an exported program keeps the prompt length symbolic (docs/export.md).
+        for start in range(0, q.shape[2], chunk) if chunk < q.shape[2] else (0,):
             part = slice(start, start + chunk)
             keys = torch.cat([state.keys, k[:, :, part]], dim=2)  # (B, 1, W + C, Dh)
             values = torch.cat([state.values, v[:, :, part]], dim=2)
@@ -345,6 +322,28 @@ class GriffinLocalAttention(nn.Module):
         return out, AttentionState(keys[:, :, 1:], values[:, :, 1:], valid[:, 1:])
 
 
+    def _attend_tokens(self, attend, q, k, v, seq: SequenceInfo, state: AttentionState):
+        """`_attend_one_token` for each of a few tokens in turn (a speculative verification): every query sees the
+        W + 1 keys a decoding step would give it, in the same order and with the same mask, so the call equals T
+        decoding steps bit for bit. (`_attend_chunks` reduces over the W + C keys of the whole chunk, which rounds
+        differently.) The keys are views into one [W carried | T new] buffer: no copy per token.
+        q (B, H, T, Dh), k and v (B, 1, T, Dh) -> out (B, T, H, Dh), new state."""
+        window = state.keys.shape[2]
+        keys = torch.cat([state.keys, k], dim=2)  # (B, 1, W + T, Dh)
+        values = torch.cat([state.values, v], dim=2)
+        valid = state.valid
+        itself = torch.ones_like(valid[:, :1])
+        outputs = []
+        for t in range(q.shape[2]):
+            past_valid = valid & ~seq.reset[:, t : t + 1]  # (B, W): the rule of `_attend_one_token`
+            mask = torch.cat([past_valid, itself], dim=1)[:, None, None, :]  # (B, 1, 1, W + 1)
+            out, _ = attend(self, q[:, :, t : t + 1], keys[:, :, t : t + window + 1],
+                            values[:, :, t : t + window + 1], mask, scaling=self.scaling, dropout=0.0)
+            outputs.append(out)
+            valid = torch.cat([past_valid, seq.key_valid[:, t : t + 1]], dim=1)[:, 1:]
+        return torch.cat(outputs, dim=1), AttentionState(keys[:, :, -window:], values[:, :, -window:], valid)
+
+
 def attention_steps(state: AttentionState, k: torch.Tensor, v: torch.Tensor, seq: SequenceInfo) -> AttentionSteps:
     """For each of the last `seq.record` tokens of a call: the key/value slot it pushes out of the window, and the
     key visibility before it, as a call ending just before it leaves it (a slot is visible when it holds a real
@@ -357,7 +356,7 @@ def attention_steps(state: AttentionState, k: torch.Tensor, v: torch.Tensor, seq
     values = torch.cat([state.values[:, 0, first:end], v[:, 0, max(first - window, 0) : max(end - window, 0)]],
                        dim=1)
     valid = torch.cat([state.valid, seq.key_valid], dim=1)  # (B, W + T)
-    doc = torch.cat([torch.zeros_like(state.valid, dtype=torch.long), seq.reset.long().cumsum(1)], dim=1)
+    doc = key_documents(window, seq.reset)  # (B, W + T)
     slots = torch.arange(first, end, device=valid.device)[:, None] + torch.arange(window, device=valid.device)
     current_doc = doc[:, window - 1 + torch.arange(first, end, device=valid.device)]  # (B, r): doc of token j-1
     visible = valid[:, slots] & (doc[:, slots] == current_doc[..., None])  # (B, r, W)

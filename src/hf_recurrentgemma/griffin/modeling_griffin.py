@@ -24,12 +24,14 @@ from .compat_griffin import (  # Transformers internals, checked against the ins
     GradientCheckpointingLayer,
     PreTrainedModel,
     can_return_tuple,
+    cap_draft_length,
     compile_on_all_devices,
     init,
     move_generation_cache,
     take_cache,
 )
 from .configuration_griffin import ATTENTION, GriffinConfig
+from .cpu_matvec_griffin import MAX_ROWS
 from .layers_griffin import (
     BlockDiagonalLinear,
     GriffinConv1d,
@@ -42,13 +44,12 @@ from .layers_griffin import (
     SequenceInfo,
 )
 from .ops_griffin import scale_embeddings, soft_cap_logits
+from .load_checks_griffin import check_loaded_weights, check_stored_dtypes
 from .validation_griffin import (
     ValueChecks,
     check_attention_mask,
     check_cache,
     check_lm_arguments,
-    check_loaded_weights,
-    check_stored_dtypes,
     check_position_ids_shape,
     check_positions,
     check_token_ids,
@@ -58,6 +59,11 @@ from .validation_griffin import (
 
 # Inference prompts longer than this run through the layers in segments of this many tokens.
 PREFILL_SEGMENT = 2048
+# The most tokens a draft may propose per round of assisted decoding (Transformers' default is 20): the target
+# verifies them with the last accepted token in one forward of MAX_DRAFT_TOKENS + 1 <= MAX_ROWS tokens, the sizes at
+# which that forward equals as many one-token steps bit for bit on CPU, so greedy speculation gives plain greedy's
+# tokens in every dtype (docs/speculative.md). Longer drafts are rarely accepted whole anyway.
+MAX_DRAFT_TOKENS = MAX_ROWS - 1
 
 
 class GriffinDecoderLayer(GradientCheckpointingLayer):
@@ -211,28 +217,30 @@ class GriffinModel(GriffinPreTrainedModel):
         # Without autograd, a long prompt goes through the whole stack in segments, the state carried from one to
         # the next exactly as a cache carries it: each segment's activations stay in the CPU's caches, so the cost
         # per token does not grow with the prompt (docs/performance.md). One segment otherwise.
-        segment = seq_len if torch.is_grad_enabled() or all_hidden is not None else min(seq_len, PREFILL_SEGMENT)
+        whole = torch.is_grad_enabled() or all_hidden is not None or seq_len <= PREFILL_SEGMENT
+        segment = seq_len if whole else PREFILL_SEGMENT
         # A recording cache (rollback, docs/speculative.md) keeps the state before each of the last `record` tokens.
         record = cache.tokens_to_record(seq_len) if cache is not None else 0
-        steps = [[] for _ in self.layers]
         outputs = []
-        for start in range(0, seq_len, segment):
+        # One segment without `range`: an exported program keeps the prompt length symbolic (docs/export.md).
+        for start in (0,) if whole else range(0, seq_len, segment):
             part = slice(start, start + segment)
             end = min(start + segment, seq_len)
             h, seq_part = x[:, part], seq.segment(part, max(0, min(end - start, end - (seq_len - record))))
+            steps = []
             for idx, layer in enumerate(self.layers):
                 if all_hidden is not None:
                     all_hidden.append(h)
                 h, states[idx], layer_steps = layer(h, seq_part, states[idx])
-                if layer_steps is not None:
-                    steps[idx].append(layer_steps)
+                steps.append(layer_steps)
+            if seq_part.record:  # this segment's share of the last `record` tokens goes to the cache as it comes
+                before = cache.next_position if start == 0 else seq.positions[:, start - 1].to(torch.long) + 1
+                cache.record(steps, seq_part.positions, before)
             outputs.append(self.final_norm(h))
         x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
         if all_hidden is not None:
             all_hidden.append(x)
         if cache is not None:
-            if record:
-                cache.record([type(s[0])(*(torch.cat(f, dim=1) for f in zip(*s))) for s in steps], seq.positions)
             for idx, state in enumerate(states):
                 cache.update_state(idx, state)
             cache.advance(seq.positions[:, -1], seq_len)
@@ -320,6 +328,10 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         batch, seq_len = check_token_inputs(input_ids, inputs_embeds, self.config.hidden_size,
                                             self.model.embed_tokens.weight.dtype)
         check_lm_arguments(labels, logits_to_keep, batch, seq_len, self.lm_head.out_features)
+        if (isinstance(cache, GriffinCache) and cache.recording and labels is None and not output_hidden_states
+                and isinstance(logits_to_keep, int) and 1 < logits_to_keep < seq_len):
+            return self._prompt_then_draft(logits_to_keep - 1, input_ids, attention_mask, position_ids, cache,
+                                           inputs_embeds, use_cache, **kwargs)
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
@@ -327,8 +339,7 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         )
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden[:, keep, :])
-        logits = soft_cap_logits(logits, self.config.logits_soft_cap)
+        logits = self.compute_logits(hidden[:, keep, :])
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
@@ -336,7 +347,36 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
                                       hidden_states=outputs.hidden_states)
 
+    def _prompt_then_draft(self, drafted: int, input_ids, attention_mask, position_ids, cache, inputs_embeds,
+                           use_cache, **kwargs) -> CausalLMOutputWithPast:
+        """The first verification of assisted decoding: a recording forward over the prompt followed by `drafted`
+        draft tokens, asking for the logits of the prompt's last token and the draft's (Transformers passes
+        `logits_to_keep = drafted + 1` and runs no prefill of its own). It runs as plain greedy runs the same
+        tokens: the prompt's prefill, then the draft as one few-token call, which equals that many one-token
+        steps bit for bit (docs/speculative.md). One forward over all of them would round the prompt's states
+        differently (other matrix-product shapes), and greedy speculation could then drift from plain greedy."""
+
+        def cut(tensor, part):
+            return None if tensor is None else tensor[:, part]
+
+        prompt, draft = slice(None, -drafted), slice(-drafted, None)
+        common = dict(cache=cache, use_cache=use_cache, **kwargs)
+        # `forward`, not `self(...)`: hooks on this module see one call, as generate() made it.
+        first = self.forward(input_ids=cut(input_ids, prompt), position_ids=cut(position_ids, prompt),
+                             inputs_embeds=cut(inputs_embeds, prompt), logits_to_keep=1,
+                             attention_mask=None if attention_mask is None else attention_mask[:, :-drafted],
+                             **common)
+        second = self.forward(input_ids=cut(input_ids, draft), position_ids=cut(position_ids, draft),
+                              inputs_embeds=cut(inputs_embeds, draft), logits_to_keep=drafted,
+                              attention_mask=attention_mask, **common)
+        return CausalLMOutputWithPast(logits=torch.cat([first.logits, second.logits], dim=1), cache=second.cache)
+
     # --- generate() integration -----------------------------------------------------------------------------
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head then the reference's logit soft cap: hidden (..., D) -> logits (..., V) in the model dtype.
+        The one place logits are made: `forward`, the perplexity command and the engine integrations call it."""
+        return soft_cap_logits(self.lm_head(hidden), self.config.logits_soft_cap)
+
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
                                       max_cache_length):
         """Every generation uses a `GriffinCache`: it is fixed-size already, so `cache_implementation` "static"
@@ -360,6 +400,12 @@ class GriffinForCausalLM(GriffinPreTrainedModel, GenerationMixin):
         model_kwargs[CACHE_NAME] = GriffinCache(self.config)
         if generation_config.is_assistant:  # a draft model's cache is cut back after every verification
             model_kwargs[CACHE_NAME].activate_past_recording()
+
+    def _get_candidate_generator(self, generation_config, *args, **kwargs):
+        """Transformers' candidate generator for assisted decoding (a draft model, prompt lookup, ...), capped at
+        MAX_DRAFT_TOKENS tokens a round (see there for why)."""
+        generator = super()._get_candidate_generator(generation_config, *args, **kwargs)
+        return cap_draft_length(generator, MAX_DRAFT_TOKENS)
 
     def _valid_auto_compile_criteria(self, model_kwargs, generation_config) -> bool:
         """Compile the decode step when asked: `cache_implementation="static"` (as for Transformers' static caches;

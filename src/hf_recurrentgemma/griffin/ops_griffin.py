@@ -8,12 +8,15 @@ Shape letters used throughout the package:
 Every function here takes the state it needs and returns the new one; nothing is stored between calls.
 """
 
+import contextlib
+import contextvars
 import logging
 import warnings
 from typing import Callable, NamedTuple
 
 import torch
 
+from . import configuration_griffin
 from .cpu_scan_griffin import rnn_scan_cpu, scan_kernel_error
 from .scan_triton_griffin import rnn_scan_triton, triton_error
 
@@ -68,6 +71,61 @@ def rnn_scan_sequential(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> t
     return torch.stack(ys, dim=1), h
 
 
+# How an exported program (torch.export) runs the recurrence over a prompt. A Python loop over T would fix the prompt
+# length in the program, so the steps go into one of torch's loop operators, each step the sequential scan's own
+# `a * h + x` in float32: "scan" (lowered by ONNX and ExecuTorch) or "while_loop" (lowered by ONNX and OpenVINO, which
+# has no rule for scan). Chosen per export by `export_loop` (hf_recurrentgemma/export picks it per backend).
+EXPORT_LOOPS = ("scan", "while_loop")
+_export_loop = contextvars.ContextVar("hf_recurrentgemma_export_loop", default="scan")
+
+
+@contextlib.contextmanager
+def export_loop(kind: str):
+    """Within the block, programs exported from this model run the RG-LRU recurrence in loop operator `kind`."""
+    if kind not in EXPORT_LOOPS:
+        raise ValueError(f"unknown export loop {kind!r}; available: {list(EXPORT_LOOPS)}")
+    token = _export_loop.set(kind)
+    try:
+        yield
+    finally:
+        _export_loop.reset(token)
+
+
+def rnn_scan_exported(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor,
+                      loop: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rnn_scan_sequential` as one loop operator whose trip count is the symbolic T (`EXPORT_LOOPS`): the same
+    float32 steps in the same order, so an exported program gives the sequential scan's values.
+    x, a: (B, T, L); h0: (B, L) float32 -> y (B, T, L) in x.dtype, h (B, L) float32."""
+    loop = loop or _export_loop.get()
+    xs, decays = x.transpose(0, 1).float().contiguous(), a.transpose(0, 1).float().contiguous()  # (T, B, L)
+    if loop == "scan":
+        from torch._higher_order_ops.scan import scan
+
+        def step(h, inputs):
+            x_t, a_t = inputs
+            h = a_t * h + x_t
+            return h, h.clone()  # a loop output may not alias its carry
+
+        h, ys = scan(step, h0, (xs, decays))
+    elif loop == "while_loop":
+        from torch._higher_order_ops.while_loop import while_loop
+
+        def more(t, h, ys, xs, decays):
+            return t < xs.shape[0]
+
+        def step(t, h, ys, xs, decays):
+            index = t.reshape(1)
+            h = decays.index_select(0, index)[0] * h + xs.index_select(0, index)[0]
+            # The inputs travel as carries, returned as they came: OpenVINO's loop takes no other operands.
+            return t + 1, h, ys.index_copy(0, index, h[None]), xs.clone(), decays.clone()
+
+        start = torch.zeros((), dtype=torch.long, device=x.device)
+        _, h, ys, _, _ = while_loop(more, step, (start, h0, torch.zeros(xs.shape, device=x.device), xs, decays))
+    else:
+        raise ValueError(f"unknown export loop {loop!r}; available: {list(EXPORT_LOOPS)}")
+    return ys.transpose(0, 1).to(x.dtype), h
+
+
 def rnn_scan_step(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One step (T = 1) of the recurrence in plain tensor ops: what every backend computes for a decoding step,
     with no dispatch or kernel call, so a compiled decode step traces straight through it."""
@@ -100,7 +158,10 @@ SCAN_BACKEND_REGISTRY = (
                 fix="pip install 'hf-recurrentgemma[gpu]' to fix"),
 )
 SCAN_BACKENDS = {backend.name: backend.fn for backend in SCAN_BACKEND_REGISTRY}
-SCAN_BACKEND_NAMES = ("auto", *SCAN_BACKENDS)
+if tuple(SCAN_BACKENDS) != configuration_griffin.SCAN_BACKENDS:
+    raise ImportError(f"ops_griffin's scan registry {tuple(SCAN_BACKENDS)} differs from the names a config accepts "
+                      f"{configuration_griffin.SCAN_BACKENDS} (configuration_griffin.SCAN_BACKENDS)")
+SCAN_BACKEND_NAMES = configuration_griffin.SCAN_BACKEND_NAMES
 _BY_NAME = {backend.name: backend for backend in SCAN_BACKEND_REGISTRY}
 _auto_choice: dict[tuple, str] = {}
 
@@ -147,7 +208,29 @@ def rnn_scan(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor, backend: str = 
         raise ValueError(f"unknown scan backend {backend!r}; available: {list(SCAN_BACKEND_NAMES)}")
     if x.shape[1] == 1:
         return rnn_scan_step(x, a, h0)
+    if torch.compiler.is_exporting():  # another runtime runs the program: no kernel of ours, T stays symbolic
+        return rnn_scan_exported(x, a, h0)
     return SCAN_BACKENDS[resolve_scan_backend(backend, x.device, x.dtype)](x, a, h0)
+
+
+def rnn_scan_recording(x, a, h0, backend: str, record: int):
+    """`rnn_scan`, also returning the float32 state before each of the last `record` steps (B, record, L).
+
+    In bfloat16 the scan's per-step outputs are rounded, so those states are not in its output: the scan runs up to
+    the last `record` steps, and those steps run one at a time from its float32 final state (`rnn_scan_step`).
+    Every backend equals the sequential scan to the bit on CPU (tests/ops/test_scan_backends.py), so the output is the
+    one plain `rnn_scan` gives, and the states are exactly those it passes through."""
+    split = x.shape[1] - record
+    ys, h = [], h0
+    if split > 0:
+        y, h = rnn_scan(x[:, :split], a[:, :split], h0, backend=backend)
+        ys.append(y)
+    before = []
+    for t in range(split, x.shape[1]):
+        before.append(h)
+        y, h = rnn_scan_step(x[:, t : t + 1], a[:, t : t + 1], h)
+        ys.append(y)
+    return torch.cat(ys, dim=1), h, torch.stack(before, dim=1)
 
 
 def rg_lru_gated_inputs(
@@ -317,10 +400,31 @@ def causal_conv1d(
 
     # Entries of the new tail that a later document start hides are zeroed, so decoding never looks past it.
     reset_ext = torch.cat([torch.zeros_like(reset[:, :1]).expand(-1, width - 1), reset], dim=1)
-    starts_after = reset_ext.flip(1).int().cumsum(1).flip(1) - reset_ext.int()  # resets in (m, end]
-    visible = (starts_after == 0)[:, -(width - 1) :, None]
+    visible = _visible_inputs(reset_ext[:, -(width - 1) :])[..., None]
     new_tail = x_ext[:, -(width - 1) :] * visible.to(x.dtype)
     return y, new_tail
+
+
+def _visible_inputs(starts: torch.Tensor) -> torch.Tensor:
+    """Which of N consecutive conv inputs a conv tail keeps: those after which no document starts among them.
+    starts: (B, N) bool, a document starts at the input -> (B, N) bool. The one rule behind `causal_conv1d`'s new
+    tail and `conv_tails_before`."""
+    count = starts.int()
+    return count.flip(1).cumsum(1).flip(1) - count == 0  # no start in (m, end]
+
+
+def conv_tails_before(x: torch.Tensor, tail: torch.Tensor, reset: torch.Tensor, record: int) -> torch.Tensor:
+    """The conv1d tail before each of the last `record` tokens: what `causal_conv1d` returns for a call that ends
+    just before that token (its K-1 previous inputs, zeroed where a document start after them hides them).
+    x: (B, T, L) conv inputs; tail: (B, K-1, L); reset: (B, T) bool -> (B, record, K-1, L)."""
+    width1, seq_len = tail.shape[1], x.shape[1]
+    x_ext = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, K-1+T, L)
+    reset_ext = torch.cat([torch.zeros_like(reset[:, :1]).expand(-1, width1), reset], dim=1)
+    tails = []
+    for j in range(seq_len - record, seq_len):
+        visible = _visible_inputs(reset_ext[:, j : j + width1])  # (B, K-1), as the call ending at token j-1 leaves it
+        tails.append(x_ext[:, j : j + width1] * visible[..., None].to(x.dtype))
+    return torch.stack(tails, dim=1)
 
 
 def _causal_conv1d_step(x, tail, weight, bias, reset):
@@ -374,6 +478,15 @@ def rotate_half_dims(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> t
     return torch.cat([first * cos - second * sin, second * cos + first * sin, x_pass], dim=-1)
 
 
+def key_documents(window: int, reset: torch.Tensor) -> torch.Tensor:
+    """The document of each key slot `[W carried | T new]`, counted from the one current before the T tokens (0):
+    reset (B, T) bool -> (B, W + T) long. A key is visible to a query only when both are of one document: the one
+    rule behind `local_attention_mask`, the window a call leaves (`GriffinLocalAttention`), and the visibility
+    rollback records (`attention_steps`)."""
+    carried = torch.zeros(reset.shape[0], window, dtype=torch.long, device=reset.device)
+    return torch.cat([carried, reset.long().cumsum(1)], dim=1)
+
+
 def local_attention_mask(
     past_valid: torch.Tensor, key_valid: torch.Tensor, reset: torch.Tensor, window: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,8 +507,8 @@ def local_attention_mask(
         doc: (B, W + C) long, document index of each key relative to the chunk start (0 = current at start).
     """
     chunk = key_valid.shape[1]
-    q_doc = reset.long().cumsum(1)  # (B, C)
-    doc = torch.cat([torch.zeros_like(past_valid, dtype=torch.long), q_doc], dim=1)  # (B, W + C)
+    doc = key_documents(window, reset)  # (B, W + C)
+    q_doc = doc[:, window:]  # (B, C)
     valid = torch.cat([past_valid, key_valid], dim=1)
     q_idx = torch.arange(chunk, device=reset.device)[:, None] + window
     k_idx = torch.arange(window + chunk, device=reset.device)[None, :]

@@ -18,10 +18,10 @@ imported, Triton's interpreter runs the kernels on CPU tensors; that is how test
 on machines without a GPU.
 """
 
-import re
 
 import torch
 
+from .kernel_build_griffin import op_namespace
 from .scan_autograd_griffin import register_reverse_scan_autograd, scan_with_backend
 
 try:
@@ -106,9 +106,7 @@ def _launch_config(x: torch.Tensor) -> tuple[tuple[int, int], int]:
     return (batch, triton.cdiv(width, block)), block
 
 
-# The op namespace is this module's name, so the package and a copy shipped as Hub remote code (another module
-# name) can both register their ops in one process.
-_NS = re.sub(r"\W", "_", __name__)
+_NS = op_namespace(__name__)
 
 
 @torch.library.custom_op(f"{_NS}::rnn_scan", mutates_args=())

@@ -32,10 +32,14 @@ def _make_hook():
 
     class GriffinVllmConfig(VerifyAndUpdateConfig):
         """Runs while vLLM builds its config, before the hybrid-model defaults (which then pick the plain state
-        cache): prefix caching off, said once."""
+        cache) and the platform's compilation defaults (which keep ours): prefix caching off, said once; inductor
+        rounding where eager rounds (`layers.INDUCTOR_NUMERICS`)."""
 
         @staticmethod
         def verify_and_update_config(vllm_config) -> None:
+            from .layers import INDUCTOR_NUMERICS
+
+            vllm_config.compilation_config.inductor_compile_config.update(INDUCTOR_NUMERICS)
             cache_config = vllm_config.cache_config
             if cache_config.enable_prefix_caching:
                 logger.warning(PREFIX_CACHING_OFF_REASON)

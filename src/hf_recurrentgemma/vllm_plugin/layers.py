@@ -5,11 +5,12 @@ tensor-parallel. The math is the package's own (`ops_griffin`, `BlockDiagonalLin
 Tokens arrive packed, (N, D): vLLM puts the decoding requests (one token each) first, then the prefill chunks.
 """
 
-import math
+import functools
 
 import torch
 from torch import nn
-from vllm.config import get_current_vllm_config
+from vllm.compilation.breakable_cudagraph import eager_break_during_capture
+from vllm.config import CompilationMode, get_current_vllm_config
 from vllm.distributed import get_tensor_model_parallel_world_size
 from vllm.forward_context import get_forward_context
 from vllm.model_executor.layers.activation import GeluAndMul
@@ -21,8 +22,10 @@ from vllm.model_executor.layers.linear import (
     RowParallelLinear,
 )
 from vllm.model_executor.layers.mamba.abstract import MambaBase
+from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.model_loader.weight_utils import sharded_weight_loader
 from vllm.model_executor.utils import set_weight_attrs
+from vllm.utils.torch_utils import direct_register_custom_op
 from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 
 from ..griffin.configuration_griffin import GriffinConfig
@@ -35,10 +38,14 @@ from ..griffin.ops_griffin import (
     recurrent_state_shapes,
     rg_lru_gated_inputs,
     rnn_scan,
+    rnn_scan_step,
     rnn_scan_varlen,
-    rope_tables,
-    rotate_half_dims,
 )
+
+# Inductor computes fused bfloat16 arithmetic in float32 and rounds once at the end; this rounds every intermediate
+# result where eager (and the reference) round, so compiled bfloat16 serving keeps the reference's numerics
+# (docs/serving.md, "bfloat16"). The plugin's config hook sets it for vLLM's graph too.
+INDUCTOR_NUMERICS = {"emulate_precision_casts": True}
 
 
 def _shard(param: nn.Parameter, axis: int) -> nn.Parameter:
@@ -73,34 +80,31 @@ class GriffinMLP(nn.Module):
 
 
 class GriffinAttention(nn.Module):
-    """Local multi-query attention: RoPE on half of each head (the package's `rope_tables`), keys and values in
-    vLLM's paged cache, a window of `attention_span(W)` tokens (itself and the W previous, the reference's)."""
+    """Local multi-query attention: RoPE on the first `partial_rotary_factor` of each head (vLLM's `get_rope`, whose
+    tables and rotation are `ops_griffin.rope_tables` / `rotate_half_dims`'s), keys and values in vLLM's paged
+    cache, a window of `attention_span(W)` tokens (itself and the W previous, the reference's)."""
 
-    def __init__(self, config: GriffinConfig, cache_config, quant_config, prefix: str):
+    def __init__(self, config: GriffinConfig, max_positions: int, cache_config, prefix: str):
         super().__init__()
         self.num_heads = _heads_per_rank(config, "")
         self.head_dim = config.head_dim
-        self.rope_dim = int(self.head_dim * config.partial_rotary_factor)
-        self.rope_theta = config.rope_theta
         d = config.hidden_size
         # One key/value head (multi-query): QKVParallelLinear replicates it on every rank.
         self.qkv_proj = QKVParallelLinear(d, self.head_dim, config.num_attention_heads, 1, bias=False,
-                                          quant_config=quant_config, prefix=f"{prefix}.qkv_proj")
-        self.o_proj = RowParallelLinear(d, d, bias=True, quant_config=quant_config, prefix=f"{prefix}.o_proj")
+                                          prefix=f"{prefix}.qkv_proj")
+        self.o_proj = RowParallelLinear(d, d, bias=True, prefix=f"{prefix}.o_proj")
+        self.rotary_emb = get_rope(self.head_dim, max_position=max_positions, is_neox_style=True,
+                                   rope_parameters={"rope_theta": config.rope_theta,
+                                                    "partial_rotary_factor": config.partial_rotary_factor})
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim**-0.5, num_kv_heads=1,
-                              cache_config=cache_config, quant_config=quant_config,
+                              cache_config=cache_config,
                               per_layer_sliding_window=attention_span(config.attention_window_size),
                               prefix=f"{prefix}.attn")
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # (N, D), (N,) -> (N, D)
         qkv, _ = self.qkv_proj(x)
-        q_size = self.num_heads * self.head_dim
-        q, k, v = qkv.split([q_size, self.head_dim, self.head_dim], dim=-1)
-        sin, cos = rope_tables(positions[None], self.rope_dim, self.rope_theta, q.dtype)  # (1, 1, N, R/2)
-        q = rotate_half_dims(q.view(1, -1, self.num_heads, self.head_dim).transpose(1, 2), sin, cos)
-        k = rotate_half_dims(k.reshape(1, -1, 1, self.head_dim).transpose(1, 2), sin, cos)
-        q = q.transpose(1, 2).reshape(-1, q_size)
-        k = k.transpose(1, 2).reshape(-1, self.head_dim)
+        q, k, v = qkv.split([self.num_heads * self.head_dim, self.head_dim, self.head_dim], dim=-1)
+        q, k = self.rotary_emb(positions, q, k)
         out, _ = self.o_proj(self.attn(q, k, v.contiguous()))
         return out
 
@@ -135,9 +139,14 @@ class GriffinRecurrentBlock(MambaBase, nn.Module):
     """`linear_out(rg_lru(conv1d(linear_x(x))) * gelu(linear_y(x)))` with the conv tail and the RG-LRU state kept
     in vLLM's per-sequence state slots.
 
-    A token at position 0 starts a document: the state is reset there, by position (the slot of a request that
-    starts in this step is zeroed before use, so nothing left by an earlier request can leak in). A prefill chunk
-    that continues a request (chunked prefill) starts from its slot's state.
+    The projections run in the model's (compiled) graph; the stateful middle, conv1d then RG-LRU, is the custom op
+    `torch.ops.vllm.griffin_recurrent` writing into an `output` argument (vLLM's state layers' contract: the op is
+    opaque to torch.compile and reads the step's metadata at run time). Inside it decodes take a one-token update
+    with no host read; prefill chunks take the packed (varlen) path.
+
+    A token at position 0 starts a document: the state is reset there, by position (a slot is read as zeros for a
+    request that starts in this step, so nothing left by an earlier request can leak in). A prefill chunk that
+    continues a request (chunked prefill) starts from its slot's state.
     """
 
     def __init__(self, config: GriffinConfig, model_config, cache_config, prefix: str):
@@ -164,6 +173,10 @@ class GriffinRecurrentBlock(MambaBase, nn.Module):
             raise ValueError(f"duplicate layer name: {prefix}")
         contexts[prefix] = self  # vLLM binds this layer's state slots through this table
         self.kv_cache = (torch.tensor([]),)
+        # Under vLLM's compiled mode the decode step is compiled too (one graph shared by every layer, dynamic in
+        # the number of requests): inside the custom op it would otherwise run ~30 small eager ops per layer.
+        compiled = vllm_config.compilation_config.mode != CompilationMode.NONE
+        self._decode_step = compiled_decode_step() if compiled else decode_step
 
     # --- the state-layer contract (MambaBase) -----------------------------------------------------------------
     @property
@@ -181,34 +194,44 @@ class GriffinRecurrentBlock(MambaBase, nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # (N, D), (N,) -> (N, D)
         y, _ = self.linear_y(x)
         branch, _ = self.linear_x(x)
-        mixed = torch.zeros_like(branch)
-        self._temporal(branch, positions, mixed)
+        mixed = torch.empty_like(branch)
+        torch.ops.vllm.griffin_recurrent(branch, positions, mixed, self.prefix)
         out, _ = self.linear_out(mixed * gelu(y))
         return out
 
-    def _temporal(self, x: torch.Tensor, positions: torch.Tensor, out: torch.Tensor) -> None:
-        """conv1d then RG-LRU over the packed tokens `x` (N, L/tp), written into `out`; states updated in place."""
+    def temporal(self, x: torch.Tensor, positions: torch.Tensor, out: torch.Tensor) -> None:
+        """conv1d then RG-LRU over the packed tokens `x` (N, L/tp), written into `out` (the custom op's body);
+        state slots updated in place. Rows past the step's real tokens (padding) are written as zeros."""
         metadata = get_forward_context().attn_metadata
         metadata = metadata.get(self.prefix) if isinstance(metadata, dict) else None
         reset = positions == 0
         if metadata is None:  # profiling / dummy run: one sequence from a zero state, nothing kept
-            out[:] = self._one_sequence(x, reset)
+            out.copy_(self._one_sequence(x, reset))
             return
         conv_pool, h_pool = self.kv_cache
         num_decodes, num_prefill_tokens = metadata.num_decode_tokens, metadata.num_prefill_tokens
         if num_decodes:
-            slots = _first_column(metadata.state_indices_tensor_d)[:num_decodes]
-            starts = torch.arange(num_decodes + 1, device=x.device)
+            slots = _first_column(metadata.state_indices_tensor_d)[:num_decodes].long()
             part = slice(0, num_decodes)
-            out[part] = self._sequences(x[part], reset[part], starts, slots, conv_pool, h_pool)
+            out[part] = self._decode(x[part], reset[part], slots, conv_pool, h_pool)
         if num_prefill_tokens:
             slots = _first_column(metadata.state_indices_tensor_p)[: metadata.num_prefills]
             starts = metadata.query_start_loc_p.long()
             part = slice(num_decodes, num_decodes + num_prefill_tokens)
             out[part] = self._sequences(x[part], reset[part], starts, slots, conv_pool, h_pool)
+        out[num_decodes + num_prefill_tokens :] = 0
+
+    def _decode(self, x, reset, slots, conv_pool, h_pool) -> torch.Tensor:
+        """One token per request (n, L/tp) through `decode_step`; slots gathered and written back by index, no
+        host read."""
+        y, tails, h = self._decode_step(x, reset, conv_pool[slots], h_pool[slots], self.conv_1d, self.rg_lru)
+        conv_pool[slots] = tails.to(conv_pool.dtype)
+        h_pool[slots] = h
+        return y
 
     def _sequences(self, x, reset, starts, slots, conv_pool, h_pool) -> torch.Tensor:
-        """Packed sequences (start offsets `starts`, state `slots`) through conv1d and RG-LRU; slots updated."""
+        """Packed prefill chunks (start offsets `starts`, state `slots`) through conv1d and RG-LRU; slots
+        updated."""
         slots = slots.long()
         fresh = slots[reset[starts[:-1]]]  # requests whose first token here starts the document
         conv_pool[fresh] = 0
@@ -229,6 +252,46 @@ class GriffinRecurrentBlock(MambaBase, nn.Module):
         h0 = torch.zeros(1, width, dtype=RECURRENT_STATE_DTYPE, device=x.device)
         y, _ = rnn_scan(normalized, a, h0, backend=self.config.scan_backend)
         return y[0]
+
+
+def decode_step(x, reset, tails, h, conv, rg_lru) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decoding token per request through conv1d and the RG-LRU: the package's one-token conv step
+    (`causal_conv1d` with T = 1) and `rnn_scan_step`.
+
+    A request starting here (a one-token prompt, `reset`) reads its state as zeros whatever an earlier request left
+    in the slot (`where`, not a multiply: a never-written slot may hold NaN).
+
+    Args:
+        x: (n, L/tp) the conv1d inputs; reset: (n,) bool. tails: (n, K-1, L/tp) state dtype; h: (n, L/tp) float32.
+        conv: holds weight (K, L/tp), bias (L/tp,); rg_lru: `_RGLRU`.
+
+    Returns:
+        y: (n, L/tp) in `x.dtype`; new tails (n, K-1, L/tp) in `x.dtype`; new h (n, L/tp) float32.
+    """
+    fresh = reset[:, None]  # (n, 1)
+    tails = torch.where(fresh[..., None], 0, tails).to(x.dtype)
+    h = torch.where(fresh, 0, h)
+    conv_y, new_tails = causal_conv1d(x[:, None], tails, conv.weight, conv.bias, fresh)
+    normalized, a = rg_lru.gated_inputs(conv_y, fresh)
+    y, h = rnn_scan_step(normalized, a, h)
+    return y[:, 0], new_tails, h
+
+
+@functools.cache
+def compiled_decode_step():
+    """`decode_step` under torch.compile, made once per process, rounding where eager rounds (`INDUCTOR_NUMERICS`)."""
+    return torch.compile(decode_step, options=INDUCTOR_NUMERICS)
+
+
+@eager_break_during_capture
+def griffin_recurrent(x: torch.Tensor, positions: torch.Tensor, output: torch.Tensor, layer_name: str) -> None:
+    """The custom op: layer `layer_name`'s conv1d and RG-LRU over the step's tokens, into `output` (as vLLM's
+    `short_conv` op). x, output: (N, L/tp); positions: (N,) long."""
+    get_forward_context().no_compile_layers[layer_name].temporal(x, positions, output)
+
+
+if not hasattr(torch.ops.vllm, "griffin_recurrent"):  # registered once per process
+    direct_register_custom_op(op_name="griffin_recurrent", op_func=griffin_recurrent, mutates_args=["output"])
 
 
 def _first_column(indices: torch.Tensor) -> torch.Tensor:

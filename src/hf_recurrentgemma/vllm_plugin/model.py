@@ -9,26 +9,43 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
-from vllm.model_executor.layers.layernorm import GemmaRMSNorm
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
-from vllm.model_executor.layers.mamba.mamba_utils import get_conv_copy_spec, get_temporal_copy_spec
+from vllm.model_executor.layers.mamba.mamba_utils import (
+    get_conv_copy_spec,
+    get_temporal_copy_spec,
+)
 from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
-from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
+from vllm.model_executor.models.utils import (
+    AutoWeightsLoader,
+    WeightsMapper,
+    maybe_prefix,
+)
 
+from ..convert.builtin import BUILTIN_RENAMES, conv_kernel_to_griffin
 from ..griffin.configuration_griffin import ATTENTION
-from ..griffin.ops_griffin import RECURRENT_STATE_DTYPE, recurrent_state_shapes, scale_embeddings, soft_cap_logits
+from ..griffin.layers_griffin import GriffinRMSNorm
+from ..griffin.ops_griffin import (
+    RECURRENT_STATE_DTYPE,
+    recurrent_state_shapes,
+    scale_embeddings,
+)
 from .config import griffin_config
 from .layers import GriffinAttention, GriffinMLP, GriffinRecurrentBlock
 
-# Our checkpoint names -> (vLLM parameter, shard) for the projections vLLM stacks into one GEMM.
-STACKED = (
-    (".q_proj.", ".qkv_proj.", "q"),
-    (".k_proj.", ".qkv_proj.", "k"),
-    (".v_proj.", ".qkv_proj.", "v"),
-    (".gate_proj.", ".gate_up_proj.", 0),
-    (".up_proj.", ".gate_up_proj.", 1),
+# Our checkpoint names -> vLLM's: the projections vLLM stacks into one GEMM (with their shard), and the tied head
+# (the embedding serves as it; `GriffinForCausalLM` refuses untied configs).
+WEIGHTS_MAPPER = WeightsMapper(
+    orig_to_new_stacked={
+        ".q_proj.": (".qkv_proj.", "q"),
+        ".k_proj.": (".qkv_proj.", "k"),
+        ".v_proj.": (".qkv_proj.", "v"),
+        ".gate_proj.": (".gate_up_proj.", 0),
+        ".up_proj.": (".gate_up_proj.", 1),
+    },
+    orig_to_new_prefix={"lm_head.": None},
 )
 
 
@@ -37,14 +54,15 @@ class GriffinDecoderLayer(nn.Module):
 
     def __init__(self, config, idx: int, vllm_config: VllmConfig, prefix: str):
         super().__init__()
-        cache_config, quant_config = vllm_config.cache_config, vllm_config.quant_config
-        self.temporal_pre_norm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        cache_config = vllm_config.cache_config
+        self.temporal_pre_norm = GriffinRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         if config.block_types[idx] == ATTENTION:
-            self.temporal_block = GriffinAttention(config, cache_config, quant_config, f"{prefix}.temporal_block")
+            self.temporal_block = GriffinAttention(config, vllm_config.model_config.max_model_len, cache_config,
+                                                   f"{prefix}.temporal_block")
         else:
             self.temporal_block = GriffinRecurrentBlock(config, vllm_config.model_config, cache_config,
                                                         f"{prefix}.temporal_block")
-        self.channel_pre_norm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.channel_pre_norm = GriffinRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = GriffinMLP(config, f"{prefix}.mlp")
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -52,17 +70,22 @@ class GriffinDecoderLayer(nn.Module):
         return self.mlp(self.channel_pre_norm(residual)) + residual
 
 
+@support_torch_compile
 class GriffinModel(nn.Module):
-    def __init__(self, config, vllm_config: VllmConfig, prefix: str):
+    """Embedding, the decoder layers and the final norm: the graph vLLM compiles (its default mode); the recurrent
+    blocks' stateful middle stays an opaque custom op inside it (`layers.griffin_recurrent`)."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
-        self.config = config
+        self.config = config = griffin_config(vllm_config.model_config.hf_config)
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
                                                    prefix=f"{prefix}.embed_tokens")
         self.layers = nn.ModuleList(GriffinDecoderLayer(config, i, vllm_config, f"{prefix}.layers.{i}")
                                     for i in range(config.num_hidden_layers))
-        self.final_norm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.final_norm = GriffinRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, input_ids, positions, inputs_embeds=None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
+                intermediate_tensors=None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         x = scale_embeddings(inputs_embeds, self.config)
@@ -78,8 +101,16 @@ class GriffinForCausalLM(nn.Module, HasInnerState, IsHybrid):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
         self.config = griffin_config(vllm_config.model_config.hf_config)
-        self.model = GriffinModel(self.config, vllm_config, f"{prefix}model" if not prefix else f"{prefix}.model")
-        self.logits_processor = LogitsProcessor(self.config.vocab_size)
+        if vllm_config.quant_config is not None:
+            raise ValueError(f"quantization ({vllm_config.quant_config.get_name()}) is not supported for Griffin in "
+                             "vLLM: the RG-LRU gates and conv1d are not vLLM linear layers, so no quantization "
+                             "method reaches them")
+        if not self.config.tie_word_embeddings:
+            raise ValueError("the Griffin vLLM model decodes with the input embedding (tie_word_embeddings=True, as "
+                             "every released model); this config has an untied head")
+        self.model = GriffinModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
+        # vLLM's soft cap computes tanh(logits / cap) * cap, `soft_cap_logits`'s formula to the bit (cap 0: none).
+        self.logits_processor = LogitsProcessor(self.config.vocab_size, soft_cap=self.config.logits_soft_cap or None)
 
     # --- the hybrid-model contract ------------------------------------------------------------------------------
     @classmethod
@@ -101,40 +132,37 @@ class GriffinForCausalLM(nn.Module, HasInnerState, IsHybrid):
         return self.model.embed_tokens(input_ids)
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
-        return self.model(input_ids, positions, inputs_embeds)
+        return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        logits = self.logits_processor(self.model.embed_tokens, hidden_states)  # tied head
-        return None if logits is None else soft_cap_logits(logits, self.config.logits_soft_cap)
+        return self.logits_processor(self.model.embed_tokens, hidden_states)  # tied head
 
     # --- weights ------------------------------------------------------------------------------------------------
-    def checkpoint_names(self, name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
-        """A checkpoint tensor under our names (identity here; the built-in format maps its names)."""
-        return name, tensor
+    hf_to_vllm_mapper = WEIGHTS_MAPPER
+
+    def checkpoint_tensors(self, weights: Iterable[tuple[str, torch.Tensor]]):
+        """The checkpoint's tensors under our names (as they are here; the built-in format reshapes its conv1d)."""
+        return weights
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """vLLM's `AutoWeightsLoader` through `hf_to_vllm_mapper`, behind our checks: a tensor with no counterpart
+        is an error naming the nearby parameters (vLLM's loader drops unknown biases silently), and every
+        parameter must be loaded."""
         params = dict(self.named_parameters())
-        loaded = set()
-        for name, tensor in weights:
-            name, tensor = self.checkpoint_names(name, tensor)
-            if name == "lm_head.weight":  # tied to the embedding
-                continue
-            for ours, stacked, shard in STACKED:
-                if ours in name:
-                    target = name.replace(ours, stacked)
-                    params[target].weight_loader(params[target], tensor, shard)
-                    break
-            else:
+
+        def known(named):
+            for name, tensor in named:
                 if name not in params:
+                    near = sorted(p for p in params if name.rsplit(".", 2)[0] in p)
                     raise ValueError(f"checkpoint tensor {name!r} has no counterpart in the Griffin vLLM model "
-                                     f"{sorted(p for p in params if name.rsplit('.', 2)[0] in p)}")
-                target = name
-                loader = getattr(params[target], "weight_loader", default_weight_loader)
-                loader(params[target], tensor)
-            loaded.add(target)
+                                     f"{near}")
+                yield name, tensor
+
+        mapped = self.hf_to_vllm_mapper.apply(self.checkpoint_tensors(weights))
+        loaded = AutoWeightsLoader(self).load_weights(known(mapped))
         missing = set(params) - loaded
         if missing:
-            raise ValueError(f"the checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[0]!r}")
+            raise ValueError(f"the checkpoint lacks {len(missing)} tensors, e.g. {min(missing)!r}")
         return loaded
 
 
@@ -142,11 +170,8 @@ class RecurrentGemmaForCausalLM(GriffinForCausalLM):
     """Transformers' built-in `recurrent_gemma` folders: their names and conv1d layout mapped to ours
     (`convert/builtin.py`), their config read with the reference's meaning (`griffin_config`)."""
 
-    def checkpoint_names(self, name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
-        from ..convert.builtin import BUILTIN_RENAMES, conv_kernel_to_griffin
+    hf_to_vllm_mapper = WeightsMapper(orig_to_new_substr=dict(BUILTIN_RENAMES)) | WEIGHTS_MAPPER
 
-        for theirs, ours in BUILTIN_RENAMES:
-            name = name.replace(theirs, ours)
-        if name.endswith("conv_1d.weight"):
-            tensor = conv_kernel_to_griffin(tensor)
-        return name, tensor
+    def checkpoint_tensors(self, weights: Iterable[tuple[str, torch.Tensor]]):
+        for name, tensor in weights:
+            yield name, conv_kernel_to_griffin(tensor) if name.endswith("conv_1d.weight") else tensor

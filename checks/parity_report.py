@@ -1,6 +1,6 @@
 """Prints the max |logit| error of our model against the reference package, per architecture and mode (float32).
 
-    python benchmarks/parity_report.py
+    python -m checks.parity_report
 
 Modes: full forward; prefill (4 tokens) + token-by-token decode; a left-padded batch (each row against the row
 alone); packed documents; packed documents decoded through the cache; and, as the noise floor, the reference's own
@@ -8,7 +8,6 @@ JAX-vs-torch difference on the same weights.
 """
 
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +16,7 @@ import torch
 from recurrentgemma import conversion
 from recurrentgemma.jax import griffin as jax_griffin
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from reference_helpers import (  # noqa: E402
+from tests.reference_helpers import (
     CASES,
     document_positions,
     max_error,

@@ -1,7 +1,7 @@
 """One command for the first minutes on a CUDA GPU: the CUDA checks, then the benchmark sections, in one budget.
 
-    python benchmarks/gpu_check.py --out DIR                 # on a CUDA machine (default budget 480 s)
-    python benchmarks/gpu_check.py --device cpu --out DIR    # dry run on a tiny model (well under a minute)
+    python -m checks.gpu_check --out DIR                 # on a CUDA machine (default budget 480 s)
+    python -m checks.gpu_check --device cpu --out DIR    # dry run on a tiny model (well under a minute)
 
 Checks, in order (each records pass / fail / error / skipped with its message; a failure never stops the run):
 
@@ -45,9 +45,8 @@ import types
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-MODEL_FILES = os.path.join(ROOT, "src", "hf_recurrentgemma")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_FILES = os.path.join(ROOT, "src", "hf_recurrentgemma", "griffin")
 if importlib.util.find_spec("hf_recurrentgemma") is None:  # a checkout copied to the GPU machine, not installed
     sys.path.append(os.path.join(ROOT, "src"))
 FILES = ("gpu_check.json", "gpu_check.txt")
@@ -111,7 +110,7 @@ def carry_advice(missing: list[dict]) -> dict:
         "requirements": specs,
         "download_elsewhere": " && ".join(download) + "  # where PyPI is reachable (Python 3.12: 33 wheels, 46 MB)",
         "install_here": "pip install --no-index --no-deps --target /tmp/site wheels/*.whl && "
-                        f"PYTHONPATH=/tmp/site python benchmarks/gpu_check.py ...  # installs {quoted(specs)}",
+                        f"PYTHONPATH=/tmp/site python -m checks.gpu_check ...  # installs {quoted(specs)}",
     }
 
 
@@ -347,8 +346,7 @@ def check_bf16_generation(ctx) -> dict:
 
 def check_compiled_decoding(ctx) -> dict:
     need_package(ctx)
-    sys.path.insert(0, HERE)
-    from common import decode_latency
+    from benchmarks.common import decode_latency
     from transformers import CompileConfig
 
     cuda = ctx.device.type == "cuda"
@@ -417,7 +415,7 @@ def section_check(name: str):
                                        *SECTION_SIZES[ctx.device.type]])
             if args.threads:
                 torch.set_num_threads(args.threads)
-            from common import Report, machine
+            from benchmarks.common import Report, machine
 
             ctx.bench = run_all.Context(args, ctx.device, Report(), machine(ctx.device),
                                         run_all.QUICK_BIG if args.quick else {})
@@ -438,9 +436,7 @@ def section_check(name: str):
 
 
 def _run_all():
-    if HERE not in sys.path:
-        sys.path.insert(0, HERE)
-    return importlib.import_module("run_all")
+    return importlib.import_module("benchmarks.run_all")
 
 
 CHECKS = {"requirements": check_requirements, "triton_scan": check_triton_scan, "logits_vs_cpu_fp32": check_logits,
@@ -575,7 +571,7 @@ def main(argv=None) -> dict:
     if taken and not args.force:
         raise SystemExit(f"error: {args.out} already holds {', '.join(taken)}; pass --force to overwrite")
     ctx = Context(device, args.budget_s)
-    result = {"command": " ".join(["benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)]),
+    result = {"command": " ".join(["checks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)]),
               "dry_run": device.type != "cuda", "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
               "budget_s": args.budget_s, "environment": environment(device), "checks": {}, "complete": False,
               "elapsed_s": 0.0}
