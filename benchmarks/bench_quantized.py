@@ -272,7 +272,7 @@ def quality_section(args) -> dict:
     generator = torch.Generator().manual_seed(2)
     prompt = torch.randint(0, 256000, (1, 16), generator=generator)
     reference = None
-    for fmt, group in [("bf16", None), ("int8", None)] + [("int4", g) for g in (32, 128)]:
+    for fmt, group in [] if args.no_2b else [("bf16", None), ("int8", None)] + [("int4", g) for g in (32, 128)]:
         model = build_model(args.preset, fmt, group or 128, args.layers)
         if reference is None:
             sequence = model.generate(prompt, max_new_tokens=args.greedy_tokens, do_sample=False, pad_token_id=0,
@@ -450,6 +450,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--decode-steps", type=int, default=10, help="decode: one-token steps timed (median)")
     parser.add_argument("--heldout", default=None, help="quality: the held-out text (heldout.txt of training.corpus)")
     parser.add_argument("--heldout-chars", type=int, default=None, help="quality: only the first N characters")
+    parser.add_argument("--no-2b", action="store_true", help="quality: the 6M perplexities only")
     parser.add_argument("--greedy-tokens", type=int, default=32, help="quality: greedy tokens at the 2B shape")
     parser.add_argument("--folder", default="/tmp/hf_rg_random_9b", help="big: where the random folder is written")
     parser.add_argument("--big-format", default="int4", choices=["int8", "int4"], help="big: the format to load in")

@@ -124,7 +124,7 @@ MUTATIONS = {
     "int8": ("for (; k + LANES <= K; k += LANES) {  /* ORDER: k ascending, one partial sum per lane */",
              "for (int64_t kk = 0; kk + LANES <= K; kk += LANES) { k = mb > 1 ? K / LANES * LANES - LANES - kk : kk;"),
     "int4": ("for (int64_t k = g * G; k < (g + 1) * G; k++) {  /* ORDER: k ascending within the group */",
-             "for (int64_t kk = g * G; kk < (g + 1) * G; kk++) { int64_t k = M > 1 ? (2 * g + 1) * G - 1 - kk : kk;"),
+             "for (int64_t kk = g * G; kk < (g + 1) * G; kk++) { int64_t k = mb > 1 ? (2 * g + 1) * G - 1 - kk : kk;"),
 }
 
 

@@ -132,8 +132,8 @@ _UNDEF = "\n".join(f"#undef {m}" for m in (
 # (M, K) row stride K). Each (row, weight row) pair has LANES partial sums over k mod LANES, reduced in a fixed
 # order; the K tail is added in order after the reduction. Nothing depends on mb or on which rows share the tile.
 _I8_TILE = Template(r"""
-$attr static inline void i8_tile_$v(const int8_t *q, int64_t n0, int64_t N, int64_t K, const float *x, int mb,
-                                    float *acc_out /* (mb, 4) */) {
+$attr __attribute__((always_inline)) static inline void i8_tile_$v(
+        const int8_t *q, int64_t n0, int64_t N, int64_t K, const float *x, const int mb, float *acc_out /* (mb, 4) */) {
     const int8_t *wr[4];
     for (int r = 0; r < 4; r++) wr[r] = q + (n0 + r < N ? n0 + r : N - 1) * K;
     VEC acc[MB8][4];
@@ -167,7 +167,14 @@ $attr void matmul_int8_$v(const int8_t *q, const float *scale, const int8_t *zer
         float acc[MB8 * 4];
         for (int64_t m0 = 0; m0 < M; m0 += MB8) {
             int mb = (int)(M - m0 < MB8 ? M - m0 : MB8);
-            i8_tile_$v(q, n0, N, K, x + m0 * K, mb, acc);
+            /* a constant row count per call, so the inlined tile keeps its accumulators in registers (cases
+               above MB8 never run: the row count is at most MB8) */
+            switch (mb) {
+                case 1: i8_tile_$v(q, n0, N, K, x + m0 * K, 1, acc); break;
+                case 2: i8_tile_$v(q, n0, N, K, x + m0 * K, 2 <= MB8 ? 2 : MB8, acc); break;
+                case 3: i8_tile_$v(q, n0, N, K, x + m0 * K, 3 <= MB8 ? 3 : MB8, acc); break;
+                default: i8_tile_$v(q, n0, N, K, x + m0 * K, MB8, acc); break;
+            }
             for (int m = 0; m < mb; m++)
                 for (int64_t n = n0; n < n0 + 4 && n < N; n++) {
                     float v = acc[m * 4 + (n - n0)];
@@ -183,46 +190,57 @@ $attr void matmul_int8_$v(const int8_t *q, const float *scale, const int8_t *zer
 # float32 sums of x q over the group's k in order (one accumulator per row and output row), then
 # tot += scale * acc + (zero - 8 scale) * xsum[m, g]. Rows are independent: nothing depends on mb.
 _I4_BLOCK = Template(r"""
+$attr __attribute__((always_inline)) static inline void i4_tile_$v(
+        const uint8_t *base, const uint16_t *sz, int64_t n_blk, int64_t N, int64_t K, int64_t G, const float *x,
+        const float *xsum, const float *bias, float *y, const int h0, const int64_t m0, const int mb) {
+    enum { PER_HALF = 32 / LANES, NV = I4_HALVES * 32 / LANES };
+    const int64_t groups = K / G;
+    VEC tot[MB4][NV];
+    for (int m = 0; m < MB4; m++) for (int i = 0; i < NV; i++) tot[m][i] = VZERO;
+    for (int64_t g = 0; g < groups; g++) {
+        VEC acc[MB4][NV];
+        for (int m = 0; m < MB4; m++) for (int i = 0; i < NV; i++) acc[m][i] = VZERO;
+        for (int64_t k = g * G; k < (g + 1) * G; k++) {  /* ORDER: k ascending within the group */
+            const uint8_t *p = base + k * 32;
+            VEC w[NV];
+            for (int h = 0; h < I4_HALVES; h++) I4_UNPACK_HALF(p, h0 + h, w + h * PER_HALF);
+            for (int m = 0; m < mb; m++) {
+                VEC xv = VSET1(x[(m0 + m) * K + k]);
+                for (int i = 0; i < NV; i++) acc[m][i] = VFMA(w[i], xv, acc[m][i]);
+            }
+        }
+        for (int i = 0; i < NV; i++) {
+            int64_t n = n_blk + (h0 + i / PER_HALF) * 32 + (i % PER_HALF) * LANES;
+            VEC s, z;
+            I4_SZ(sz + (g * N + n) * 2, s, z);
+            VEC zs = VSUB(z, VMUL(VSET1(8.0f), s));
+            for (int m = 0; m < mb; m++) {
+                tot[m][i] = VFMA(s, acc[m][i], tot[m][i]);
+                tot[m][i] = VFMA(zs, VSET1(xsum[(m0 + m) * groups + g]), tot[m][i]);
+            }
+        }
+    }
+    for (int m = 0; m < mb; m++)
+        for (int i = 0; i < NV; i++) {
+            int64_t n = n_blk + (h0 + i / PER_HALF) * 32 + (i % PER_HALF) * LANES;
+            float out[LANES];
+            VSTORE_F32(out, tot[m][i]);
+            for (int l = 0; l < LANES; l++) y[(m0 + m) * N + n + l] = out[l] + (bias ? bias[n + l] : 0.0f);
+        }
+}
+
 $attr static void i4_block_$v(const uint8_t *q, const uint16_t *sz, int64_t blk, int64_t N, int64_t K,
                               int64_t G, const float *x, const float *xsum, const float *bias, float *y, int64_t M) {
-    enum { PER_HALF = 32 / LANES, NV = I4_HALVES * 32 / LANES };
     const uint8_t *base = q + blk * 64 * (K / 2);
-    const int64_t groups = K / G, n_blk = blk * 64;
     for (int h0 = 0; h0 < 2; h0 += I4_HALVES)
         for (int64_t m0 = 0; m0 < M; m0 += MB4) {
-            int mb = (int)(M - m0 < MB4 ? M - m0 : MB4);
-            VEC tot[MB4][NV];
-            for (int m = 0; m < MB4; m++) for (int i = 0; i < NV; i++) tot[m][i] = VZERO;
-            for (int64_t g = 0; g < groups; g++) {
-                VEC acc[MB4][NV];
-                for (int m = 0; m < MB4; m++) for (int i = 0; i < NV; i++) acc[m][i] = VZERO;
-                for (int64_t k = g * G; k < (g + 1) * G; k++) {  /* ORDER: k ascending within the group */
-                    const uint8_t *p = base + k * 32;
-                    VEC w[NV];
-                    for (int h = 0; h < I4_HALVES; h++) I4_UNPACK_HALF(p, h0 + h, w + h * PER_HALF);
-                    for (int m = 0; m < mb; m++) {
-                        VEC xv = VSET1(x[(m0 + m) * K + k]);
-                        for (int i = 0; i < NV; i++) acc[m][i] = VFMA(w[i], xv, acc[m][i]);
-                    }
-                }
-                for (int i = 0; i < NV; i++) {
-                    int64_t n = n_blk + (h0 + i / PER_HALF) * 32 + (i % PER_HALF) * LANES;
-                    VEC s, z;
-                    I4_SZ(sz + (g * N + n) * 2, s, z);
-                    VEC zs = VSUB(z, VMUL(VSET1(8.0f), s));
-                    for (int m = 0; m < mb; m++) {
-                        tot[m][i] = VFMA(s, acc[m][i], tot[m][i]);
-                        tot[m][i] = VFMA(zs, VSET1(xsum[(m0 + m) * groups + g]), tot[m][i]);
-                    }
-                }
+            /* a constant row count per call, so the inlined tile keeps its accumulators in registers */
+            switch (M - m0 < MB4 ? (int)(M - m0) : MB4) {
+                case 1: i4_tile_$v(base, sz, blk * 64, N, K, G, x, xsum, bias, y, h0, m0, 1); break;
+                case 2: i4_tile_$v(base, sz, blk * 64, N, K, G, x, xsum, bias, y, h0, m0, 2 <= MB4 ? 2 : MB4); break;
+                case 3: i4_tile_$v(base, sz, blk * 64, N, K, G, x, xsum, bias, y, h0, m0, 3 <= MB4 ? 3 : MB4); break;
+                default: i4_tile_$v(base, sz, blk * 64, N, K, G, x, xsum, bias, y, h0, m0, MB4); break;
             }
-            for (int m = 0; m < mb; m++)
-                for (int i = 0; i < NV; i++) {
-                    int64_t n = n_blk + (h0 + i / PER_HALF) * 32 + (i % PER_HALF) * LANES;
-                    float out[LANES];
-                    VSTORE_F32(out, tot[m][i]);
-                    for (int l = 0; l < LANES; l++) y[(m0 + m) * N + n + l] = out[l] + (bias ? bias[n + l] : 0.0f);
-                }
         }
 }
 
