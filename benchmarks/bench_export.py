@@ -86,9 +86,13 @@ def exported_figures(model, exported, prompt, steps: int, new_tokens: int) -> di
     step()
     decode = median_step(step, steps)
     prefill = median_step(lambda: exported.step(prompt, 0, exported.new_cache()), 3)
+    eos = model.generation_config.eos_token_id  # both stop there (or after new_tokens)
     want = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                          max_new_tokens=new_tokens, min_new_tokens=new_tokens)[0, prompt.shape[1]:]
-    got = exported.generate(prompt, new_tokens)[0, prompt.shape[1]:]
+                          max_new_tokens=new_tokens)[0, prompt.shape[1]:]
+    got = exported.generate(prompt, new_tokens, eos_token_id=eos)[0, prompt.shape[1]:]
+    if want.shape != got.shape:
+        return {"decode_tok_s": 1 / decode, "prefill_tok_s": prompt.shape[1] / prefill, "agree": 0,
+                "logit_err": float((logits.float() - want_logits.float()).abs().max())}
     agree = int((want == got).cumprod(0).sum())  # tokens equal before the first difference
     return {"decode_tok_s": 1 / decode, "prefill_tok_s": prompt.shape[1] / prefill, "agree": agree,
             "logit_err": float((logits.float() - want_logits.float()).abs().max())}

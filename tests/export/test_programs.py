@@ -1,5 +1,5 @@
 """Exported prefill and decode programs, run by each backend's runner (Transformers' exporters), give the tokens of
-`model.generate()`: greedy, float32, 64 new tokens, prompts shorter than the prefill minimum (decode program only),
+`model.generate()`: greedy, float32, 64 new tokens (fewer where both stop at EOS), prompts shorter than the prefill minimum (decode program only),
 longer than the window and longer than the prefill maximum (chunked). Default run: ONNX Runtime and ExecuTorch on
 the tiny Griffin; marked slow: every format on the reference test architectures (a Griffin, one with
 `lru_width != width`, a Hawk) and on the shipped model."""
@@ -18,10 +18,11 @@ NEW_TOKENS = 64
 
 
 def reference_tokens(model, prompt: torch.Tensor) -> torch.Tensor:
-    """generate()'s greedy tokens, exactly NEW_TOKENS of them (no stop at EOS, as the exported loop is run)."""
+    """generate()'s greedy tokens: NEW_TOKENS of them, or fewer ending at EOS (the exported loop is run with the
+    same EOS; `min_new_tokens` would instead forbid EOS where it is the model's argmax)."""
     with torch.no_grad():
         return model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                              max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+                              max_new_tokens=NEW_TOKENS)
 
 
 def assert_same_tokens(model, exported: ExportedGriffin, lengths, seed: int = 0):
@@ -29,10 +30,11 @@ def assert_same_tokens(model, exported: ExportedGriffin, lengths, seed: int = 0)
     for length in lengths:
         prompt = torch.randint(4, model.config.vocab_size, (1, length), generator=generator)
         want = reference_tokens(model, prompt)
-        got = exported.generate(prompt, NEW_TOKENS)
+        got = exported.generate(prompt, NEW_TOKENS, eos_token_id=model.generation_config.eos_token_id)
+        where = f"{exported.info['format']}: prompt of {length} tokens"
+        assert want.shape == got.shape, f"{where}: {tuple(got.shape)} tokens, generate() gave {tuple(want.shape)}"
         mismatch = (want != got).nonzero()
-        assert torch.equal(want, got), (f"{exported.info['format']}: prompt of {length} tokens, first differing "
-                                        f"position {mismatch[0].tolist() if len(mismatch) else None}")
+        assert torch.equal(want, got), f"{where}, first differing position {mismatch[0].tolist()}"
 
 
 def count_calls(exported: ExportedGriffin) -> dict:

@@ -43,6 +43,9 @@ class ExportedGriffin:
 
         from ..griffin.configuration_griffin import GriffinConfig
 
+        if info["format"] == "openvino" and info["dtype"] == "float32":
+            # OpenVINO's CPU plugin computes in bfloat16 where the CPU has it unless told otherwise.
+            runner_kwargs["config"] = {"INFERENCE_PRECISION_HINT": "f32", **(runner_kwargs.get("config") or {})}
         exported = ExportedModel.from_pretrained(folder, trust_remote_code=info["format"] == "dynamo",
                                                  **runner_kwargs)
         config = GriffinConfig.from_pretrained(folder)
