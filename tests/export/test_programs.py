@@ -134,3 +134,11 @@ def test_shipped_model_every_format(fmt, shipped_folder, tmp_path):
 def test_every_format_listed_has_a_test():
     assert set(FORMATS) == {"onnx", "executorch", "openvino", "dynamo"}
     requires("onnx")  # the helper builds a mark for any listed format
+
+
+def test_a_bfloat16_model_is_refused_with_the_reason(tiny_model):
+    """The exporters cast every cache tensor to the model's dtype; the float32 RG-LRU state must not be rounded."""
+    import copy
+
+    with pytest.raises(ValueError, match=r"only float32 models export for now, this one is bfloat16"):
+        export_griffin(copy.deepcopy(tiny_model).to(torch.bfloat16), "dynamo")

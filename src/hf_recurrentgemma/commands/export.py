@@ -16,7 +16,6 @@ import torch
 
 from .loading import CommandError, load_model, load_tokenizer
 
-EXPORT_DTYPES = ("float32", "bfloat16")
 
 
 def _export_api():
@@ -35,7 +34,6 @@ def add_parser(commands) -> None:
     sub.add_argument("out", help="output folder")
     sub.add_argument("--format", required=True, choices=list(FORMATS), help="; ".join(
         f"{f.name}: {f.what}" for f in FORMATS.values()))
-    sub.add_argument("--dtype", choices=EXPORT_DTYPES, default="float32", help="the programs' dtype (default float32)")
     sub.add_argument("--quantize", metavar="Q", help="; ".join(
         f"{f.name}: {', '.join(f.quantizers)}" for f in FORMATS.values() if f.quantizers))
     sub.add_argument("--max-prefill", type=int, default=DEFAULT_MAX_PREFILL, metavar="N",
@@ -58,7 +56,7 @@ def run_export(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise CommandError(f"{out} exists; pass --force to replace it")
-    model = load_model(args.model, args.dtype)
+    model = load_model(args.model, "float32")  # the programs run in float32 (export_griffin says why)
     api.prefill_limits(model.config, args.max_prefill)  # a bad --max-prefill fails before the slow part
     tokenizer = None
     try:

@@ -80,6 +80,12 @@ def export_griffin(model, export_format: str, out: str | Path | None = None, max
 
     model = model.eval()
     dtype, device = model.dtype, model.device
+    if dtype != torch.float32:
+        # Transformers' exporters cast every cache tensor to the model's dtype (`cast_leaf_tensors`); the RG-LRU
+        # state is float32 whatever the model dtype, so a bfloat16 program would run with a rounded state.
+        raise ValueError(f"only float32 models export for now, this one is {str(dtype).removeprefix('torch.')}: "
+                         "Transformers' exporters cast the float32 RG-LRU state to the model's dtype "
+                         "(load with dtype=torch.float32; docs/export.md)")
     cache = GriffinCache(model.config, batch_size=1, dtype=dtype, device=device)  # allocated: the prefill continues
     length = min(high, 2 * low + 1)  # a sample length inside the range, not a bound itself
     vocab = model.config.vocab_size
