@@ -4,12 +4,35 @@ Importing the package registers `model_type="griffin"` with `AutoConfig`, `AutoM
 `AutoModelForCausalLM`, and lets `from_pretrained` read Transformers' built-in `recurrent_gemma` folders.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+import contextlib
+import logging
 
-from .griffin.cache_griffin import GriffinCache
-from .griffin.configuration_griffin import PRESETS, GriffinConfig
-from .convert.builtin import register_builtin_loader
-from .griffin.modeling_griffin import GriffinForCausalLM, GriffinModel, GriffinPreTrainedModel
+
+@contextlib.contextmanager
+def _quiet_torchao_import():
+    """Transformers imports torchao with its model code where torchao is installed (its torchao quantizer).
+    torchao 0.18's wheel carries CUDA-only extensions (`_C_mxfp8`, `_C_cutlass_90a`) that fail to load on a CPU
+    build of torch, and registering its enums warns through torch's pytree logger: four lines of noise before any
+    output, about libraries a CPU user never calls. Only those two loggers, only during this import, are raised to
+    ERROR; every later message, and every error, still shows."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+with _quiet_torchao_import():
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from .convert.builtin import register_builtin_loader
+    from .griffin.cache_griffin import GriffinCache
+    from .griffin.configuration_griffin import PRESETS, GriffinConfig
+    from .griffin.modeling_griffin import GriffinForCausalLM, GriffinModel, GriffinPreTrainedModel
 
 __version__ = "0.1.0"
 

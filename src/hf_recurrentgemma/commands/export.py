@@ -111,18 +111,15 @@ def _logits_processor(args):
 
 
 def generate_exported(args, prompts: list[str]) -> int:
-    """`generate` for an export folder: the same flags, one prompt at a time (the programs take batch 1)."""
+    """`generate` for an export folder: the same flags, one prompt at a time (the programs take batch 1). Called by
+    `generate.run_generate` once it has checked the sampling and speculation flags."""
     import json
 
-    from .generate import check_sampling_arguments, check_speculation_arguments
-
-    check_speculation_arguments(args)
     if args.assistant or args.prompt_lookup:
         raise CommandError("--assistant and --prompt-lookup need a model folder; an exported folder decodes alone")
     if args.dtype != "auto" or args.device != "cpu":
         raise CommandError("--dtype and --device apply to a model folder; an exported folder runs in the dtype it "
                            "was exported in, on its backend's CPU runtime")
-    check_sampling_arguments(args)
     api = _export_api()
     try:
         model = api.load_exported(args.model)

@@ -161,11 +161,11 @@ def run_generate(args) -> int:
     if args.stats and args.prompts_file:
         raise CommandError("--stats applies to one PROMPT, not --prompts-file")
     prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
+    check_sampling_arguments(args)
     from .export import generate_exported, is_export_folder
 
     if is_export_folder(args.model):  # `hf-recurrentgemma export` output: run by its backend (docs/export.md)
         return generate_exported(args, prompts)
-    check_sampling_arguments(args)
     tokenizer = load_tokenizer(args.model, args.tokenizer)
     model = load_model(args.model, args.dtype, args.device, args.quantize, args.group_size)
     kwargs = {**generation_kwargs(args, tokenizer), **speculation_kwargs(args, model)}
