@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline, set_seed
 
 from .commands.generate import add_sampling_arguments, add_speculation_arguments, check_sampling_arguments

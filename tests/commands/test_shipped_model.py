@@ -118,6 +118,10 @@ def test_main_job_takes_a_converted_folder_and_names_a_missing_model(converted, 
                           "--max-new-tokens", "5"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "a converted folder" in run.stdout and "converting" not in run.stdout
+    quantized = subprocess.run([sys.executable, "-m", "hf_recurrentgemma.demo", str(converted.out), "--prompt", "Emma",
+                                "--max-new-tokens", "5", "--quantize", "int8"], capture_output=True, text=True,
+                               timeout=300)
+    assert quantized.returncode == 0 and "int8 weights" in quantized.stdout, quantized.stderr[-2000:]
     missing = subprocess.run([sys.executable, "-m", "hf_recurrentgemma.demo", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "nope: no such checkpoint or folder" in missing.stderr
