@@ -306,17 +306,6 @@ def matvec_variant(kind: str) -> str | None:
     return variant if variant is not None and variant != "scalar" else None
 
 
-_functions: dict[tuple, object] = {}
-
-
-def _function(name: str, variant: str):
-    settings = kernel_settings()
-    key = (settings.cflags, settings.compiler, name, variant)
-    if key not in _functions:
-        _functions[key] = MATVEC_KERNEL.function(name, variant)
-    return _functions[key]
-
-
 # The op namespace is this module's name, so the package and a copy shipped as Hub remote code (another module
 # name) can both register their ops in one process.
 _NS = op_namespace(__name__)
@@ -340,7 +329,7 @@ def _matmul_rows_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """x (..., K) with at most MAX_ROWS rows, in the weight's dtype (bfloat16 or float32), times weight (N, K);
     bias in any float dtype. Returns (..., N) in x's dtype."""
     kind = "bf16" if weight.dtype == torch.bfloat16 else "f32"
-    kernel = _function(f"matmul_{kind}", variant)
+    kernel = MATVEC_KERNEL.function(f"matmul_{kind}", variant)
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     bias32 = None if bias is None else bias.float().contiguous()
     y = torch.empty(rows.shape[0], weight.shape[0], dtype=torch.float32)

@@ -376,17 +376,6 @@ def is_quantized(weight) -> bool:
     return type(weight) not in (torch.Tensor, torch.nn.Parameter) and hasattr(weight, "qdata")
 
 
-_functions: dict[tuple, object] = {}
-
-
-def _function(name: str, variant: str):
-    settings = kernel_settings()
-    key = (settings.cflags, settings.compiler, name, variant)
-    if key not in _functions:
-        _functions[key] = QUANT_KERNEL.function(name, variant)
-    return _functions[key]
-
-
 # The op namespace is this module's name, so the package and a copy shipped as Hub remote code (another module
 # name) can both register their ops in one process.
 _NS = op_namespace(__name__)
@@ -426,7 +415,7 @@ def _matmul_int8_op(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, z
                     bias: torch.Tensor | None, variant: str) -> torch.Tensor:
     """x (..., K) float, at most MAX_ROWS rows; qdata (N, K) int8, scale (N) or (N, 1), zero_point the same in
     int8 or None: y = x (scale (q - zero))^T + bias, (..., N) in x's dtype."""
-    y = run_int8(_function("matmul_int8", variant), x, qdata, scale, zero_point, bias)
+    y = run_int8(QUANT_KERNEL.function("matmul_int8", variant), x, qdata, scale, zero_point, bias)
     return y.to(x.dtype).view(*x.shape[:-1], qdata.shape[0])
 
 
@@ -440,7 +429,7 @@ def _matmul_int4_op(x: torch.Tensor, qdata: torch.Tensor, scale_and_zero: torch.
                     bias: torch.Tensor | None, variant: str) -> torch.Tensor:
     """x (..., K) float, at most MAX_ROWS rows; qdata (N, K/2) uint8 in torch's CPU int4 pack, scale_and_zero
     (K/G, N, 2) bfloat16: y = x ((q - 8) scale + zero)^T + bias, (..., N) in x's dtype."""
-    y = run_int4(_function("matmul_int4", variant), x, qdata, scale_and_zero, group_size, bias)
+    y = run_int4(QUANT_KERNEL.function("matmul_int4", variant), x, qdata, scale_and_zero, group_size, bias)
     return y.to(x.dtype).view(*x.shape[:-1], qdata.shape[0])
 
 

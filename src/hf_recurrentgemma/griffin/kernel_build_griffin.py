@@ -236,6 +236,7 @@ class CompiledKernel:
     def __init__(self, name: str, source: str, functions: dict[str, tuple[tuple[str, ...], list]]):
         self.name, self.source, self.functions = name, C_PRELUDE + source, functions
         self._loaded: dict[tuple, tuple[ctypes.CDLL | None, str | None]] = {}
+        self._functions: dict[tuple, object] = {}  # (compiler, flags, name, variant) -> the ctypes function
         self._lock = threading.Lock()
 
     def _load(self) -> tuple[ctypes.CDLL | None, str | None]:
@@ -285,13 +286,19 @@ class CompiledKernel:
         return max((v for v in variants if CAPABILITIES.index(v) <= rank), key=CAPABILITIES.index)
 
     def function(self, name: str, variant: str):
-        """Variant `variant` of C function `name`; a variant this CPU cannot run is a named error."""
-        library = self.library()
-        if library is None:
-            raise RuntimeError(f"the CPU {self.name} kernel is unavailable: {self.error()}")
-        if variant not in self.supported():
-            raise ValueError(f"the {variant!r} variant does not run on this CPU (it runs {self.supported()})")
-        return getattr(library, f"{name}_{variant.replace('-', '_')}")
+        """Variant `variant` of C function `name`; a variant this CPU cannot run is a named error. Found once per
+        build configuration: the kernels call this on every product, so the lookup is kept."""
+        settings = kernel_settings()
+        key = (settings.compiler, settings.cflags, name, variant)
+        found = self._functions.get(key)
+        if found is None:
+            library = self.library()
+            if library is None:
+                raise RuntimeError(f"the CPU {self.name} kernel is unavailable: {self.error()}")
+            if variant not in self.supported():
+                raise ValueError(f"the {variant!r} variant does not run on this CPU (it runs {self.supported()})")
+            found = self._functions[key] = getattr(library, f"{name}_{symbol_suffix(variant)}")
+        return found
 
     def _build(self, compiler: str | None, flags: tuple) -> ctypes.CDLL:
         if compiler is None:
