@@ -48,10 +48,9 @@ from transformers import set_seed  # noqa: E402
 from transformers.generation.candidate_generator import CandidateGenerator  # noqa: E402
 
 from benchmarks.common import busy_warning, greedy_kwargs, machine, time_interleaved  # noqa: E402
-from benchmarks.models import random_griffin  # noqa: E402
+from benchmarks.models import big_config, random_griffin  # noqa: E402
 
-from hf_recurrentgemma import PRESETS, GriffinCache, GriffinConfig  # noqa: E402
-from hf_recurrentgemma.griffin.configuration_griffin import griffin_block_pattern  # noqa: E402
+from hf_recurrentgemma import GriffinCache  # noqa: E402
 from hf_recurrentgemma.demo import (BUNDLED_DRAFT, BUNDLED_DRAFT_PRESET, BUNDLED_PRESET, BUNDLED_RELEASE,  # noqa: E402
                                     DEFAULT_PROMPT, SAMPLING_DEFAULTS, AcceptanceCounter)
 
@@ -207,15 +206,6 @@ def print_shipped(results: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- 2B shape
-def big_config(layers: int, shape: str) -> GriffinConfig:
-    if shape == "tiny":  # the smoke test: the same code on a model that runs in milliseconds
-        return GriffinConfig(vocab_size=512, hidden_size=64, intermediate_size=192, num_attention_heads=2,
-                             block_types=griffin_block_pattern(layers), attention_window_size=16,
-                             logits_soft_cap=30.0)
-    preset = dict(PRESETS["recurrentgemma-2b"])
-    preset["block_types"] = griffin_block_pattern(layers)
-    return GriffinConfig(**preset)
-
 
 def forward_cost(model, prompt: torch.Tensor, tokens: list[int], ks: list[int], repeats: int) -> dict:
     """Seconds of one forward over T = 1 and T = k + 1 new tokens on a cache holding the prompt (each on its own

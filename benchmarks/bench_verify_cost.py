@@ -25,10 +25,8 @@ import time
 import torch
 
 from benchmarks.common import busy_warning, machine
-from benchmarks.models import random_griffin
-from hf_recurrentgemma import GriffinConfig
+from benchmarks.models import big_config, random_griffin
 from hf_recurrentgemma.griffin.cache_griffin import GriffinCache
-from hf_recurrentgemma.griffin.configuration_griffin import PRESETS, griffin_block_pattern
 from hf_recurrentgemma.griffin.cpu_matvec_griffin import MAX_ROWS, matvec_variant
 
 ISA_VARIABLE = "HF_RECURRENTGEMMA_CPU_ISA"
@@ -36,15 +34,6 @@ TARGETS = {"fp32-fma-256": 1.6}  # 5 tokens against one; every AVX-512 variant: 
 AVX512_TARGET = 1.3
 PROMPT_TOKENS = 8
 
-
-def config_for(shape: str, layers: int) -> GriffinConfig:
-    if shape == "tiny":  # a smoke test of this script: the same code in milliseconds
-        return GriffinConfig(vocab_size=512, hidden_size=64, intermediate_size=192, num_attention_heads=2,
-                             block_types=griffin_block_pattern(layers), attention_window_size=16,
-                             logits_soft_cap=30.0)
-    preset = dict(PRESETS["recurrentgemma-2b"])
-    preset["block_types"] = griffin_block_pattern(layers)
-    return GriffinConfig(**preset)
 
 
 def forward_costs(model, cache: GriffinCache, tokens: torch.Tensor, repeats: int) -> dict[int, list[float]]:
@@ -87,7 +76,7 @@ def main(argv=None) -> int:
     if warning:
         print(warning)
 
-    config = config_for(args.shape, args.layers)
+    config = big_config(args.layers, args.shape)
     model = random_griffin(config, torch.bfloat16)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     print(f"{args.shape} shape, {args.layers} layers, bfloat16, random weights: {weights / 2**30:.2f} GiB")

@@ -11,7 +11,7 @@ import torch
 from transformers import GemmaConfig, GemmaForCausalLM, RecurrentGemmaConfig, RecurrentGemmaForCausalLM
 from transformers.initialization import no_init_weights
 
-from hf_recurrentgemma import GriffinConfig, GriffinForCausalLM
+from hf_recurrentgemma import PRESETS, GriffinConfig, GriffinForCausalLM
 from hf_recurrentgemma.griffin.configuration_griffin import ATTENTION, griffin_block_pattern
 from hf_recurrentgemma.convert import griffin_from_reference
 from hf_recurrentgemma.convert.builtin import builtin_dict_from_griffin, ours_to_builtin
@@ -42,6 +42,18 @@ def small_config(width: int, layers: int, window: int, vocab: int) -> GriffinCon
     return GriffinConfig(vocab_size=vocab, hidden_size=width, intermediate_size=3 * width,
                          num_attention_heads=max(width // 64, 1), block_types=griffin_block_pattern(layers),
                          attention_window_size=window, logits_soft_cap=30.0)
+
+
+def big_config(layers: int, shape: str = "2b") -> GriffinConfig:
+    """The recurrentgemma-2b shape with `layers` blocks in Griffin's pattern, or with `shape="tiny"` a model with the
+    same structure that runs in milliseconds (the benchmarks' smoke tests)."""
+    if shape == "tiny":
+        return GriffinConfig(vocab_size=512, hidden_size=64, intermediate_size=192, num_attention_heads=2,
+                             block_types=griffin_block_pattern(layers), attention_window_size=16,
+                             logits_soft_cap=30.0)
+    preset = dict(PRESETS["recurrentgemma-2b"])
+    preset["block_types"] = griffin_block_pattern(layers)
+    return GriffinConfig(**preset)
 
 
 def build_trio(config: GriffinConfig, seed: int = 0) -> Trio:
