@@ -3,7 +3,7 @@ packages are not installed."""
 
 import pytest
 
-from hf_recurrentgemma.export import FORMATS
+from hf_recurrentgemma.export import EXTRA, FORMATS
 
 # Both block kinds, `lru_width != width`, and a window shorter than the tests' prompts.
 TINY = dict(block_types=["recurrent", "attention"], lru_width=48, attention_window_size=4)
@@ -14,4 +14,4 @@ def requires(fmt: str):
     """Skips a test only where the format's packages are not installed (onnx and executorch are in the `test`
     extra, OpenVINO in `export` only), saying which."""
     missing = FORMATS[fmt].missing()
-    return pytest.mark.skipif(bool(missing), reason=f"{fmt} needs {missing}: pip install 'hf-recurrentgemma[export]'")
+    return pytest.mark.skipif(bool(missing), reason=f"{fmt} needs {missing}: {EXTRA}")

@@ -30,7 +30,8 @@ def check_format(fmt: str, group_size: int = DEFAULT_GROUP_SIZE) -> None:
     try:
         import torchao  # noqa: F401
     except ImportError:
-        raise ImportError(f"{fmt} quantization needs torchao: pip install 'torchao>=0.18'") from None
+        raise ImportError(f"{fmt} quantization needs torchao (from a clone of hf-recurrentgemma: pip install -e "
+                          "'.[quantize]')") from None
 
 
 def torchao_config(fmt: str, group_size: int = DEFAULT_GROUP_SIZE):

@@ -3,7 +3,7 @@ kinds, `lru_width != width` and a window shorter than the prompts, exported once
 
 import pytest
 
-from hf_recurrentgemma.export import FORMATS
+from hf_recurrentgemma.export import EXTRA, FORMATS
 from export_helpers import MAX_PREFILL, TINY
 
 
@@ -20,7 +20,7 @@ def onnx_folder(tiny_folder, tmp_path_factory):
     from reference_helpers import run_cli
 
     if FORMATS["onnx"].missing():
-        pytest.skip(f"onnx needs {FORMATS['onnx'].missing()}: pip install 'hf-recurrentgemma[export]'")
+        pytest.skip(f"onnx needs {FORMATS['onnx'].missing()}: {EXTRA}")
     out = tmp_path_factory.mktemp("onnx") / "exported"
     status, _, err = run_cli("export", tiny_folder, out, "--format", "onnx", "--max-prefill", MAX_PREFILL)
     assert status == 0, err
@@ -33,7 +33,7 @@ def executorch_folder(tiny_folder, tmp_path_factory):
     from hf_recurrentgemma.export import export_griffin
 
     if FORMATS["executorch"].missing():
-        pytest.skip("executorch is not installed: pip install 'hf-recurrentgemma[export]'")
+        pytest.skip(f"executorch is not installed: {EXTRA}")
     out = tmp_path_factory.mktemp("executorch") / "exported"
     export_griffin(GriffinForCausalLM.from_pretrained(tiny_folder), "executorch", out, max_prefill=MAX_PREFILL)
     return out

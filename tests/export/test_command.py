@@ -55,7 +55,7 @@ def test_export_refusals(tiny_folder, tmp_path, args, needles):
 def test_backend_not_installed_names_the_extra(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(ExportFormat, "missing", lambda self: ["openvino"])
     status, _, err = run_cli("export", tiny_folder, tmp_path / "out", "--format", "openvino")
-    assert_one_line_error(status, err, "the openvino format needs openvino", "pip install 'hf-recurrentgemma[export]'")
+    assert_one_line_error(status, err, "the openvino format needs openvino", "pip install -e '.[export]'")
 
 
 def test_existing_output_needs_force(tiny_folder, tmp_path):

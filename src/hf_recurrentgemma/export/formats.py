@@ -4,7 +4,7 @@ format (a new one is one entry), read by the exporter, the runner, the command a
 import importlib.util
 from dataclasses import dataclass, field
 
-EXTRA = "pip install 'hf-recurrentgemma[export]'"
+EXTRA = "from a clone of hf-recurrentgemma: pip install -e '.[export]'"
 
 
 class BackendNotInstalled(ImportError):
