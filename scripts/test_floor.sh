@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/core_tests.sh
-vllm_tests=(tests/serving/test_vllm.py tests/serving/test_vllm_server.py)
+vllm_tests=(tests/serving)  # every vLLM test file
 mode="${1:-}"
 if [[ "$mode" != "--skip-install" ]]; then
     python3 -m venv .venv-floor
