@@ -43,9 +43,8 @@ VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")
 INT4_BLOCK = 64  # output rows per block of torch's CPU int4 pack
 INT4_GROUPS = (32, 64, 128)  # the group sizes torchao's CPU int4 offers
 
-# Per variant: the vector type and operations the generic code below is written in. `I4_HALVES` is how many
-# 32-row halves of a 64-row int4 block one pass unpacks (AVX2 has 16 registers: one half at a time), `MB` how many
-# input rows a tile holds in registers.
+# Per variant: the vector type and operations the generic code below is written in, and how many float32
+# accumulator vectors a tile keeps in registers (`I8_REGS`, `I4_REGS`: AVX2 has 16 vector registers, AVX-512 32).
 _ISAS = {
     "scalar": dict(attr="", macros=r"""
 #define LANES 1
@@ -59,13 +58,12 @@ _ISAS = {
 #define VMUL(a, b) ((a) * (b))
 #define VSUB(a, b) ((a) - (b))
 #define VREDUCE(v) (v)
-/* 32 rows (half h of a 64-row block) of one k: byte j holds row j (low nibble) and row j + 32 (high). */
-#define I4_UNPACK_HALF(p, h, w) for (int i = 0; i < 32; i++) (w)[i] = (float)(((p)[i] >> (4 * (h))) & 15)
+/* LANES rows of one k from the bytes at p: nibble h (0 low, 1 high) of each. */
+#define I4_UNPACK(p, h) ((float)((*(p) >> (4 * (h))) & 15))
 /* scale and zero of LANES rows from (scale, zero) bfloat16 pairs. */
 #define I4_SZ(p, s, z) do { (s) = bf16_to_f32((p)[0]); (z) = bf16_to_f32((p)[1]); } while (0)
-#define I4_HALVES 2
-#define MB8 4
-#define MB4 4
+#define I8_REGS 16
+#define I4_REGS 16
 """),
     "fp32_fma_256": dict(attr=target_attribute("fp32-fma-256"), macros=r"""
 #define LANES 8
@@ -79,18 +77,17 @@ _ISAS = {
 #define VMUL(a, b) _mm256_mul_ps(a, b)
 #define VSUB(a, b) _mm256_sub_ps(a, b)
 #define VREDUCE(v) reduce_fp32_fma_256(v)
-#define I4_UNPACK_HALF(p, h, w) do { \
-    for (int i = 0; i < 4; i++) { \
-        __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((p) + 8 * i))); \
-        (w)[i] = _mm256_cvtepi32_ps((h) ? _mm256_srli_epi32(b, 4) : _mm256_and_si256(b, _mm256_set1_epi32(15))); \
-    } } while (0)
+#define I4_UNPACK(p, h) i4_unpack_fp32_fma_256(p, h)
 #define I4_SZ(p, s, z) do { \
     __m256i v = _mm256_loadu_si256((const __m256i *)(p)); \
     (s) = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)); \
     (z) = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u))); } while (0)
-#define I4_HALVES 1
-#define MB8 2
-#define MB4 2
+#define I8_REGS 8
+#define I4_REGS 8
+__attribute__((target("avx2,fma"))) static inline __m256 i4_unpack_fp32_fma_256(const uint8_t *p, int h) {
+    __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+    return _mm256_cvtepi32_ps(h ? _mm256_srli_epi32(b, 4) : _mm256_and_si256(b, _mm256_set1_epi32(15)));
+}
 __attribute__((target("avx2,fma"))) static inline float reduce_fp32_fma_256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -110,48 +107,55 @@ __attribute__((target("avx2,fma"))) static inline float reduce_fp32_fma_256(__m2
 #define VMUL(a, b) _mm512_mul_ps(a, b)
 #define VSUB(a, b) _mm512_sub_ps(a, b)
 #define VREDUCE(v) _mm512_reduce_add_ps(v)
-#define I4_UNPACK_HALF(p, h, w) do { \
-    for (int i = 0; i < 2; i++) { \
-        __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((p) + 16 * i))); \
-        (w)[i] = _mm512_cvtepi32_ps((h) ? _mm512_srli_epi32(b, 4) : _mm512_and_si512(b, _mm512_set1_epi32(15))); \
-    } } while (0)
+#define I4_UNPACK(p, h) i4_unpack_fp32_fma_512(p, h)
 #define I4_SZ(p, s, z) do { \
     __m512i v = _mm512_loadu_si512((const void *)(p)); \
     (s) = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)); \
     (z) = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u))); } while (0)
-#define I4_HALVES 2
-#define MB8 4
-#define MB4 4
+#define I8_REGS 16
+#define I4_REGS 16
+__attribute__((target("avx512f"))) static inline __m512 i4_unpack_fp32_fma_512(const uint8_t *p, int h) {
+    __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm512_cvtepi32_ps(h ? _mm512_srli_epi32(b, 4) : _mm512_and_si512(b, _mm512_set1_epi32(15)));
+}
 """),
 }
 _UNDEF = "\n".join(f"#undef {m}" for m in (
     "LANES", "VEC", "VZERO", "VSET1", "VLOAD_F32", "VSTORE_F32", "VLOAD_I8", "VFMA", "VMUL", "VSUB", "VREDUCE",
-    "I4_UNPACK_HALF", "I4_SZ", "I4_HALVES", "MB8", "MB4"))
+    "I4_UNPACK", "I4_SZ", "I8_REGS", "I4_REGS"))
 
-# int8: weight rows n0..n0+3 (the last row repeated past N, its results dropped) against `mb` input rows (float32,
+# Tiles hold `I8_REGS` / `I4_REGS` float32 accumulator vectors in registers; the shapes below were chosen by
+# measurement (docs/performance.md) and nothing in a row's arithmetic depends on them. The next weights are
+# prefetched by hand: a tile reads several short row streams, which the hardware prefetchers alone served at
+# 55-65% of the read rate at one row.
+
+# int8: weight rows n0..n0+R-1 (the last row repeated past N, its results dropped) against `mb` input rows (float32,
 # (M, K) row stride K). Each (row, weight row) pair has LANES partial sums over k mod LANES, reduced in a fixed
-# order; the K tail is added in order after the reduction. Nothing depends on mb or on which rows share the tile.
+# order; the K tail is added in order after the reduction. Nothing depends on R, mb or on which rows share the tile.
 _I8_TILE = Template(r"""
 $attr __attribute__((always_inline)) static inline void i8_tile_$v(
-        const int8_t *q, int64_t n0, int64_t N, int64_t K, const float *x, const int mb, float *acc_out /* (mb, 4) */) {
+        const int8_t *q, int64_t n0, int64_t N, int64_t K, const float *x, const int R, const int mb,
+        float *acc_out /* (mb, R) */) {
     const int8_t *wr[4];
-    for (int r = 0; r < 4; r++) wr[r] = q + (n0 + r < N ? n0 + r : N - 1) * K;
-    VEC acc[MB8][4];
-    for (int m = 0; m < MB8; m++) for (int r = 0; r < 4; r++) acc[m][r] = VZERO;
+    for (int r = 0; r < R; r++) wr[r] = q + (n0 + r < N ? n0 + r : N - 1) * K;
+    VEC acc[I8_REGS];  /* (mb, R), flat: with R and mb constant every index is, and the array stays in registers */
+    for (int i = 0; i < mb * R; i++) acc[i] = VZERO;
     int64_t k = 0;
     for (; k + LANES <= K; k += LANES) {  /* ORDER: k ascending, one partial sum per lane */
         VEC wv[4];
-        for (int r = 0; r < 4; r++) wv[r] = VLOAD_I8(wr[r] + k);
-        for (int m = 0; m < mb; m++) {
+        /* once per 64-byte line: the same k of the next tile's rows, R K bytes ahead */
+        if ((k & 63) == 0) for (int r = 0; r < R; r++) __builtin_prefetch(wr[r] + k + R * K, 0, 3);
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) wv[r] = VLOAD_I8(wr[r] + k);
+        _Pragma("GCC unroll 16") for (int m = 0; m < mb; m++) {
             VEC xv = VLOAD_F32(x + m * K + k);
-            for (int r = 0; r < 4; r++) acc[m][r] = VFMA(wv[r], xv, acc[m][r]);
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) acc[m * R + r] = VFMA(wv[r], xv, acc[m * R + r]);
         }
     }
     for (int m = 0; m < mb; m++)
-        for (int r = 0; r < 4; r++) {
-            float total = VREDUCE(acc[m][r]);
+        for (int r = 0; r < R; r++) {
+            float total = VREDUCE(acc[m * R + r]);
             for (int64_t j = k; j < K; j++) total += (float)wr[r][j] * x[m * K + j];
-            acc_out[m * 4 + r] = total;
+            acc_out[m * R + r] = total;
         }
 }
 
@@ -162,22 +166,22 @@ $attr void matmul_int8_$v(const int8_t *q, const float *scale, const int8_t *zer
         x_sum[m] = 0.0f;
         if (zero) for (int64_t k = 0; k < K; k++) x_sum[m] += x[m * K + k];
     }
+    /* four weight rows per tile whatever M: fewer rows with more input rows per tile measured slower (each
+       multiply-add then needs its own input load, and 16 input rows overflow L1), so above I8_REGS / 4 input rows
+       a weight tile is unpacked once per block of input rows */
+    const int R = 4, MB = I8_REGS / R;
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t n0 = 0; n0 < N; n0 += 4) {
-        float acc[MB8 * 4];
-        for (int64_t m0 = 0; m0 < M; m0 += MB8) {
-            int mb = (int)(M - m0 < MB8 ? M - m0 : MB8);
-            /* a constant row count per call, so the inlined tile keeps its accumulators in registers (cases
-               above MB8 never run: the row count is at most MB8) */
-            switch (mb) {
-                case 1: i8_tile_$v(q, n0, N, K, x + m0 * K, 1, acc); break;
-                case 2: i8_tile_$v(q, n0, N, K, x + m0 * K, 2 <= MB8 ? 2 : MB8, acc); break;
-                case 3: i8_tile_$v(q, n0, N, K, x + m0 * K, 3 <= MB8 ? 3 : MB8, acc); break;
-                default: i8_tile_$v(q, n0, N, K, x + m0 * K, MB8, acc); break;
+    for (int64_t n0 = 0; n0 < N; n0 += R) {
+        float acc[I8_REGS * 4];
+        for (int64_t m0 = 0; m0 < M; m0 += MB) {
+            int mb = (int)(M - m0 < MB ? M - m0 : MB);
+            /* constant tile shapes, so the inlined tile keeps its accumulators in registers */
+            switch (R * 32 + mb) {
+$i8_cases
             }
             for (int m = 0; m < mb; m++)
-                for (int64_t n = n0; n < n0 + 4 && n < N; n++) {
-                    float v = acc[m * 4 + (n - n0)];
+                for (int64_t n = n0; n < n0 + R && n < N; n++) {
+                    float v = acc[m * R + (n - n0)];
                     if (zero) v -= (float)zero[n] * x_sum[m0 + m];
                     y[(m0 + m) * N + n] = scale[n] * v + (bias ? bias[n] : 0.0f);
                 }
@@ -186,60 +190,64 @@ $attr void matmul_int8_$v(const int8_t *q, const float *scale, const int8_t *zer
 }
 """)
 
-# int4, one full 64-row block `blk`: for each half of 32 rows (I4_HALVES at once) and each `mb` input rows, per group:
-# float32 sums of x q over the group's k in order (one accumulator per row and output row), then
-# tot += scale * acc + (zero - 8 scale) * xsum[m, g]. Rows are independent: nothing depends on mb.
+# int4, the rows r0..r0+NV*LANES-1 of one full 64-row block (NV vectors of LANES rows; byte j of a k holds row j in
+# its low nibble and row j + 32 in its high one) against `mb` input rows, per group: float32 sums of x q over the
+# group's k in order (one accumulator per row and output row), then tot += scale * acc + (zero - 8 scale) * xsum[m,
+# g], groups in order. Rows are independent: nothing depends on NV, r0 or mb.
 _I4_BLOCK = Template(r"""
 $attr __attribute__((always_inline)) static inline void i4_tile_$v(
         const uint8_t *base, const uint16_t *sz, int64_t n_blk, int64_t N, int64_t K, int64_t G, const float *x,
-        const float *xsum, const float *bias, float *y, const int h0, const int64_t m0, const int mb) {
-    enum { PER_HALF = 32 / LANES, NV = I4_HALVES * 32 / LANES };
+        const float *xsum, const float *bias, float *y, const int r0, const int NV, const int64_t m0, const int mb) {
     const int64_t groups = K / G;
-    VEC tot[MB4][NV];
-    for (int m = 0; m < MB4; m++) for (int i = 0; i < NV; i++) tot[m][i] = VZERO;
+    float tot[I4_REGS * LANES];  /* (mb, NV, LANES): touched once per group, so kept out of the registers */
+    for (int i = 0; i < mb * NV * LANES; i++) tot[i] = 0.0f;
     for (int64_t g = 0; g < groups; g++) {
-        VEC acc[MB4][NV];
-        for (int m = 0; m < MB4; m++) for (int i = 0; i < NV; i++) acc[m][i] = VZERO;
+        VEC acc[I4_REGS];  /* (mb, NV), flat: constant indices keep it in registers */
+        for (int i = 0; i < mb * NV; i++) acc[i] = VZERO;
         for (int64_t k = g * G; k < (g + 1) * G; k++) {  /* ORDER: k ascending within the group */
             const uint8_t *p = base + k * 32;
-            VEC w[NV];
-            for (int h = 0; h < I4_HALVES; h++) I4_UNPACK_HALF(p, h0 + h, w + h * PER_HALF);
-            for (int m = 0; m < mb; m++) {
+            if ((k & 1) == 0) __builtin_prefetch(p + 2048, 0, 3);  /* 64 k ahead, once per 64-byte line */
+            VEC w[4];
+            _Pragma("GCC unroll 4") for (int i = 0; i < NV; i++)
+                w[i] = I4_UNPACK(p + (r0 + i * LANES) % 32, (r0 + i * LANES) / 32);
+            _Pragma("GCC unroll 16") for (int m = 0; m < mb; m++) {
                 VEC xv = VSET1(x[(m0 + m) * K + k]);
-                for (int i = 0; i < NV; i++) acc[m][i] = VFMA(w[i], xv, acc[m][i]);
+                _Pragma("GCC unroll 4") for (int i = 0; i < NV; i++) acc[m * NV + i] = VFMA(w[i], xv, acc[m * NV + i]);
             }
         }
         for (int i = 0; i < NV; i++) {
-            int64_t n = n_blk + (h0 + i / PER_HALF) * 32 + (i % PER_HALF) * LANES;
+            int64_t n = n_blk + r0 + i * LANES;
             VEC s, z;
             I4_SZ(sz + (g * N + n) * 2, s, z);
             VEC zs = VSUB(z, VMUL(VSET1(8.0f), s));
             for (int m = 0; m < mb; m++) {
-                tot[m][i] = VFMA(s, acc[m][i], tot[m][i]);
-                tot[m][i] = VFMA(zs, VSET1(xsum[(m0 + m) * groups + g]), tot[m][i]);
+                float *t = tot + (m * NV + i) * LANES;
+                VEC v = VFMA(s, acc[m * NV + i], VLOAD_F32(t));
+                VSTORE_F32(t, VFMA(zs, VSET1(xsum[(m0 + m) * groups + g]), v));
             }
         }
     }
     for (int m = 0; m < mb; m++)
         for (int i = 0; i < NV; i++) {
-            int64_t n = n_blk + (h0 + i / PER_HALF) * 32 + (i % PER_HALF) * LANES;
-            float out[LANES];
-            VSTORE_F32(out, tot[m][i]);
-            for (int l = 0; l < LANES; l++) y[(m0 + m) * N + n + l] = out[l] + (bias ? bias[n + l] : 0.0f);
+            int64_t n = n_blk + r0 + i * LANES;
+            for (int l = 0; l < LANES; l++)
+                y[(m0 + m) * N + n + l] = tot[(m * NV + i) * LANES + l] + (bias ? bias[n + l] : 0.0f);
         }
 }
 
 $attr static void i4_block_$v(const uint8_t *q, const uint16_t *sz, int64_t blk, int64_t N, int64_t K,
                               int64_t G, const float *x, const float *xsum, const float *bias, float *y, int64_t M) {
     const uint8_t *base = q + blk * 64 * (K / 2);
-    for (int h0 = 0; h0 < 2; h0 += I4_HALVES)
-        for (int64_t m0 = 0; m0 < M; m0 += MB4) {
-            /* a constant row count per call, so the inlined tile keeps its accumulators in registers */
-            switch (M - m0 < MB4 ? (int)(M - m0) : MB4) {
-                case 1: i4_tile_$v(base, sz, blk * 64, N, K, G, x, xsum, bias, y, h0, m0, 1); break;
-                case 2: i4_tile_$v(base, sz, blk * 64, N, K, G, x, xsum, bias, y, h0, m0, 2 <= MB4 ? 2 : MB4); break;
-                case 3: i4_tile_$v(base, sz, blk * 64, N, K, G, x, xsum, bias, y, h0, m0, 3 <= MB4 ? 3 : MB4); break;
-                default: i4_tile_$v(base, sz, blk * 64, N, K, G, x, xsum, bias, y, h0, m0, MB4); break;
+    /* as many block rows per pass as the registers allow with every input row in one tile, up to I4_REGS / 2 rows
+       (then the weights are unpacked once per call); above that, blocks of I4_REGS / 4 input rows measured faster
+       than one pass per 16 block rows */
+    const int NV = M <= I4_REGS / 4 || M > I4_REGS / 2 ? 4 : 2, MB = I4_REGS / NV;
+    for (int r0 = 0; r0 < 64; r0 += NV * LANES)
+        for (int64_t m0 = 0; m0 < M; m0 += MB) {
+            int mb = (int)(M - m0 < MB ? M - m0 : MB);
+            /* constant tile shapes, so the inlined tile keeps its accumulators in registers */
+            switch (NV * 32 + mb) {
+$i4_cases
             }
         }
 }
@@ -260,6 +268,18 @@ $attr void matmul_int4_$v(const uint8_t *q, const uint16_t *sz, const float *x, 
     free(xsum);
 }
 """)
+
+
+def _tile_cases(call: str, regs: str) -> str:
+    """The switch cases of a tile call for 4, 2 and 1 weight vectors or rows (`shape`) by 1..16/shape input rows:
+    constant arguments, each clamped to what the variant's register budget `regs` allows (cases past it never
+    run)."""
+    lines = []
+    for shape in (4, 2, 1):
+        for mb in range(1, 16 // shape + 1):
+            lines.append(f"                case {shape * 32 + mb}: {call.format(shape=shape, mb=f'({mb} <= {regs} / {shape} ? {mb} : {regs} / {shape})')}; break;")
+    return "\n".join(lines)
+
 
 # The last block of R < 64 rows (R a multiple of 16; rows 2j and 2j + 1 in byte j): the same arithmetic per row,
 # in scalar C (at most 48 rows of a matrix, e.g. a vocabulary not a multiple of 64).
@@ -290,8 +310,11 @@ static void i4_tail(const uint8_t *q, const uint16_t *sz, int64_t n_start, const
 
 def _variant_source(v: str) -> str:
     isa = _ISAS[v]
-    return "\n".join([isa["macros"], _I8_TILE.substitute(attr=isa["attr"], v=v, max_rows=MAX_ROWS),
-                      _I4_BLOCK.substitute(attr=isa["attr"], v=v, max_rows=MAX_ROWS), _UNDEF])
+    i8_cases = _tile_cases(f"i8_tile_{v}(q, n0, N, K, x + m0 * K, {{shape}}, {{mb}}, acc)", "I8_REGS")
+    i4_cases = _tile_cases(f"i4_tile_{v}(base, sz, blk * 64, N, K, G, x, xsum, bias, y, r0, {{shape}}, m0, {{mb}})",
+                           "I4_REGS")
+    return "\n".join([isa["macros"], _I8_TILE.substitute(attr=isa["attr"], v=v, max_rows=MAX_ROWS, i8_cases=i8_cases),
+                      _I4_BLOCK.substitute(attr=isa["attr"], v=v, i4_cases=i4_cases), _UNDEF])
 
 
 def _source() -> str:
