@@ -16,7 +16,9 @@ from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4
 from hf_recurrentgemma.griffin import cpu_quant_griffin as Q  # noqa: E402
 
 pytestmark = [pytest.mark.kernels, pytest.mark.usefixtures("one_thread")]
-VARIANTS = Q.supported_variants()
+VARIANTS = Q.supported_variants()  # the float32 variants both formats have
+# (format, variant) pairs this CPU runs: int8 also has AMX `bf16-tile`, which takes bfloat16 inputs only.
+FORMAT_VARIANTS = [(fmt, v) for fmt in ("int8", "int4") for v in Q.supported_variants(fmt)]
 U = 2.0**-24  # float32 unit roundoff
 # (format, N, K, group): N = 112 puts a 48-row tail block after a full 64-row int4 block; int8's N = 202 and
 # K = 100 leave partial 4-row and 16-lane tiles.
@@ -37,10 +39,14 @@ def quantized(fmt: str, n: int, k: int, group: int | None, seed: int = 0) -> nn.
 
 def kernel_output(fmt: str, variant: str, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """The compiled variant's float32 result for x (M, K) (what `linear_rows` rounds to x's dtype)."""
-    function, w = Q.QUANT_KERNEL.function(f"matmul_{fmt}", variant), layer.weight
+    function, w, tile = Q.QUANT_KERNEL.function(f"matmul_{fmt}", variant), layer.weight, variant == "bf16-tile"
     if fmt == "int8":
-        return Q.run_int8(function, x, w.qdata, w.scale, w.zero_point, layer.bias)
-    return Q.run_int4(function, x, w.qdata, w.scale_and_zero, w.block_size[1], layer.bias)
+        return Q.run_int8(function, x, w.qdata, w.scale, w.zero_point, layer.bias, bf16_input=tile)
+    return Q.run_int4(function, x, w.qdata, w.scale_and_zero, w.block_size[1], layer.bias, bf16_input=tile)
+
+
+def input_dtypes(variant: str) -> tuple[torch.dtype, ...]:
+    return (torch.bfloat16,) if variant == "bf16-tile" else (torch.float32, torch.bfloat16)
 
 
 def gamma(n: int) -> float:
@@ -51,8 +57,8 @@ def error_bound(fmt: str, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """(M, N) bound on |kernel - float64 product| from the arithmetic in the module docstring. Every float32
     operation rounds once (FMA) or twice (scalar C multiplies and adds separately, -ffp-contract=off); a value
     formed by a chain of d such operations over terms t_i is within gamma(2 d) sum |t_i| of exact (Higham 3.1).
-    int8: chain depth K (lanes, reduction tree and tail together) + 3 (zero point, scale, bias); terms x q scale,
-    zero x scale, bias. int4: depth G (the group's sum) + 2 per group + 2 (zero - 8 scale, bias); terms x q scale
+    int8: chain depth K (lanes, reduction tree and tail together; AMX tiles accumulate pair products, a chain no
+    deeper) + 3 (zero point, scale, bias); terms x q scale, zero x scale, bias. int4: depth G (the group's sum) + 2 per group + 2 (zero - 8 scale, bias); terms x q scale
     and x (zero - 8 scale) per group, and the bias."""
     xa = x.double().abs()
     bias = layer.bias.detach().double().abs()
@@ -73,15 +79,19 @@ def error_bound(fmt: str, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     return gamma(2 * (group + 2 * (k // group) + 2)) * magnitude
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("fmt,n,k,group", CASES, ids=IDS)
+def _format_cases(cases, ids):
+    return [pytest.param(variant, *case, id=f"{variant}-{name}") for case, name in zip(cases, ids)
+            for fmt, variant in FORMAT_VARIANTS if fmt == case[0]]
+
+
+@pytest.mark.parametrize("variant,fmt,n,k,group", _format_cases(CASES, IDS))
 def test_each_variant_within_the_derived_bound_of_the_float64_product(fmt, n, k, group, variant, monkeypatch):
     force_variant(monkeypatch, variant)
     layer = quantized(fmt, n, k, group)
     assert Q.quant_format(layer.weight) == fmt
-    x = torch.randn(16, k)
+    x = torch.randn(16, k).to(input_dtypes(variant)[0]).float()  # bf16-tile: inputs bfloat16 already
     with torch.no_grad():
-        y = kernel_output(fmt, variant, x, layer).double()
+        y = kernel_output(fmt, variant, x.to(input_dtypes(variant)[0]), layer).double()
     exact = x.double() @ Q.dequantize(layer.weight).T + layer.bias.detach().double()
     bound = error_bound(fmt, x, layer)
     error = (y - exact).abs()
@@ -90,14 +100,13 @@ def test_each_variant_within_the_derived_bound_of_the_float64_product(fmt, n, k,
     assert float(error.max()) > 0  # the comparison sees float32 rounding, not a float64 copy
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("fmt,n,k,group", CASES[:1] + CASES[2:3], ids=IDS[:1] + IDS[2:3])
+@pytest.mark.parametrize("variant,fmt,n,k,group", _format_cases(CASES[:1] + CASES[2:3], IDS[:1] + IDS[2:3]))
 def test_k_rows_equal_k_one_row_products_bit_for_bit(fmt, n, k, group, variant, monkeypatch):
     """Each row is accumulated in the same order whatever the row count, so a (k+1)-token verification equals
     k+1 one-token steps exactly (float32 and bfloat16 inputs)."""
     force_variant(monkeypatch, variant)
     layer = quantized(fmt, n, k, group)
-    for dtype in (torch.float32, torch.bfloat16):  # inputs over a wide range of magnitudes: sums that round
+    for dtype in input_dtypes(variant):  # inputs over a wide range of magnitudes: sums that round
         x = (torch.randn(Q.MAX_ROWS, k) * 2.0 ** torch.randint(-12, 13, (Q.MAX_ROWS, k))).to(dtype)
         with torch.no_grad():
             ones = torch.cat([Q.linear_rows(x[i:i + 1], layer.weight, layer.bias, variant) for i in range(len(x))])
@@ -106,11 +115,11 @@ def test_k_rows_equal_k_one_row_products_bit_for_bit(fmt, n, k, group, variant, 
                     f"{variant} {dtype}: {rows} rows differ from one-row products"
 
 
-def rows_match_one_row(function, fmt: str, layer: nn.Linear, x: torch.Tensor) -> bool:
+def rows_match_one_row(function, fmt: str, layer: nn.Linear, x: torch.Tensor, tile: bool = False) -> bool:
     w = layer.weight
     if fmt == "int8":
         def run(rows):
-            return Q.run_int8(function, rows, w.qdata, w.scale, w.zero_point, layer.bias)
+            return Q.run_int8(function, rows, w.qdata, w.scale, w.zero_point, layer.bias, bf16_input=tile)
     else:
         def run(rows):
             return Q.run_int4(function, rows, w.qdata, w.scale_and_zero, w.block_size[1], layer.bias)
@@ -143,6 +152,22 @@ def test_a_row_dependent_accumulation_order_fails_the_invariance_check(fmt, n, k
     name = f"matmul_{fmt}"
     assert rows_match_one_row(Q.QUANT_KERNEL.function(name, variant), fmt, layer, x)
     assert not rows_match_one_row(kernel.function(name, variant), fmt, layer, x)
+
+
+AMX_LOOP = "for (int64_t k = 0; k < K32; k += 32) {  /* ORDER: k ascending, 32 at a time */"
+
+
+@pytest.mark.skipif("bf16-tile" not in Q.supported_variants("int8"), reason="no AMX on this CPU")
+def test_a_row_dependent_order_in_the_amx_int8_kernel_fails_the_invariance_check(monkeypatch):
+    """The same for `bf16-tile`: its 32-k tile products walked backwards when several rows run are caught."""
+    force_variant(monkeypatch, "bf16-tile")
+    assert Q.QUANT_KERNEL.source.count(AMX_LOOP) == 1
+    mutated = "for (int64_t kk = 0; kk < K32; kk += 32) { int64_t k = M > 1 ? K32 - 32 - kk : kk;"
+    kernel = Q.make_kernel(Q._source().replace(AMX_LOOP, mutated))
+    layer = quantized("int8", 64, 256, None)
+    x = (torch.randn(4, 256) * 2.0 ** torch.randint(-12, 13, (4, 256))).bfloat16()
+    assert rows_match_one_row(Q.QUANT_KERNEL.function("matmul_int8", "bf16-tile"), "int8", layer, x, tile=True)
+    assert not rows_match_one_row(kernel.function("matmul_int8", "bf16-tile"), "int8", layer, x, tile=True)
 
 
 def test_dequantize_reads_the_int4_layout_as_torch_does():

@@ -14,21 +14,25 @@ Layouts (the tensors users already have from `quantize_()` or `TorchAoConfig`, n
 
 Why dequantization in registers with float32 FMA, not integer dot products over activations quantized to int8
 (AVX-512 VNNI, AVX2 `maddubs`): decoding is bound by the weight reads, and unpacking plus one FMA per weight and row
-keeps up with memory for a few rows (docs/performance.md), while quantizing activations would change the numerics
-(every product here is of the exact dequantized weight and the float32 input).
+keeps up with memory at one row (docs/performance.md), while quantizing activations would change the numerics
+(every product here is of the exact dequantized weight and the input). From a few rows on the float32 variants are
+bound by their multiply-adds; on AMX CPUs int8 with bfloat16 inputs takes the tiles instead (`bf16-tile`), whose
+cost hardly grows with the row count, so a verification costs about what one token costs.
 
 Arithmetic, the same in every variant, each row on its own (so k rows give k one-row results bit for bit):
     int8   acc[m, n] = sum_k x[m, k] q[n, k] in LANES float32 partial sums (k mod LANES), reduced in a fixed
-           order, then y = scale (acc - zero sum_k x) + bias.
+           order (`bf16-tile`: AMX tile products over 32 k at a time, the exact products of bfloat16 x and q
+           accumulated in float32), then y = scale (acc - zero sum_k x) + bias.
     int4   per group g: acc = sum_{k in g} x[m, k] q[n, k] in float32 (k in order), then
            y += scale acc + (zero - 8 scale) xsum[m, g], with xsum[m, g] = sum_{k in g} x[m, k] (k in order);
            groups in order; then + bias. Algebraically the product of the dequantized weights.
 Every variant accumulates in float32 and rounds once to x's dtype.
 
 Variants (built by `kernel_build_griffin.py`, which picks one at run time and reads the switches; the switch name
-is `gemv`, shared with the plain few-row kernels): `fp32-fma-512` (AVX-512F), `fp32-fma-256` (AVX2 + FMA), and
-`scalar` (portable C: tested everywhere, used only when forced, since torch's and torchao's own paths come first
-where no vector variant runs).
+is `gemv`, shared with the plain few-row kernels): `bf16-tile` (AMX; int8 with bfloat16 inputs only),
+`fp32-fma-512` (AVX-512F), `fp32-fma-256` (AVX2 + FMA), and `scalar` (portable C: tested everywhere, used only when
+forced, since torch's and torchao's own paths come first where no vector variant runs). The variant depends on the
+format, the input dtype and the CPU, never on the row count.
 """
 
 import ctypes
@@ -40,6 +44,11 @@ from .kernel_build_griffin import (MAX_ROWS, CompiledKernel, kernel_argtypes, ke
                                    op_namespace, target_attribute)
 
 VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")
+# int8 also has `bf16-tile` (AMX), for bfloat16 inputs only: the products of bfloat16 x and the codes are exact, so
+# only the accumulation differs from the float32 variants. An int4 one (codes turned into bfloat16 pairs for the B
+# tile by a `vpermw` table) was measured and left out: 5.2 ms for one row of a 2560 -> 15360 linear against 2.5 ms
+# for `fp32-fma-512`, and still slower at 5 rows (5.5 against 4.8 ms).
+INT8_VARIANTS = (*VARIANTS, "bf16-tile")
 INT4_BLOCK = 64  # output rows per block of torch's CPU int4 pack
 INT4_GROUPS = (32, 64, 128)  # the group sizes torchao's CPU int4 offers
 
@@ -270,12 +279,11 @@ $attr void matmul_int4_$v(const uint8_t *q, const uint16_t *sz, const float *x, 
 """)
 
 
-def _tile_cases(call: str, regs: str) -> str:
-    """The switch cases of a tile call for 4, 2 and 1 weight vectors or rows (`shape`) by 1..16/shape input rows:
-    constant arguments, each clamped to what the variant's register budget `regs` allows (cases past it never
-    run)."""
+def _tile_cases(call: str, regs: str, shapes: tuple[int, ...]) -> str:
+    """The switch cases of a tile call for `shapes` weight rows or vectors by 1..16/shape input rows: constant
+    arguments, each clamped to what the variant's register budget `regs` allows (cases past it never run)."""
     lines = []
-    for shape in (4, 2, 1):
+    for shape in shapes:
         for mb in range(1, 16 // shape + 1):
             lines.append(f"                case {shape * 32 + mb}: {call.format(shape=shape, mb=f'({mb} <= {regs} / {shape} ? {mb} : {regs} / {shape})')}; break;")
     return "\n".join(lines)
@@ -308,18 +316,96 @@ static void i4_tail(const uint8_t *q, const uint16_t *sz, int64_t n_start, const
 """
 
 
+# int8 weights against bfloat16 inputs with AMX tiles (the `bf16-tile` variant, taken only for bfloat16 x):
+# y^T (N, M) = W (N, K) x^T, 16 weight rows at a time, as cpu_matvec_griffin's bfloat16 tiles. Each 16 x 32 block of
+# codes is widened once to bfloat16 (exact: |q| <= 128) into an L1 buffer for the A tile, so the unpacking is paid
+# once per weight whatever the row count and the tiles do every row's products: a 16-row call costs about what one
+# row costs. B holds the inputs as (K/2, M, 2) pairs, C the 16 x M float32 sums of x q. Then, as the other
+# variants, y = scale (acc - zero sum_k x) + bias. Rows past the last multiple of 16 and a K tail (K % 32) are
+# summed in scalar code in k order; every row's arithmetic is the same whatever M.
+_I8_AMX = r"""
+struct quant_tile_config { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; };
+
+__attribute__((target("avx512f,avx512bf16,amx-tile,amx-bf16"))) void matmul_int8_bf16_tile(
+        const int8_t *q, const float *scale, const int8_t *zero, const uint16_t *x, const float *bias, float *y,
+        int64_t M, int64_t N, int64_t K, int threads) {
+    const int64_t K32 = K / 32 * 32, N16 = N / 16 * 16;
+    uint16_t *packed = (uint16_t *)malloc(sizeof(uint16_t) * (K32 + 2) * M);
+    for (int64_t p = 0; p < K32 / 2; p++)
+        for (int64_t m = 0; m < M; m++) {
+            packed[(p * M + m) * 2] = x[m * K + 2 * p];
+            packed[(p * M + m) * 2 + 1] = x[m * K + 2 * p + 1];
+        }
+    float x_sum[$max_rows];
+    for (int64_t m = 0; m < M; m++) {
+        x_sum[m] = 0.0f;
+        if (zero) for (int64_t k = 0; k < K; k++) x_sum[m] += bf16_to_f32(x[m * K + k]);
+    }
+    #pragma omp parallel num_threads(threads)
+    {
+        struct quant_tile_config config;
+        memset(&config, 0, sizeof(config));
+        config.palette = 1;
+        config.rows[0] = 16; config.colsb[0] = (uint16_t)(M * 4);  /* C: 16 weight rows x M sums */
+        config.rows[1] = 16; config.colsb[1] = 64;                 /* A: 16 weight rows x 32 bfloat16 */
+        config.rows[2] = 16; config.colsb[2] = (uint16_t)(M * 4);  /* B: 16 k pairs x M inputs x 2 */
+        _tile_loadconfig(&config);
+        uint16_t wide[16 * 32] __attribute__((aligned(64)));
+        float sums[16 * 16];
+        #pragma omp for schedule(static)
+        for (int64_t n0 = 0; n0 < N16; n0 += 16) {
+            _tile_zero(0);
+            for (int64_t k = 0; k < K32; k += 32) {  /* ORDER: k ascending, 32 at a time */
+                for (int r = 0; r < 16; r++) {
+                    const int8_t *src = q + (n0 + r) * K + k;
+                    /* the same k of the next 16 rows, once per 64-byte line */
+                    if ((k & 63) == 0) __builtin_prefetch(src + 16 * K, 0, 3);
+                    __m128i lo = _mm_loadu_si128((const __m128i *)src), hi = _mm_loadu_si128((const __m128i *)(src + 16));
+                    __m512bh b = _mm512_cvtne2ps_pbh(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)),
+                                                     _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)));
+                    _mm512_store_si512((void *)(wide + r * 32), (__m512i)b);
+                }
+                _tile_loadd(1, wide, 64);
+                _tile_loadd(2, packed + k * M, M * 4);
+                _tile_dpbf16ps(0, 1, 2);
+            }
+            _tile_stored(0, sums, M * 4);
+            for (int64_t r = 0; r < 16; r++)
+                for (int64_t m = 0; m < M; m++) {
+                    const int64_t n = n0 + r;
+                    float v = sums[r * M + m];
+                    for (int64_t j = K32; j < K; j++) v += (float)q[n * K + j] * bf16_to_f32(x[m * K + j]);
+                    if (zero) v -= (float)zero[n] * x_sum[m];
+                    y[m * N + n] = scale[n] * v + (bias ? bias[n] : 0.0f);
+                }
+        }
+        _tile_release();
+    }
+    free(packed);
+    for (int64_t n = N16; n < N; n++)  /* the last rows: k in order */
+        for (int64_t m = 0; m < M; m++) {
+            float v = 0.0f;
+            for (int64_t k = 0; k < K; k++) v += (float)q[n * K + k] * bf16_to_f32(x[m * K + k]);
+            if (zero) v -= (float)zero[n] * x_sum[m];
+            y[m * N + n] = scale[n] * v + (bias ? bias[n] : 0.0f);
+        }
+}
+"""
+
+
 def _variant_source(v: str) -> str:
     isa = _ISAS[v]
-    i8_cases = _tile_cases(f"i8_tile_{v}(q, n0, N, K, x + m0 * K, {{shape}}, {{mb}}, acc)", "I8_REGS")
+    i8_cases = _tile_cases(f"i8_tile_{v}(q, n0, N, K, x + m0 * K, {{shape}}, {{mb}}, acc)", "I8_REGS", (4,))
     i4_cases = _tile_cases(f"i4_tile_{v}(base, sz, blk * 64, N, K, G, x, xsum, bias, y, r0, {{shape}}, m0, {{mb}})",
-                           "I4_REGS")
+                           "I4_REGS", (4, 2))
     return "\n".join([isa["macros"], _I8_TILE.substitute(attr=isa["attr"], v=v, max_rows=MAX_ROWS, i8_cases=i8_cases),
                       _I4_BLOCK.substitute(attr=isa["attr"], v=v, i4_cases=i4_cases), _UNDEF])
 
 
 def _source() -> str:
     parts = [_I4_TAIL, _variant_source("scalar"), "#if defined(HF_RG_X86)"]
-    parts += [_variant_source("fp32_fma_256"), _variant_source("fp32_fma_512"), "#endif"]
+    parts += [_variant_source("fp32_fma_256"), _variant_source("fp32_fma_512"),
+              Template(_I8_AMX).substitute(max_rows=MAX_ROWS), "#endif"]
     return "\n".join(parts)
 
 
@@ -327,7 +413,7 @@ def make_kernel(source: str | None = None) -> CompiledKernel:
     """The compiled kernel for `source` (default: this module's); tests build altered copies to show that the
     row-invariance check catches a changed accumulation order."""
     return CompiledKernel("quant", _source() if source is None else source, {
-        "matmul_int8": (VARIANTS, kernel_argtypes(6)),
+        "matmul_int8": (INT8_VARIANTS, kernel_argtypes(6)),
         # q, scale_and_zero, x, bias, y; M, N, K, the group size; threads
         "matmul_int4": (VARIANTS, [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int]),
     })
@@ -336,9 +422,10 @@ def make_kernel(source: str | None = None) -> CompiledKernel:
 QUANT_KERNEL = make_kernel()
 
 
-def supported_variants() -> list[str]:
-    """The variants this CPU and build can run, weakest first (whatever the switches say: tests force each)."""
-    return [v for v in QUANT_KERNEL.supported() if v in VARIANTS]
+def supported_variants(fmt: str = "int4") -> list[str]:
+    """The variants of `fmt`'s kernel this CPU and build can run, weakest first (whatever the switches say: tests
+    force each); int8's `bf16-tile` takes bfloat16 inputs only."""
+    return [v for v in QUANT_KERNEL.supported() if v in (INT8_VARIANTS if fmt == "int8" else VARIANTS)]
 
 
 _decided: dict[tuple, str | None] = {}
@@ -353,6 +440,16 @@ def quant_variant() -> str | None:
     if key not in _decided:
         variant = QUANT_KERNEL.best_variant(VARIANTS) if kernel_enabled("gemv") else None
         _decided[key] = variant if variant != "scalar" else None
+    return _decided[key]
+
+
+@torch.compiler.assume_constant_result
+def tile_allowed() -> bool:
+    """Whether int8 weights against bfloat16 inputs run the AMX `bf16-tile` variant now: the CPU has AMX (and the
+    kernel its permission) and HF_RECURRENTGEMMA_CPU_ISA does not cap it."""
+    key = (kernel_settings(), "bf16-tile")
+    if key not in _decided:
+        _decided[key] = kernel_enabled("gemv") and QUANT_KERNEL.best_variant(INT8_VARIANTS) == "bf16-tile"
     return _decided[key]
 
 
@@ -408,10 +505,20 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).float().contiguous()
 
 
+def _input_rows(x: torch.Tensor, bf16_input: bool) -> torch.Tensor:
+    """x (..., K) as the (M, K) rows a kernel reads: float32, or bfloat16 as it is for the `bf16-tile` variant."""
+    if not bf16_input:
+        return _as_rows(x)
+    if x.dtype != torch.bfloat16:
+        raise ValueError(f"the bf16-tile quantized kernels take bfloat16 inputs, got {x.dtype}")
+    return x.reshape(-1, x.shape[-1]).contiguous()
+
+
 def run_int8(function, x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
-             bias: torch.Tensor | None) -> torch.Tensor:
-    """Calls a compiled `matmul_int8` variant: x (M, K) float, M <= MAX_ROWS; returns y (M, N) float32."""
-    rows = _as_rows(x)
+             bias: torch.Tensor | None, bf16_input: bool = False) -> torch.Tensor:
+    """Calls a compiled `matmul_int8` variant: x (M, K) float, M <= MAX_ROWS, handed over in float32 or, for
+    `bf16_input` (the `bf16-tile` variant), as bfloat16 (x must be bfloat16 then); returns y (M, N) float32."""
+    rows = _input_rows(x, bf16_input)
     scale32 = scale.reshape(-1).float().contiguous()
     zero = None if zero_point is None else zero_point.reshape(-1).to(torch.int8).contiguous()
     bias32 = None if bias is None else bias.float().contiguous()
@@ -423,9 +530,10 @@ def run_int8(function, x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor
 
 
 def run_int4(function, x: torch.Tensor, qdata: torch.Tensor, scale_and_zero: torch.Tensor, group_size: int,
-             bias: torch.Tensor | None) -> torch.Tensor:
-    """Calls a compiled `matmul_int4` variant: x (M, K) float, M <= MAX_ROWS; returns y (M, N) float32."""
-    rows = _as_rows(x)
+             bias: torch.Tensor | None, bf16_input: bool = False) -> torch.Tensor:
+    """Calls a compiled `matmul_int4` variant: x (M, K) float, M <= MAX_ROWS, as `run_int8` hands it over;
+    returns y (M, N) float32."""
+    rows = _input_rows(x, bf16_input)
     bias32 = None if bias is None else bias.float().contiguous()
     y = torch.empty(rows.shape[0], qdata.shape[0], dtype=torch.float32)
     function(qdata.data_ptr(), scale_and_zero.data_ptr(), rows.data_ptr(), None if bias32 is None else bias32.data_ptr(),
@@ -438,7 +546,8 @@ def _matmul_int8_op(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, z
                     bias: torch.Tensor | None, variant: str) -> torch.Tensor:
     """x (..., K) float, at most MAX_ROWS rows; qdata (N, K) int8, scale (N) or (N, 1), zero_point the same in
     int8 or None: y = x (scale (q - zero))^T + bias, (..., N) in x's dtype."""
-    y = run_int8(QUANT_KERNEL.function("matmul_int8", variant), x, qdata, scale, zero_point, bias)
+    y = run_int8(QUANT_KERNEL.function("matmul_int8", variant), x, qdata, scale, zero_point, bias,
+                 bf16_input=variant == "bf16-tile")
     return y.to(x.dtype).view(*x.shape[:-1], qdata.shape[0])
 
 
@@ -452,7 +561,8 @@ def _matmul_int4_op(x: torch.Tensor, qdata: torch.Tensor, scale_and_zero: torch.
                     bias: torch.Tensor | None, variant: str) -> torch.Tensor:
     """x (..., K) float, at most MAX_ROWS rows; qdata (N, K/2) uint8 in torch's CPU int4 pack, scale_and_zero
     (K/G, N, 2) bfloat16: y = x ((q - 8) scale + zero)^T + bias, (..., N) in x's dtype."""
-    y = run_int4(QUANT_KERNEL.function("matmul_int4", variant), x, qdata, scale_and_zero, group_size, bias)
+    y = run_int4(QUANT_KERNEL.function("matmul_int4", variant), x, qdata, scale_and_zero, group_size, bias,
+                 bf16_input=variant == "bf16-tile")
     return y.to(x.dtype).view(*x.shape[:-1], qdata.shape[0])
 
 
@@ -482,12 +592,21 @@ def kernel_applies(x: torch.Tensor, weight) -> bool:
     return quant_format(weight) is not None and x.shape[-1] == weight.shape[1] and quant_variant() is not None
 
 
+def variant_for(x: torch.Tensor, weight) -> str | None:
+    """The variant `linear_quantized` runs for this input and weight: int8 with bfloat16 inputs on AMX takes
+    `bf16-tile`, everything else `quant_variant()`. Fixed per format and input dtype, never per row count, so a
+    verification of k rows runs what k one-row steps run."""
+    if x.dtype == torch.bfloat16 and quant_format(weight) == "int8" and tile_allowed():
+        return "bf16-tile"
+    return quant_variant()
+
+
 def linear_quantized(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` for a torchao weight: this module's kernel where `kernel_applies`, else torchao's
     own product (prompts longer than MAX_ROWS, another layout, kernels off). Equal to the product of the
     dequantized weights within float32 accumulation order, rounded once to x's dtype."""
     if kernel_applies(x, weight):
-        return linear_rows(x, weight, bias, quant_variant())
+        return linear_rows(x, weight, bias, variant_for(x, weight))
     return torch.nn.functional.linear(x, weight, bias)
 
 
