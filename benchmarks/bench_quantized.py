@@ -9,6 +9,7 @@ Sections (`--sections`, default all):
     decode   tokens/s at batch 1 at the recurrentgemma-2b shape (26 layers, head included, random weights) in
              bf16, int8 and int4: bytes read per token, the read rate measured in the same run, each figure as a
              fraction of its floor (bytes / read rate); and the (k+1)-token forward against one token, k = 1..15.
+    prefill  one --prompt-tokens forward (torchao's and torch's own products) in each format against bfloat16.
     quality  held-out perplexity of the shipped 6M model (--heldout) in bf16, int8 and int4 per group size; logit
              error and greedy agreement against bf16 at the 2B shape.
     big      (not in the default list) --preset's shape, e.g. recurrentgemma-9b, from random weights written shard by
@@ -235,6 +236,30 @@ def decode_section(args) -> dict:
     return results
 
 
+def prefill_section(args) -> dict:
+    """Prompt cost with quantized weights against bfloat16: one forward over --prompt-tokens tokens (more rows than
+    the few-row kernels take, so torchao's and torch's own products run), the next-token logits only, as generate()
+    asks; medians of --repeats, formats interleaved within each repeat so load slows all alike."""
+    import gc
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    models = {fmt: build_model(args.preset, fmt, args.group_size, args.layers) for fmt in formats}
+    prompt = torch.randint(0, 256000, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(3))
+    calls = {fmt: (lambda m=model: m(prompt, use_cache=True, logits_to_keep=1)) for fmt, model in models.items()}
+    with torch.no_grad():
+        medians = interleaved_medians(calls, args.repeats)
+    results = {fmt: {"s": seconds, "tokens_per_s": args.prompt_tokens / seconds} for fmt, seconds in medians.items()}
+    base = medians.get("bf16")
+    for fmt, seconds in medians.items():
+        if base:
+            results[fmt]["x_bf16_time"] = seconds / base
+        print(f"prefill {args.prompt_tokens} tokens, {fmt}: {seconds:.2f} s"
+              + (f" ({seconds / base:.2f}x bfloat16's time)" if base else "") + f"   load {load():.2f}")
+    del models, calls
+    gc.collect()
+    return results
+
+
 def quality_section(args) -> dict:
     """What a user gives up: held-out perplexity of the shipped 6M model (`--heldout`: Persuasion, written by
     `python -m training.corpus`) in bfloat16, int8 and int4 for each group size; and at the 2B shape (random
@@ -434,7 +459,8 @@ def _quant_module():
     return cpu_quant_griffin
 
 
-SECTIONS = {"linear": linear_section, "decode": decode_section, "quality": quality_section, "big": big_section}
+SECTIONS = {"linear": linear_section, "decode": decode_section, "prefill": prefill_section,
+            "quality": quality_section, "big": big_section}
 
 
 def main(argv=None) -> dict:
@@ -456,6 +482,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--big-format", default="int4", choices=["int8", "int4"], help="big: the format to load in")
     parser.add_argument("--in-process", action="store_true", help="big: load here (the writer runs it this way)")
     parser.add_argument("--max-k", type=int, default=15, help="decode: (k+1)-token forwards for k = 1..max-k")
+    parser.add_argument("--prompt-tokens", type=int, default=512, help="prefill: the prompt's length")
     parser.add_argument("--json", default=None, help="write every figure here")
     parser.add_argument("--plot", default=None, metavar="PNG",
                         help="instead of measuring: plot the decode sections of --plot-from (LABEL=JSON ...)")

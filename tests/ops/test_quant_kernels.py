@@ -193,3 +193,27 @@ def test_kernels_off_or_scalar_cap_fall_back_to_torchao(monkeypatch):
     if VARIANTS[-1] != "scalar":
         monkeypatch.setenv("HF_RECURRENTGEMMA_CPU_ISA", VARIANTS[-1])
         assert Q.kernel_applies(x, layer.weight) and not Q.kernel_applies(torch.randn(17, 64), layer.weight)
+
+
+@pytest.mark.parametrize("fmt,n,k,group", [CASES[0], CASES[1], CASES[4]], ids=[IDS[0], IDS[1], IDS[4]])
+def test_prompts_multiply_the_dequantized_weights_rounded_to_bfloat16(fmt, n, k, group):
+    """More than MAX_ROWS bfloat16 rows take `linear_prompt` (weights widened tile by tile, torch's bfloat16
+    product). Each weight is rounded once to bfloat16 (2^-9 relative), each output once (2^-9), the sums in float32:
+    within (2^-8 + gamma(K)) (|x| |w|^T + |bias|) of the float64 product, tiles past PROMPT_TILE_ROWS included."""
+    layer = quantized(fmt, n, k, group)
+    if fmt == "int4":  # several prompt tiles and whole int4 blocks: N = 640
+        layer = quantized(fmt, 2 * Q.PROMPT_TILE_ROWS + 128, k, group)
+    x = torch.randn(Q.MAX_ROWS + 9, k).bfloat16()
+    assert Q.prompt_applies(x, layer.weight) and not Q.kernel_applies(x, layer.weight)
+    with torch.no_grad():
+        y = Q.linear_quantized(x, layer.weight, layer.bias).double()
+    w = Q.dequantize(layer.weight)
+    exact = x.double() @ w.T + layer.bias.detach().double()
+    bound = (2.0**-8 + gamma(k)) * (x.double().abs() @ w.abs().T + layer.bias.detach().double().abs())
+    assert bool(((y - exact).abs() <= bound).all()), float(((y - exact).abs() / bound).max())
+
+
+def test_float32_prompts_and_partial_int4_blocks_keep_torchaos_own_product():
+    x = torch.randn(Q.MAX_ROWS + 1, 256)
+    assert not Q.prompt_applies(x, quantized("int8", 64, 256, None).weight)  # float32 inputs
+    assert not Q.prompt_applies(x.bfloat16(), quantized("int4", 112, 256, 32).weight)  # a 48-row last block

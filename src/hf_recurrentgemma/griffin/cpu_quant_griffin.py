@@ -393,13 +393,60 @@ __attribute__((target("avx512f,avx512bf16,amx-tile,amx-bf16"))) void matmul_int8
 """
 
 
+# Prompts (more rows than the few-row kernels take): rows n0..n1 of the dequantized weights, rounded to bfloat16
+# (nearest even), into a buffer that stays in L2, for torch's bfloat16 matrix product: int8 scale (q - zero) as
+# (n1 - n0, K); int4 (q - 8) scale + zero as (K, n1 - n0), the order its pack is read in (n0, n1 whole 64-row
+# blocks of torch's int4 pack).
+_DEQUANT = Template(r"""
+static inline uint16_t round_bf16_$v(float f) {
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+$attr void widen_int8_$v(const int8_t *q, const float *scale, const int8_t *zero, uint16_t *out, int64_t n0,
+                         int64_t n1, int64_t K) {
+    for (int64_t n = n0; n < n1; n++) {
+        const float s = scale[n], z = zero ? (float)zero[n] : 0.0f;
+        for (int64_t k = 0; k < K; k++) out[(n - n0) * K + k] = round_bf16_$v(s * ((float)q[n * K + k] - z));
+    }
+}
+
+$attr void widen_int4_$v(const uint8_t *q, const uint16_t *sz, uint16_t *out, int64_t n0, int64_t n1, int64_t N,
+                         int64_t K, int64_t G) {
+    /* out is k-major, (K, n1 - n0): a block's 32 bytes of one k give 64 adjacent outputs */
+    const int64_t T = n1 - n0;
+    for (int64_t blk = n0 / 64; blk < n1 / 64; blk++) {
+        const uint8_t *base = q + blk * 64 * (K / 2);
+        uint16_t *col = out + (blk * 64 - n0);
+        for (int64_t g = 0; g < K / G; g++) {
+            float s[64], z[64];
+            for (int r = 0; r < 64; r++) {
+                s[r] = bf16_to_f32(sz[(g * N + blk * 64 + r) * 2]);
+                z[r] = bf16_to_f32(sz[(g * N + blk * 64 + r) * 2 + 1]);
+            }
+            for (int64_t k = g * G; k < (g + 1) * G; k++) {
+                const uint8_t *p = base + k * 32;
+                uint16_t *o = col + k * T;
+                for (int j = 0; j < 32; j++) {
+                    o[j] = round_bf16_$v((float)((p[j] & 15) - 8) * s[j] + z[j]);
+                    o[j + 32] = round_bf16_$v((float)((p[j] >> 4) - 8) * s[j + 32] + z[j + 32]);
+                }
+            }
+        }
+    }
+}
+""")
+
+
 def _variant_source(v: str) -> str:
     isa = _ISAS[v]
     i8_cases = _tile_cases(f"i8_tile_{v}(q, n0, N, K, x + m0 * K, {{shape}}, {{mb}}, acc)", "I8_REGS", (4,))
     i4_cases = _tile_cases(f"i4_tile_{v}(base, sz, blk * 64, N, K, G, x, xsum, bias, y, r0, {{shape}}, m0, {{mb}})",
                            "I4_REGS", (4, 2))
     return "\n".join([isa["macros"], _I8_TILE.substitute(attr=isa["attr"], v=v, max_rows=MAX_ROWS, i8_cases=i8_cases),
-                      _I4_BLOCK.substitute(attr=isa["attr"], v=v, i4_cases=i4_cases), _UNDEF])
+                      _I4_BLOCK.substitute(attr=isa["attr"], v=v, i4_cases=i4_cases),
+                      _DEQUANT.substitute(attr=isa["attr"], v=v), _UNDEF])
 
 
 def _source() -> str:
@@ -416,6 +463,8 @@ def make_kernel(source: str | None = None) -> CompiledKernel:
         "matmul_int8": (INT8_VARIANTS, kernel_argtypes(6)),
         # q, scale_and_zero, x, bias, y; M, N, K, the group size; threads
         "matmul_int4": (VARIANTS, [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int]),
+        "widen_int8": (VARIANTS, [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3),  # q, scale, zero, out; n0, n1, K
+        "widen_int4": (VARIANTS, [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5),  # q, sz, out; n0, n1, N, K, G
     })
 
 
@@ -601,12 +650,61 @@ def variant_for(x: torch.Tensor, weight) -> str | None:
     return quant_variant()
 
 
+PROMPT_TILE_ROWS = 256  # weight rows widened at a time for a prompt: 256 x 2,560 bfloat16 is 1.3 MB, in L2
+
+
+def prompt_applies(x: torch.Tensor, weight) -> bool:
+    """Whether `linear_quantized` runs `linear_prompt` for this call: inference on CPU, more than MAX_ROWS rows of
+    bfloat16 x, a layout `quant_format` accepts (int4: whole 64-row blocks, as every published width), kernels on."""
+    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or x.numel() // max(x.shape[-1], 1) <= MAX_ROWS:
+        return False
+    if torch.is_grad_enabled() and x.requires_grad:
+        return False
+    fmt = quant_format(weight)
+    return (fmt is not None and x.shape[-1] == weight.shape[1] and quant_variant() is not None
+            and (fmt == "int8" or weight.shape[0] % INT4_BLOCK == 0))
+
+
+def linear_prompt(x: torch.Tensor, weight, bias: torch.Tensor | None, variant: str) -> torch.Tensor:
+    """`F.linear` for many rows of bfloat16 x: PROMPT_TILE_ROWS rows of the dequantized weights at a time, rounded
+    to bfloat16 in an L2-sized buffer, multiplied by torch's bfloat16 product. Each weight is unpacked once per
+    call and the products run at bfloat16 matrix speed: torchao's own CPU paths took 2x (int8) and 10x (int4)
+    bfloat16's time for a 512-token prompt (docs/performance.md). x (..., K) bfloat16; returns (..., N) bfloat16."""
+    fmt, rows = quant_format(weight), x.reshape(-1, x.shape[-1])
+    n, k = weight.shape
+    y = torch.empty(rows.shape[0], n, dtype=x.dtype)
+    buffer = torch.empty(PROMPT_TILE_ROWS * k, dtype=torch.bfloat16)
+    qdata, widen = weight.qdata, QUANT_KERNEL.function(f"widen_{fmt}", variant)
+    if fmt == "int8":
+        scale = weight.scale.reshape(-1).float().contiguous()
+        zero = getattr(weight, "zero_point", None)
+        zero = None if zero is None else zero.reshape(-1).to(torch.int8).contiguous()
+    for n0 in range(0, n, PROMPT_TILE_ROWS):
+        n1 = min(n, n0 + PROMPT_TILE_ROWS)
+        if fmt == "int8":
+            tile = buffer[: (n1 - n0) * k].view(n1 - n0, k)
+            widen(qdata.data_ptr(), scale.data_ptr(), None if zero is None else zero.data_ptr(), tile.data_ptr(),
+                  n0, n1, k)
+            tile = tile.T
+        else:
+            tile = buffer[: (n1 - n0) * k].view(k, n1 - n0)
+            widen(qdata.data_ptr(), weight.scale_and_zero.data_ptr(), tile.data_ptr(), n0, n1, n, k,
+                  weight.block_size[1])
+        y[:, n0:n1] = rows @ tile
+    if bias is not None:
+        y += bias
+    return y.view(*x.shape[:-1], n)
+
+
 def linear_quantized(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)` for a torchao weight: this module's kernel where `kernel_applies`, else torchao's
-    own product (prompts longer than MAX_ROWS, another layout, kernels off). Equal to the product of the
-    dequantized weights within float32 accumulation order, rounded once to x's dtype."""
+    """`F.linear(x, weight, bias)` for a torchao weight: this module's kernel where `kernel_applies` (1..MAX_ROWS
+    rows: the product of the dequantized weights within float32 accumulation order, rounded once to x's dtype);
+    for longer bfloat16 prompts `linear_prompt` (the dequantized weights rounded to bfloat16, as torchao's own
+    paths multiply them); else torchao's own product (float32 prompts, another layout, kernels off)."""
     if kernel_applies(x, weight):
         return linear_rows(x, weight, bias, variant_for(x, weight))
+    if prompt_applies(x, weight):
+        return linear_prompt(x, weight, bias, quant_variant())
     return torch.nn.functional.linear(x, weight, bias)
 
 
