@@ -59,10 +59,63 @@ def untie_head(model) -> None:
     exact; the config then says the weights are untied (a saved folder stores both)."""
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
     if head is not None and head.weight is embedding.weight:
-        head.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
-        model.config.tie_word_embeddings = False
-        if hasattr(model, "_tied_weights_keys"):
-            model._tied_weights_keys = {}
+        _set_head_weight(model, embedding.weight.detach().clone())
+
+
+def _set_head_weight(model, weight: torch.Tensor) -> None:
+    model.get_output_embeddings().weight = nn.Parameter(weight, requires_grad=False)
+    model.config.tie_word_embeddings = False
+    if hasattr(model, "_tied_weights_keys"):
+        model._tied_weights_keys = {}
+
+
+# Rows of a weight quantized at a time by `quantize_rows` (a multiple of torch's 64-row int4 block): the head of the
+# 9B shape (256,000 x 4,096) quantized whole needed about 7 GB of float32 temporaries beside the model.
+CHUNK_ROWS = 16384
+# The dimension along which each inner tensor of torchao's weights holds the output rows.
+_ROW_DIMS = {"Int8Tensor": {"qdata": 0, "scale": 0, "zero_point": 0},
+             "Int4OpaqueTensor": {"qdata": 0, "scale_and_zero": 1}}
+
+
+def quantize_rows(weight: torch.Tensor, fmt: str, group_size: int = DEFAULT_GROUP_SIZE,
+                  chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+    """torchao's `fmt` tensor for a (N, K) weight, quantized `chunk_rows` output rows at a time and joined (both
+    formats quantize each output row on its own, so the result equals quantizing it whole: tested). The weight is
+    only read, so a head tied to the embedding needs no full-precision copy."""
+    from torchao.quantization import quantize_
+
+    if chunk_rows <= 0 or chunk_rows % 64:
+        raise ValueError(f"chunk_rows must be a positive multiple of 64 (torch's int4 block), got {chunk_rows}")
+    config = torchao_config(fmt, group_size)
+    n, k = weight.shape
+    parts = []
+    with torch.no_grad():
+        for n0 in range(0, n, chunk_rows):
+            piece = nn.Linear(k, min(n, n0 + chunk_rows) - n0, bias=False, device="meta")
+            piece.weight = nn.Parameter(weight[n0:n0 + chunk_rows].detach().clone(), requires_grad=False)
+            quantize_(piece, config)
+            parts.append(piece.weight)
+    if len(parts) == 1:
+        return parts[0].data if isinstance(parts[0], nn.Parameter) else parts[0]
+    kind = type(parts[0]).__name__
+    if kind not in _ROW_DIMS:
+        raise TypeError(f"cannot join quantized row chunks of type {kind} (torchao changed its layouts?)")
+    names, context = parts[0].__tensor_flatten__()
+    inner = {}
+    for name in names:
+        pieces = [getattr(part, name) for part in parts]
+        inner[name] = None if pieces[0] is None else torch.cat(pieces, _ROW_DIMS[kind][name])
+    if isinstance(context, dict) and "shape" in context:
+        context = {**context, "shape": torch.Size((n, k))}
+    return type(parts[0]).__tensor_unflatten__(inner, context, torch.Size((n, k)), None)
+
+
+def quantize_head(model, fmt: str, group_size: int = DEFAULT_GROUP_SIZE) -> None:
+    """Quantizes the LM head in row chunks (`quantize_rows`), untied from the embedding, whose lookup stays
+    exact; a head the format cannot hold stays as it is."""
+    head = model.get_output_embeddings()
+    if head is not None and quantizable(head, fmt, group_size):
+        _set_head_weight(model, quantize_rows(head.weight, fmt, group_size))
 
 
 def quantize_model(model, fmt: str, group_size: int = DEFAULT_GROUP_SIZE, head: bool = True):
@@ -72,12 +125,12 @@ def quantize_model(model, fmt: str, group_size: int = DEFAULT_GROUP_SIZE, head: 
     from torchao.quantization import quantize_
 
     config = torchao_config(fmt, group_size)
-    if head:
-        untie_head(model)
-    skip = set() if head else {id(model.get_output_embeddings())}
+    skip = {id(model.get_output_embeddings())}  # the head: in row chunks below
     with torch.no_grad():
         quantize_(model, config,
                   filter_fn=lambda module, name: id(module) not in skip and quantizable(module, fmt, group_size))
+    if head:
+        quantize_head(model, fmt, group_size)
     return model
 
 
@@ -109,15 +162,9 @@ def load_quantized(path, fmt: str, group_size: int = DEFAULT_GROUP_SIZE, dtype=t
     model = GriffinForCausalLM.from_pretrained(path, dtype=dtype,
                                                quantization_config=quantization_config(config, fmt, group_size),
                                                **kwargs)
-    head = model.get_output_embeddings()
-    if quantizable(head, fmt, group_size):
-        untie_head(model)
-        from torchao.quantization import quantize_
-
-        with torch.no_grad():
-            quantize_(head, torchao_config(fmt, group_size), filter_fn=lambda module, name: module is head)
+    quantize_head(model, fmt, group_size)
     return model.eval()
 
 
 __all__ = ["DEFAULT_GROUP_SIZE", "FORMATS", "GROUP_SIZES", "check_format", "load_quantized", "quantization_config",
-           "quantizable", "quantize_model", "torchao_config", "untie_head"]
+           "quantizable", "quantize_head", "quantize_model", "quantize_rows", "torchao_config", "untie_head"]

@@ -85,3 +85,26 @@ def test_quantized_logits_stay_near_bfloat16(folder, fmt, tolerance):
         got = load_quantized(folder, fmt, 32)(IDS).logits.float()
     error = float((got - expected).abs().max())
     assert error < tolerance * float(expected.abs().max()), f"{fmt}: max logit error {error:.3f}"
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_quantizing_in_row_chunks_equals_quantizing_whole(fmt):
+    """`quantize_rows` (how the head is quantized: no full-precision copy, small temporaries) joins torchao tensors
+    that equal the whole weight's quantization: same codes and scales, same products."""
+    from torchao.quantization import quantize_
+
+    from hf_recurrentgemma.griffin import cpu_quant_griffin as Q
+    from hf_recurrentgemma.quantization import quantize_rows, torchao_config
+
+    weight = torch.randn(640, 256, dtype=torch.bfloat16)
+    whole = torch.nn.Linear(256, 640, bias=False, dtype=torch.bfloat16)
+    whole.weight = torch.nn.Parameter(weight.clone(), requires_grad=False)
+    quantize_(whole, torchao_config(fmt, 64))
+    joined = quantize_rows(weight, fmt, 64, chunk_rows=192)  # 192, 192, 192 and a last chunk of 64 rows
+    assert type(joined) is type(whole.weight) and joined.shape == whole.weight.shape
+    assert torch.equal(Q.dequantize(joined), Q.dequantize(whole.weight))
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(Q.linear_quantized(x, joined), Q.linear_quantized(x, whole.weight))
+    with pytest.raises(ValueError, match="multiple of 64"):
+        quantize_rows(weight, fmt, 64, chunk_rows=100)
