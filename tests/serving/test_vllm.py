@@ -220,14 +220,16 @@ def test_tensor_parallel_2_equals_reference(tmp_path_factory):
 
 
 def test_plugin_config_defaults(served):
-    """What the plugin's config hook decides: prefix caching off (vLLM enables it by default for hybrid models; no
-    crash, one warning), its KV block size when none is given, and inductor rounding where eager rounds."""
+    """What the plugin's config hook decides: prefix caching as vLLM defaults it for hybrid models (on, the state
+    cache in "align" mode; tests/serving/test_vllm_prefix.py checks it), its KV block size when none is given, and
+    inductor rounding where eager rounds."""
     from hf_recurrentgemma.vllm_plugin.config import GRIFFIN_BLOCK_SIZE
     from hf_recurrentgemma.vllm_plugin.layers import INDUCTOR_NUMERICS
 
     case, _, llm = served
     config = llm.llm_engine.vllm_config
-    assert config.cache_config.enable_prefix_caching is False
+    assert config.cache_config.enable_prefix_caching is True
+    assert config.cache_config.mamba_cache_mode == "align"
     if A in case.block_types:  # without attention there are no KV blocks: vLLM sizes a Hawk's state pages itself
         assert config.cache_config.block_size == GRIFFIN_BLOCK_SIZE
     assert INDUCTOR_NUMERICS.items() <= config.compilation_config.inductor_compile_config.items()

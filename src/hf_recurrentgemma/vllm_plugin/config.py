@@ -1,5 +1,5 @@
-"""What the plugin decides about vLLM's configuration: our `GriffinConfig` for either folder format, and the
-switch that keeps prefix caching off for Griffin."""
+"""What the plugin decides about vLLM's configuration: our `GriffinConfig` for either folder format, the KV block
+size, and when prefix caching must stay off."""
 
 import logging
 
@@ -7,9 +7,15 @@ from ..griffin.configuration_griffin import GriffinConfig
 
 logger = logging.getLogger(__name__)
 
-PREFIX_CACHING_OFF_REASON = (
-    "prefix caching is switched off for Griffin: a cached prefix would need the RG-LRU and conv1d state at the "
-    "block boundary ('align' mode), which this plugin does not save yet; every prompt is computed in full"
+# Prefix caching follows vLLM's default (on for hybrid models, in its "align" mode: the recurrent state is kept at
+# every block boundary a prefill chunk ends on, and a request that hits the cache starts from the state of its last
+# cached block). With speculative decoding vLLM 0.32 carries those states through fused Triton kernels that its CPU
+# build has no CPU version of, so the engine dies at the first step; the plugin says so and switches it off.
+SPECULATIVE_PREFIX_CACHING_OFF_REASON = (
+    "prefix caching is switched off for Griffin while speculative decoding is on: vLLM 0.32 moves recurrent states "
+    "between cached blocks under speculation with Triton kernels its CPU build cannot run "
+    "(vllm/v1/worker/mamba_utils.py:549 precopy_mamba_align_fused_kernel, launched at :1226, and :1177 "
+    "postprocess_mamba_fused_kernel; vllm/platforms/cpu.py:717 gives a CPU version of batch_memcpy_kernel only)"
 )
 
 
@@ -42,8 +48,9 @@ def _make_hook():
     from vllm.model_executor.models.config import VerifyAndUpdateConfig
 
     class GriffinVllmConfig(VerifyAndUpdateConfig):
-        """Runs while vLLM builds its config, before the hybrid-model defaults (which then pick the plain state
-        cache) and the platform's defaults (which keep ours): prefix caching off, said once; inductor rounding
+        """Runs while vLLM builds its config, before the hybrid-model defaults (which then pick the state cache's
+        mode) and the platform's defaults (which keep ours): prefix caching off under speculation, said once;
+        inductor rounding
         where eager rounds (`layers.INDUCTOR_NUMERICS`); `GRIFFIN_BLOCK_SIZE` unless the user chose a block size;
         a hint when the chunk size is above `RECOMMENDED_CHUNK`."""
 
@@ -61,8 +68,8 @@ def _make_hook():
                 logger.warning("Griffin: vLLM charges each request W - 1 + max_num_batched_tokens (%d) tokens of KV "
                             "cache per attention layer; --max-num-batched-tokens %d admits several times more "
                             "concurrent requests (docs/serving.md)", chunk, RECOMMENDED_CHUNK)
-            if cache_config.enable_prefix_caching:
-                logger.warning(PREFIX_CACHING_OFF_REASON)
+            if cache_config.enable_prefix_caching and vllm_config.num_speculative_tokens:
+                logger.warning(SPECULATIVE_PREFIX_CACHING_OFF_REASON)
                 cache_config.enable_prefix_caching = False
 
     return GriffinVllmConfig
