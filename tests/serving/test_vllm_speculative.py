@@ -85,3 +85,13 @@ def test_ngram_speculation_equals_reference(served):
     accepted = _counter(llm, "vllm:spec_decode_num_accepted_tokens") - accepted_before
     assert accepted > 0, "no draft accepted: the multi-token verify path was not exercised"
     assert drafts > accepted, "no draft rejected: the state roll-back was not exercised"
+
+
+def test_griffin_draft_model_is_refused_with_vllms_reason(tmp_path):
+    """A Griffin draft (as the shipped draft-1m) is refused while vLLM builds its config, before any engine starts,
+    naming where vLLM 0.32 fails (its drafter runs no state layers: vllm_plugin/config.py, STATE_DRAFT_REFUSAL)."""
+    _, ours = reference_and_ours(CASE)
+    ours.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"draft model with recurrent \(state\) layers.*llm_base_proposer\.py"):
+        vllm.LLM(str(tmp_path), dtype="float32", enforce_eager=True, max_model_len=256, skip_tokenizer_init=True,
+                 speculative_config={"method": "draft_model", "model": str(tmp_path), "num_speculative_tokens": 2})

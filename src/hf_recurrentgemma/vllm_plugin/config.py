@@ -18,6 +18,29 @@ SPECULATIVE_PREFIX_CACHING_OFF_REASON = (
     "postprocess_mamba_fused_kernel; vllm/platforms/cpu.py:717 gives a CPU version of batch_memcpy_kernel only)"
 )
 
+# A draft model with state layers (the shipped Griffin draft, any Griffin or Hawk) cannot serve as vLLM's drafter:
+# vLLM 0.32's proposer builds the draft's state-layer metadata without the prefill flags state layers need (the
+# engine dies in its first drafting step, vllm/v1/attention/backends/mamba_attn.py:418 `assert is_prefilling is not
+# None`, reached from vllm/v1/spec_decode/llm_base_proposer.py:994), and it keeps no per-draft state slots for the
+# draft, whose state could not be rolled back after a rejection (vLLM's own code says "draft models have no mamba
+# layers": vllm/v1/core/kv_cache_coordinator.py:863).
+STATE_DRAFT_REFUSAL = (
+    "a draft model with recurrent (state) layers ({draft}) cannot draft for Griffin in vLLM 0.32: vLLM's drafter "
+    "runs a draft's state layers without the metadata they need (vllm/v1/attention/backends/mamba_attn.py:418 from "
+    "vllm/v1/spec_decode/llm_base_proposer.py:994) and keeps no per-draft state for the draft to roll back "
+    "(vllm/v1/core/kv_cache_coordinator.py:863: 'draft models have no mamba layers'). Use n-gram speculation "
+    "(speculative_config={{'method': 'ngram', ...}}) or an attention-only draft"
+)
+
+
+def refuse_state_draft(speculative_config) -> None:
+    """Raises `ValueError` (`STATE_DRAFT_REFUSAL`) when speculation drafts with a model that has state layers."""
+    draft = getattr(speculative_config, "draft_model_config", None)
+    if speculative_config is None or draft is None or speculative_config.method == "ngram":
+        return
+    if draft.is_hybrid or draft.is_attention_free:
+        raise ValueError(STATE_DRAFT_REFUSAL.format(draft=draft.model))
+
 
 # The KV block size the plugin chooses when the user gives none (vLLM's CPU default is 128 tokens). vLLM pads each
 # state page up to one attention page and frees a sliding window's blocks whole, so a small block holds the state
@@ -49,10 +72,10 @@ def _make_hook():
 
     class GriffinVllmConfig(VerifyAndUpdateConfig):
         """Runs while vLLM builds its config, before the hybrid-model defaults (which then pick the state cache's
-        mode) and the platform's defaults (which keep ours): prefix caching off under speculation, said once;
-        inductor rounding
-        where eager rounds (`layers.INDUCTOR_NUMERICS`); `GRIFFIN_BLOCK_SIZE` unless the user chose a block size;
-        a hint when the chunk size is above `RECOMMENDED_CHUNK`."""
+        mode) and the platform's defaults (which keep ours): a draft model with state layers refused, prefix
+        caching off under speculation (said once), inductor rounding where eager rounds
+        (`layers.INDUCTOR_NUMERICS`), `GRIFFIN_BLOCK_SIZE` unless the user chose a block size, a hint when the
+        chunk size is above `RECOMMENDED_CHUNK`."""
 
         @staticmethod
         def verify_and_update_config(vllm_config) -> None:
@@ -68,6 +91,7 @@ def _make_hook():
                 logger.warning("Griffin: vLLM charges each request W - 1 + max_num_batched_tokens (%d) tokens of KV "
                             "cache per attention layer; --max-num-batched-tokens %d admits several times more "
                             "concurrent requests (docs/serving.md)", chunk, RECOMMENDED_CHUNK)
+            refuse_state_draft(vllm_config.speculative_config)
             if cache_config.enable_prefix_caching and vllm_config.num_speculative_tokens:
                 logger.warning(SPECULATIVE_PREFIX_CACHING_OFF_REASON)
                 cache_config.enable_prefix_caching = False
