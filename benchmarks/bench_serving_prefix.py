@@ -85,19 +85,25 @@ def _hits_total(url: str) -> float:
     import requests
 
     text = requests.get(f"{url}/metrics", timeout=10).text
-    return sum(float(m.group(1)) for m in re.finditer(r"^vllm:prefix_cache_hits_total\{[^}]*\} (\S+)$", text, re.M))
+    pattern = r"^vllm:prefix_cache_hits_total\{[^}]*\} (\S+)$"
+    return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.MULTILINE))
 
 
 def chat(folder: str, args, tmp: Path) -> dict:
-    import requests
-
+    """The conversation's turns against a server started for it (its log in `tmp`)."""
     from hf_recurrentgemma.convert.tokenizer import GEMMA_CHAT_TEMPLATE
 
     template = tmp / "gemma.jinja"
     template.write_text(GEMMA_CHAT_TEMPLATE)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(tmp / "server.log", "w")
+    with open(tmp / "server.log", "w") as log:
+        return _chat_turns(folder, template, port, url, log, args)
+
+
+def _chat_turns(folder: str, template: Path, port: int, url: str, log, args) -> dict:
+    import requests
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--dtype", "float32",
          "--max-model-len", "2048", "--chat-template", str(template), "--enable-prompt-tokens-details",
@@ -139,7 +145,6 @@ def chat(folder: str, args, tmp: Path) -> dict:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
 
 
 def main(argv=None) -> int:
@@ -153,7 +158,6 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     from benchmarks.bench_speculative import converted
-
     from hf_recurrentgemma.demo import BUNDLED_PRESET, BUNDLED_RELEASE
 
     info = machine("cpu")

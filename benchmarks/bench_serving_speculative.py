@@ -102,7 +102,6 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     from benchmarks.bench_speculative import COPY_PROMPT, converted
-
     from hf_recurrentgemma.demo import BUNDLED_PRESET, BUNDLED_RELEASE, DEFAULT_PROMPT
 
     info = machine("cpu")

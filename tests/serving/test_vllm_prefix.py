@@ -20,8 +20,8 @@ import torch
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'hf-recurrentgemma[vllm]'; "
                                           "docs/serving.md)")
 
-from reference_helpers import KERNEL_TOL, A, Case, R, reference_and_ours  # noqa: E402
-from test_vllm import LOGPROB_TOL, reference_greedy  # noqa: E402
+from reference_helpers import KERNEL_TOL, A, Case, R, reference_and_ours
+from test_vllm import LOGPROB_TOL, reference_greedy
 
 BLOCK = 32  # the plugin's KV block size (vllm_plugin/config.py, GRIFFIN_BLOCK_SIZE)
 NEW_TOKENS = 12

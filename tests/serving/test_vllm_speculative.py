@@ -18,8 +18,8 @@ import torch
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'hf-recurrentgemma[vllm]'; "
                                           "docs/serving.md)")
 
-from reference_helpers import A, Case, R, reference_and_ours  # noqa: E402
-from test_vllm import LOGPROB_TOL, reference_greedy  # noqa: E402
+from reference_helpers import A, Case, R, reference_and_ours
+from test_vllm import LOGPROB_TOL, reference_greedy
 
 NEW_TOKENS = 24
 DRAFTS = 3

@@ -144,11 +144,13 @@ class GriffinRecurrentBlock(MambaBase, nn.Module):
     The projections run in the model's (compiled) graph; the stateful middle, conv1d then RG-LRU, is the custom op
     `torch.ops.vllm.griffin_recurrent` writing into an `output` argument (vLLM's state layers' contract: the op is
     opaque to torch.compile and reads the step's metadata at run time). Inside it decodes take a one-token update
-    with no host read; prefill chunks take the packed (varlen) path.
+    with no host read (under speculative decoding a multi-token verify, `_verify`); prefill chunks take the packed
+    (varlen) path.
 
     A token at position 0 starts a document: the state is reset there, by position (a slot is read as zeros for a
     request that starts in this step, so nothing left by an earlier request can leak in). A prefill chunk that
-    continues a request (chunked prefill) starts from its slot's state.
+    continues a request (chunked prefill, or a prefix-cache hit: vLLM has copied the cached block's state into the
+    request's slot) starts from its slot's state.
     """
 
     def __init__(self, config: GriffinConfig, model_config, cache_config, prefix: str):
