@@ -28,6 +28,8 @@ SECTIONS = {
     "serving": ("bench_serving", "vLLM against generate() on mixed-length requests (needs vLLM)"),
     "serving-long": ("bench_serving_long", "long generations, Griffin against an equal-size Gemma in vLLM"),
     "serving-compile": ("bench_serving_compile", "vLLM's compiled mode against eager at many concurrent requests"),
+    "serving-speculative": ("bench_serving_speculative", "n-gram speculative decoding in vLLM against plain, copy task"),
+    "serving-prefix": ("bench_serving_prefix", "vLLM prefix caching: a shared 1k-token prefix, multi-turn chat"),
 }
 
 

@@ -172,14 +172,17 @@ def test_requests_arriving_while_others_decode(served):
 def test_small_kv_budget_equals_reference(tmp_path_factory):
     """Six requests that grow to 90 tokens under a KV budget of 7 blocks (of the plugin's 32 tokens): the tokens
     are still the reference's. vLLM 0.32's scheduler admitted them without preempting any here (its preemption
-    counter stayed 0 for every budget tried, 5 to 12 blocks): preemption itself is not shown by this test."""
+    counter stayed 0 for every budget tried, 5 to 12 blocks): preemption itself is not shown by this test. Prefix
+    caching off: its "align" mode needs more state blocks per request than this budget holds (vLLM refuses to
+    start), and this test is about the attention window's blocks."""
     _engine_env()
     case = PREEMPTION_CASE
     ref, ours = reference_and_ours(case)
     folder = tmp_path_factory.mktemp("budget")
     ours.save_pretrained(folder)
     llm = vllm.LLM(str(folder), dtype="float32", enforce_eager=True, max_model_len=96, skip_tokenizer_init=True,
-                   max_num_seqs=8, max_num_batched_tokens=64, num_gpu_blocks_override=7, seed=0)
+                   max_num_seqs=8, max_num_batched_tokens=64, num_gpu_blocks_override=7, enable_prefix_caching=False,
+                   seed=0)
     try:
         prompts = prompts_for(case, (30, 28, 31, 25, 29, 30), seed=7)
         params = vllm.SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True, detokenize=False)
@@ -220,14 +223,16 @@ def test_tensor_parallel_2_equals_reference(tmp_path_factory):
 
 
 def test_plugin_config_defaults(served):
-    """What the plugin's config hook decides: prefix caching off (vLLM enables it by default for hybrid models; no
-    crash, one warning), its KV block size when none is given, and inductor rounding where eager rounds."""
+    """What the plugin's config hook decides: prefix caching as vLLM defaults it for hybrid models (on, the state
+    cache in "align" mode; tests/serving/test_vllm_prefix.py checks it), its KV block size when none is given, and
+    inductor rounding where eager rounds."""
     from hf_recurrentgemma.vllm_plugin.config import GRIFFIN_BLOCK_SIZE
     from hf_recurrentgemma.vllm_plugin.layers import INDUCTOR_NUMERICS
 
     case, _, llm = served
     config = llm.llm_engine.vllm_config
-    assert config.cache_config.enable_prefix_caching is False
+    assert config.cache_config.enable_prefix_caching is True
+    assert config.cache_config.mamba_cache_mode == "align"
     if A in case.block_types:  # without attention there are no KV blocks: vLLM sizes a Hawk's state pages itself
         assert config.cache_config.block_size == GRIFFIN_BLOCK_SIZE
     assert INDUCTOR_NUMERICS.items() <= config.compilation_config.inductor_compile_config.items()

@@ -18,7 +18,8 @@ ARCHITECTURES = {
 
 def register() -> None:
     """Registers the `griffin` config with AutoConfig (importing the package does it), the two architectures with
-    vLLM's ModelRegistry, and the per-architecture config hook that switches prefix caching off."""
+    vLLM's ModelRegistry, and the per-architecture config hook (block size; prefix caching off under speculative
+    decoding)."""
     import hf_recurrentgemma  # noqa: F401  (registers model_type "griffin" with AutoConfig, once per process)
     from vllm import ModelRegistry
 

@@ -1,5 +1,5 @@
-"""What the plugin decides about vLLM's configuration: our `GriffinConfig` for either folder format, and the
-switch that keeps prefix caching off for Griffin."""
+"""What the plugin decides about vLLM's configuration: our `GriffinConfig` for either folder format, the KV block
+size, and when prefix caching must stay off."""
 
 import logging
 
@@ -7,10 +7,39 @@ from ..griffin.configuration_griffin import GriffinConfig
 
 logger = logging.getLogger(__name__)
 
-PREFIX_CACHING_OFF_REASON = (
-    "prefix caching is switched off for Griffin: a cached prefix would need the RG-LRU and conv1d state at the "
-    "block boundary ('align' mode), which this plugin does not save yet; every prompt is computed in full"
+# Prefix caching follows vLLM's default (on for hybrid models, in its "align" mode: the recurrent state is kept at
+# every block boundary a prefill chunk ends on, and a request that hits the cache starts from the state of its last
+# cached block). With speculative decoding vLLM 0.32 carries those states through fused Triton kernels that its CPU
+# build has no CPU version of, so the engine dies at the first step; the plugin says so and switches it off.
+SPECULATIVE_PREFIX_CACHING_OFF_REASON = (
+    "prefix caching is switched off for Griffin while speculative decoding is on: vLLM 0.32 moves recurrent states "
+    "between cached blocks under speculation with Triton kernels its CPU build cannot run "
+    "(vllm/v1/worker/mamba_utils.py:549 precopy_mamba_align_fused_kernel, launched at :1226, and :1177 "
+    "postprocess_mamba_fused_kernel; vllm/platforms/cpu.py:717 gives a CPU version of batch_memcpy_kernel only)"
 )
+
+# A draft model with state layers (the shipped Griffin draft, any Griffin or Hawk) cannot serve as vLLM's drafter:
+# vLLM 0.32's proposer builds the draft's state-layer metadata without the prefill flags state layers need (the
+# engine dies in its first drafting step, vllm/v1/attention/backends/mamba_attn.py:418 `assert is_prefilling is not
+# None`, reached from vllm/v1/spec_decode/llm_base_proposer.py:994), and it keeps no per-draft state slots for the
+# draft, whose state could not be rolled back after a rejection (vLLM's own code says "draft models have no mamba
+# layers": vllm/v1/core/kv_cache_coordinator.py:863).
+STATE_DRAFT_REFUSAL = (
+    "a draft model with recurrent (state) layers ({draft}) cannot draft for Griffin in vLLM 0.32: vLLM's drafter "
+    "runs a draft's state layers without the metadata they need (vllm/v1/attention/backends/mamba_attn.py:418 from "
+    "vllm/v1/spec_decode/llm_base_proposer.py:994) and keeps no per-draft state for the draft to roll back "
+    "(vllm/v1/core/kv_cache_coordinator.py:863: 'draft models have no mamba layers'). Use n-gram speculation "
+    "(speculative_config={{'method': 'ngram', ...}}) or an attention-only draft"
+)
+
+
+def refuse_state_draft(speculative_config) -> None:
+    """Raises `ValueError` (`STATE_DRAFT_REFUSAL`) when speculation drafts with a model that has state layers."""
+    draft = getattr(speculative_config, "draft_model_config", None)
+    if speculative_config is None or draft is None or speculative_config.method == "ngram":
+        return
+    if draft.is_hybrid or draft.is_attention_free:
+        raise ValueError(STATE_DRAFT_REFUSAL.format(draft=draft.model))
 
 
 # The KV block size the plugin chooses when the user gives none (vLLM's CPU default is 128 tokens). vLLM pads each
@@ -42,10 +71,11 @@ def _make_hook():
     from vllm.model_executor.models.config import VerifyAndUpdateConfig
 
     class GriffinVllmConfig(VerifyAndUpdateConfig):
-        """Runs while vLLM builds its config, before the hybrid-model defaults (which then pick the plain state
-        cache) and the platform's defaults (which keep ours): prefix caching off, said once; inductor rounding
-        where eager rounds (`layers.INDUCTOR_NUMERICS`); `GRIFFIN_BLOCK_SIZE` unless the user chose a block size;
-        a hint when the chunk size is above `RECOMMENDED_CHUNK`."""
+        """Runs while vLLM builds its config, before the hybrid-model defaults (which then pick the state cache's
+        mode) and the platform's defaults (which keep ours): a draft model with state layers refused, prefix
+        caching off under speculation (said once), inductor rounding where eager rounds
+        (`layers.INDUCTOR_NUMERICS`), `GRIFFIN_BLOCK_SIZE` unless the user chose a block size, a hint when the
+        chunk size is above `RECOMMENDED_CHUNK`."""
 
         @staticmethod
         def verify_and_update_config(vllm_config) -> None:
@@ -61,8 +91,9 @@ def _make_hook():
                 logger.warning("Griffin: vLLM charges each request W - 1 + max_num_batched_tokens (%d) tokens of KV "
                             "cache per attention layer; --max-num-batched-tokens %d admits several times more "
                             "concurrent requests (docs/serving.md)", chunk, RECOMMENDED_CHUNK)
-            if cache_config.enable_prefix_caching:
-                logger.warning(PREFIX_CACHING_OFF_REASON)
+            refuse_state_draft(vllm_config.speculative_config)
+            if cache_config.enable_prefix_caching and vllm_config.num_speculative_tokens:
+                logger.warning(SPECULATIVE_PREFIX_CACHING_OFF_REASON)
                 cache_config.enable_prefix_caching = False
 
     return GriffinVllmConfig

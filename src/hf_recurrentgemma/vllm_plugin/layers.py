@@ -35,9 +35,11 @@ from ..griffin.ops_griffin import (
     attention_span,
     causal_conv1d,
     causal_conv1d_varlen,
+    conv_tails_before,
     recurrent_state_shapes,
     rg_lru_gated_inputs,
     rnn_scan,
+    rnn_scan_recording,
     rnn_scan_step,
     rnn_scan_varlen,
 )
@@ -142,11 +144,13 @@ class GriffinRecurrentBlock(MambaBase, nn.Module):
     The projections run in the model's (compiled) graph; the stateful middle, conv1d then RG-LRU, is the custom op
     `torch.ops.vllm.griffin_recurrent` writing into an `output` argument (vLLM's state layers' contract: the op is
     opaque to torch.compile and reads the step's metadata at run time). Inside it decodes take a one-token update
-    with no host read; prefill chunks take the packed (varlen) path.
+    with no host read (under speculative decoding a multi-token verify, `_verify`); prefill chunks take the packed
+    (varlen) path.
 
     A token at position 0 starts a document: the state is reset there, by position (a slot is read as zeros for a
     request that starts in this step, so nothing left by an earlier request can leak in). A prefill chunk that
-    continues a request (chunked prefill) starts from its slot's state.
+    continues a request (chunked prefill, or a prefix-cache hit: vLLM has copied the cached block's state into the
+    request's slot) starts from its slot's state.
     """
 
     def __init__(self, config: GriffinConfig, model_config, cache_config, prefix: str):
@@ -165,9 +169,6 @@ class GriffinRecurrentBlock(MambaBase, nn.Module):
         self.rg_lru = _RGLRU(local, heads)
 
         vllm_config = get_current_vllm_config()
-        if vllm_config.num_speculative_tokens:
-            raise ValueError("speculative decoding is not supported for Griffin in vLLM (the RG-LRU state of each "
-                             "draft token is not kept)")
         contexts = vllm_config.compilation_config.static_forward_context
         if prefix in contexts:
             raise ValueError(f"duplicate layer name: {prefix}")
@@ -209,17 +210,20 @@ class GriffinRecurrentBlock(MambaBase, nn.Module):
             out.copy_(self._one_sequence(x, reset))
             return
         conv_pool, h_pool = self.kv_cache
-        num_decodes, num_prefill_tokens = metadata.num_decode_tokens, metadata.num_prefill_tokens
-        if num_decodes:
-            slots = _first_column(metadata.state_indices_tensor_d)[:num_decodes].long()
-            part = slice(0, num_decodes)
-            out[part] = self._decode(x[part], reset[part], slots, conv_pool, h_pool)
+        num_decode_tokens, num_prefill_tokens = metadata.num_decode_tokens, metadata.num_prefill_tokens
+        if num_decode_tokens:
+            part = slice(0, num_decode_tokens)
+            if metadata.num_accepted_tokens is None:  # one token per request
+                slots = _first_column(metadata.state_indices_tensor_d)[:num_decode_tokens].long()
+                out[part] = self._decode(x[part], reset[part], slots, conv_pool, h_pool)
+            else:  # speculative decoding: up to 1 + drafts tokens per request, verified at once
+                out[part] = self._verify(x[part], reset[part], metadata, conv_pool, h_pool)
         if num_prefill_tokens:
             slots = _first_column(metadata.state_indices_tensor_p)[: metadata.num_prefills]
             starts = metadata.query_start_loc_p.long()
-            part = slice(num_decodes, num_decodes + num_prefill_tokens)
+            part = slice(num_decode_tokens, num_decode_tokens + num_prefill_tokens)
             out[part] = self._sequences(x[part], reset[part], starts, slots, conv_pool, h_pool)
-        out[num_decodes + num_prefill_tokens :] = 0
+        out[num_decode_tokens + num_prefill_tokens :] = 0
 
     def _decode(self, x, reset, slots, conv_pool, h_pool) -> torch.Tensor:
         """One token per request (n, L/tp) through `decode_step`; slots gathered and written back by index, no
@@ -228,6 +232,37 @@ class GriffinRecurrentBlock(MambaBase, nn.Module):
         conv_pool[slots] = tails.to(conv_pool.dtype)
         h_pool[slots] = h
         return y
+
+    def _verify(self, x, reset, metadata, conv_pool, h_pool) -> torch.Tensor:
+        """Speculative decoding's verify step on per-draft state slots, as vLLM's own state layers: request r brings
+        q_r <= 1 + k tokens (its last token and its drafts) and owns 1 + k slots (`state_indices_tensor_d`, (n, 1+k));
+        it starts from the state after its last accepted token, in slot column `num_accepted_tokens - 1` (vLLM
+        counts the bonus token), and the state after its i-th token here is written to column i. The sampler then
+        accepts a prefix of the drafts; the next step reads the state of the last accepted one. No host read: the
+        tokens are laid out (n, 1+k) by index arithmetic on the device.
+
+        x: (N_d, L/tp) the decode tokens, packed; reset: (N_d,) bool. Returns y (N_d, L/tp).
+        """
+        n = metadata.num_decodes
+        columns = metadata.state_indices_tensor_d[:n].long()  # (n, 1+k)
+        width = columns.shape[1]
+        starts = metadata.query_start_loc_d[: n + 1].long()  # (n+1,)
+        lengths = starts[1:] - starts[:-1]
+        step = torch.arange(width, device=x.device)
+        valid = step[None] < lengths[:, None]  # (n, 1+k)
+        token = (starts[:-1, None] + step).clamp(max=x.shape[0] - 1)  # (n, 1+k) packed index of each (r, i)
+        accepted = metadata.num_accepted_tokens[:n].long()
+        src = columns.gather(1, (accepted - 1).clamp(min=0)[:, None])[:, 0]  # (n,)
+        y, tails, h = verify_steps(x[token], reset[token], valid, conv_pool[src], h_pool[src], self.conv_1d,
+                                   self.rg_lru)
+        # Columns past a request's tokens keep what they hold (they belong to the request and are not read).
+        keep = ~valid
+        conv_pool[columns] = torch.where(keep[..., None, None], conv_pool[columns], tails.to(conv_pool.dtype))
+        h_pool[columns] = torch.where(keep[..., None], h_pool[columns], h)
+        # Packed token j belongs to request r = #starts <= j (excluding the first), at step j - starts[r].
+        j = torch.arange(x.shape[0], device=x.device)
+        r = torch.searchsorted(starts[1:], j, right=True).clamp(max=n - 1)
+        return y[r, j - starts[r]]
 
     def _sequences(self, x, reset, starts, slots, conv_pool, h_pool) -> torch.Tensor:
         """Packed prefill chunks (start offsets `starts`, state `slots`) through conv1d and RG-LRU; slots
@@ -275,6 +310,33 @@ def decode_step(x, reset, tails, h, conv, rg_lru) -> tuple[torch.Tensor, torch.T
     normalized, a = rg_lru.gated_inputs(conv_y, fresh)
     y, h = rnn_scan_step(normalized, a, h)
     return y[:, 0], new_tails, h
+
+
+def verify_steps(x, reset, valid, tails, h, conv, rg_lru) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Up to T tokens per request from one state, with the state after every token: the package's conv1d
+    (`causal_conv1d`, `conv_tails_before`) and RG-LRU (`rnn_scan_recording`, one `rnn_scan_step` per token: the
+    steps a non-speculative decode takes, so accepted tokens see the same numbers).
+
+    Args:
+        x: (n, T, L/tp); reset: (n, T) bool (a document start); valid: (n, T) bool, false past a request's tokens
+            (those are computed on a copy of the last token and ignored). tails: (n, K-1, L/tp); h: (n, L/tp) float32.
+        conv: holds weight (K, L/tp), bias (L/tp,); rg_lru: `_RGLRU`.
+
+    Returns:
+        y: (n, T, L/tp) in `x.dtype`; tails after each token (n, T, K-1, L/tp) in `x.dtype`; h after each token
+        (n, T, L/tp) float32.
+    """
+    reset = reset & valid
+    fresh = reset[:, :1]  # (n, 1) a one-token prompt would start here
+    tails = torch.where(fresh[..., None], 0, tails).to(x.dtype)
+    h = torch.where(fresh, 0, h)
+    seq_len = x.shape[1]
+    conv_y, last_tail = causal_conv1d(x, tails, conv.weight, conv.bias, reset)
+    tails_after = torch.cat([conv_tails_before(x, tails, reset, seq_len)[:, 1:], last_tail[:, None]], dim=1)
+    normalized, a = rg_lru.gated_inputs(conv_y, reset)
+    y, last_h, h_before = rnn_scan_recording(normalized, a, h, "sequential", seq_len)
+    h_after = torch.cat([h_before[:, 1:], last_h[:, None]], dim=1)
+    return y, tails_after, h_after
 
 
 @functools.cache

@@ -12,10 +12,7 @@ from torch import nn
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
-from vllm.model_executor.layers.mamba.mamba_utils import (
-    get_conv_copy_spec,
-    get_temporal_copy_spec,
-)
+from vllm.model_executor.layers.mamba.mamba_utils import get_temporal_copy_spec
 from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 from vllm.model_executor.models.utils import (
@@ -105,8 +102,8 @@ class GriffinModel(nn.Module):
 
 
 class GriffinForCausalLM(nn.Module, HasInnerState, IsHybrid):
-    """Griffin / Hawk / RecurrentGemma served by vLLM (tensor-parallel; no pipeline parallelism, LoRA or
-    speculative decoding)."""
+    """Griffin / Hawk / RecurrentGemma served by vLLM (tensor-parallel, prefix caching, speculative decoding; no
+    pipeline parallelism or LoRA)."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
@@ -134,8 +131,12 @@ class GriffinForCausalLM(nn.Module, HasInnerState, IsHybrid):
 
     @classmethod
     def get_mamba_state_copy_func(cls):
-        # Used by vLLM only with prefix caching ("align" mode), which the plugin switches off.
-        return get_conv_copy_spec, get_temporal_copy_spec
+        # How vLLM's prefix caching ("align" mode) carries a state to the block where the request goes on: the conv
+        # tail and the RG-LRU state are both whole per slot (the speculative verify writes the full state after
+        # each token into its own slot, `GriffinRecurrentBlock._verify`), so both are copied from the slot of the
+        # last accepted token, as vLLM copies a temporal state (not `get_conv_copy_spec`, which shifts one long
+        # conv window by the accepted count).
+        return get_temporal_copy_spec, get_temporal_copy_spec
 
     # --- forward ------------------------------------------------------------------------------------------------
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
