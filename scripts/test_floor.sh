@@ -18,4 +18,5 @@ if [[ "$mode" != "--skip-install" ]]; then
 fi
 [[ "$mode" == "--install-only" ]] && exit 0
 .venv-floor/bin/python -c 'import transformers, vllm; print("floor: transformers", transformers.__version__, "| vllm", vllm.__version__)'
-.venv-floor/bin/python -m pytest -q -p no:cacheprovider "${core_tests[@]}" "${vllm_tests[@]}"
+# Two workers, a file each at a time: a vLLM test file spends most of its time starting an engine on one core.
+.venv-floor/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "${core_tests[@]}" "${vllm_tests[@]}"

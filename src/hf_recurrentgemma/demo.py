@@ -15,7 +15,7 @@ Jane Austen's novels, stored as the RecurrentGemma releases are: an Orbax checkp
 Speculative decoding (docs/speculative.md): `--assistant DRAFT` lets a small model propose tokens that MODEL checks
 in one forward (`--assistant` alone: the shipped draft, `griffin-austen-draft-1m`), `--prompt-lookup N` proposes up
 to N tokens copied from the prompt instead, `--no-speculative` decodes plainly. The output is the one plain
-decoding gives (greedy: the same tokens, on CPU in float32 and bfloat16 with the package's kernels); the demo then prints the acceptance rate and the speed-up over plain
+decoding gives (greedy: the same tokens, on CPU in float32, bfloat16, int8 and int4 with the package's kernels); the demo then prints the acceptance rate and the speed-up over plain
 decoding of the same tokens, measured right after (the lines `hf-recurrentgemma generate --stats` prints).
 
 The sampling, speculation, --dtype and --device flags are those of `hf-recurrentgemma generate`, with the demo's

@@ -44,7 +44,7 @@ def add_sampling_arguments(parser) -> None:
 
 def add_speculation_arguments(parser, bare_assistant: str | None = None) -> None:
     """Speculative decoding flags shared by `generate`, `chat` and the demo (docs/speculative.md): the output is the
-    one the model alone gives (greedy: the same tokens, on CPU in float32 and bfloat16 with the package's kernels;
+    one the model alone gives (greedy: the same tokens, on CPU in float32, bfloat16, int8 and int4 with the package's kernels;
     sampling: the same distribution), faster when drafts are
     accepted. `bare_assistant`: what `--assistant` given without a value means (the demo, whose prompt is a flag)."""
     parser.add_argument("--assistant", metavar="DRAFT", **({} if bare_assistant is None else
