@@ -13,6 +13,8 @@ is. Needs torchao (`pip install torchao`).
     >>> model = quantize_model(GriffinForCausalLM(config), "int8")  # or a model already in memory
 """
 
+import os
+
 import torch
 from torch import nn
 
@@ -150,20 +152,96 @@ def quantization_config(model_config, fmt: str, group_size: int = DEFAULT_GROUP_
 
 
 def load_quantized(path, fmt: str, group_size: int = DEFAULT_GROUP_SIZE, dtype=torch.bfloat16, **kwargs):
-    """`GriffinForCausalLM.from_pretrained(path)` with every linear layer quantized to `fmt` as its tensor loads
-    (Transformers quantizes each weight as it reads it, so peak memory stays near the quantized size plus one
-    tensor), then the head from its own copy of the embedding. `dtype` is the activations' dtype and that of the
-    layers left unquantized (the embedding, norms, recurrence)."""
+    """A `GriffinForCausalLM` from `path` with every linear layer quantized to `fmt` as its tensor loads, the head
+    from the embedding in row chunks (`quantize_head`; the lookup stays exact). `dtype` is the activations' dtype
+    and that of the layers left unquantized (the embedding, norms, recurrence).
+
+    A local folder of full-precision safetensors with no other loading options is read shard by shard
+    (`_load_streaming`): each tensor is copied out of its shard and quantized at once, and each shard's memory map
+    is closed before the next opens, so peak memory stays near the quantized model plus one shard's pages.
+    Anything else (a Hub name, a folder saved quantized, extra `from_pretrained` options) goes through
+    `from_pretrained(..., quantization_config=TorchAoConfig(...))`, which also quantizes tensor by tensor but keeps
+    the shards mapped while any tensor views them (their pages count in the process's resident memory: up to 12.6
+    GiB of them when loading the 9B shape, docs/performance.md)."""
     from .griffin.configuration_griffin import GriffinConfig
     from .griffin.modeling_griffin import GriffinForCausalLM
 
     check_format(fmt, group_size)
     config = GriffinConfig.from_pretrained(path)
-    model = GriffinForCausalLM.from_pretrained(path, dtype=dtype,
-                                               quantization_config=quantization_config(config, fmt, group_size),
-                                               **kwargs)
+    shards = None if kwargs else _plain_shards(path, config)
+    if shards is not None:
+        model = _load_streaming(path, config, shards, fmt, group_size, dtype)
+    else:
+        model = GriffinForCausalLM.from_pretrained(path, dtype=dtype,
+                                                   quantization_config=quantization_config(config, fmt, group_size),
+                                                   **kwargs)
     quantize_head(model, fmt, group_size)
     return model.eval()
+
+
+def _plain_shards(path, config) -> list | None:
+    """The safetensors files of a local folder holding full-precision weights (no quantization_config), or None."""
+    import json
+
+    if not os.path.isdir(path) or getattr(config, "quantization_config", None):
+        return None
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            names = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(path, name) for name in names]
+    single = os.path.join(path, "model.safetensors")
+    return [single] if os.path.isfile(single) else None
+
+
+def _load_streaming(path, config, shards: list, fmt: str, group_size: int, dtype):
+    """The model built on the meta device and filled shard by shard: every tensor copied out of its shard in
+    `dtype` (the copy lets the shard's map close), each linear weight the format can hold quantized as soon as it
+    is read; then the TorchAoConfig and its quantizer attached as `from_pretrained` attaches them, so the model
+    saves as a quantized folder. Unknown, misshapen and missing tensors are errors naming them and the folder."""
+    from safetensors import safe_open
+    from torchao.quantization import quantize_
+    from transformers import GenerationConfig
+    from transformers.quantizers import AutoHfQuantizer
+
+    from .griffin.modeling_griffin import GriffinForCausalLM
+
+    with torch.device("meta"):
+        model = GriffinForCausalLM(config)
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is model.get_input_embeddings().weight
+    expected = dict(model.named_parameters())  # a tied head appears once, as the embedding
+    quant_config, seen = torchao_config(fmt, group_size), set()
+    for shard in shards:
+        with safe_open(shard, framework="pt") as f:
+            for name in f.keys():
+                if tied and name == "lm_head.weight":
+                    continue  # the embedding's values (tied): the head is quantized from the embedding
+                if name not in expected:
+                    raise ValueError(f"{shard}: tensor {name!r} is not a parameter of this Griffin")
+                tensor = f.get_tensor(name).to(dtype, copy=True)
+                if tuple(tensor.shape) != tuple(expected[name].shape):
+                    raise ValueError(f"{shard}: tensor {name!r} has shape {tuple(tensor.shape)}, the model expects "
+                                     f"{tuple(expected[name].shape)}")
+                owner_name, _, attribute = name.rpartition(".")
+                owner = model.get_submodule(owner_name)
+                setattr(owner, attribute, nn.Parameter(tensor, requires_grad=False))
+                if attribute == "weight" and owner is not head and quantizable(owner, fmt, group_size):
+                    with torch.no_grad():
+                        quantize_(owner, quant_config, filter_fn=lambda module, _: module is owner)
+                seen.add(name)
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise ValueError(f"the checkpoint in {path} lacks {len(missing)} tensors: {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''}")
+    if tied:
+        head.weight = model.get_input_embeddings().weight
+    model.config.dtype = dtype
+    model.config.quantization_config = quantization_config(config, fmt, group_size)
+    model.hf_quantizer = AutoHfQuantizer.from_config(model.config.quantization_config, pre_quantized=False)
+    if os.path.isfile(os.path.join(path, "generation_config.json")):
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    return model
 
 
 __all__ = ["DEFAULT_GROUP_SIZE", "FORMATS", "GROUP_SIZES", "check_format", "load_quantized", "quantization_config",

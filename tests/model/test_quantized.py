@@ -108,3 +108,32 @@ def test_quantizing_in_row_chunks_equals_quantizing_whole(fmt):
         assert torch.equal(Q.linear_quantized(x, joined), Q.linear_quantized(x, whole.weight))
     with pytest.raises(ValueError, match="multiple of 64"):
         quantize_rows(weight, fmt, 64, chunk_rows=100)
+
+
+def test_streaming_load_reads_shard_by_shard_and_names_a_bad_tensor(folder, tmp_path):
+    """A plain local folder is read shard by shard (`_load_streaming`, which closes each shard's map): the same
+    model as through Transformers' loader; an unknown or misshapen tensor is an error naming it and its file, and
+    the folder is left as it was."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from hf_recurrentgemma import quantization
+
+    config = GriffinForCausalLM.config_class.from_pretrained(folder)
+    assert quantization._plain_shards(str(folder), config)  # the streaming path is taken for this folder
+    streamed = load_quantized(folder, "int8")
+    through_transformers = load_quantized(folder, "int8", trust_remote_code=False)  # any option: from_pretrained
+    with torch.no_grad():
+        assert torch.equal(streamed(IDS).logits, through_transformers(IDS).logits)
+    for change, message in ((lambda t: {**t, "model.extra.weight": torch.zeros(2)}, "model.extra.weight"),
+                            (lambda t: {**t, "model.final_norm.weight": torch.zeros(3)}, "has shape")):
+        bad = tmp_path / message.replace(" ", "_")
+        shutil.copytree(folder, bad)
+        tensors = change(load_file(bad / "model.safetensors"))
+        save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+        before = (bad / "model.safetensors").read_bytes()
+        with pytest.raises(ValueError, match=message) as error:
+            load_quantized(bad, "int8")
+        assert "model.safetensors" in str(error.value)
+        assert (bad / "model.safetensors").read_bytes() == before
