@@ -28,6 +28,10 @@ SECTIONS = {
     "serving": ("bench_serving", "vLLM against generate() on mixed-length requests (needs vLLM)"),
     "serving-long": ("bench_serving_long", "long generations, Griffin against an equal-size Gemma in vLLM"),
     "serving-compile": ("bench_serving_compile", "vLLM's compiled mode against eager at many concurrent requests"),
+    "serving-latency": ("bench_serving_latency", "time to first token and between tokens at 1-64 concurrent requests, "
+                                                 "prompts 128-4k, Griffin against an equal-size Gemma (needs vLLM)"),
+    "soak": ("bench_soak", "the OpenAI server under 2,000 requests from 64 clients: no 5xx, 4xx for malformed, "
+                           "greedy equal to alone, flat RSS (needs vLLM)"),
 }
 
 
