@@ -4,7 +4,7 @@ griffin-austen-6m) against the equal-size Gemma of `bench_serving_long` (built b
 engine, same flags. Medians and 90th percentiles over requests; a PNG of the curves and a Markdown table.
 
 A cell sends `c` streamed requests at once (random-id prompts, distinct per request, greedy, `--new-tokens` each,
-end-of-sequence ignored) and repeats that `max(1, 8 // c)` times, so every cell has at least 8 requests. TTFT is
+end-of-sequence ignored) and repeats that `max(2, 16 // c)` times, so every cell has at least 16 requests. TTFT is
 the first token's arrival after the request was sent; TBT of a request is (last token - first token) / (tokens - 1),
 vLLM's "time per output token" (streamed chunks can carry several tokens when the client lags, so single gaps are
 not per token). Prefix caching is off for both (each prompt is new anyway).
@@ -36,7 +36,7 @@ LABELS = {"griffin": "Griffin (griffin-austen-6m)", "gemma": "Gemma-style Transf
 
 
 def rounds(concurrency: int) -> int:
-    return max(1, 8 // concurrency)
+    return max(2, 16 // concurrency)
 
 
 async def measure_cell(url: str, model: str, concurrency: int, prompt_tokens: int, new_tokens: int, vocab: int,
@@ -85,7 +85,11 @@ def run_model(name: str, folder: str, args, vocab: int, log_dir: Path) -> dict:
     rng = random.Random(args.seed)
     with vllm_server(folder, log_dir / f"{name}.log", server_args) as server:
         start = time.perf_counter()
-        for p in sorted(args.prompts):  # warm-up: compiled mode compiles on the first shapes it meets
+        # Warm-up at every concurrency and prompt length: compiled mode compiles on the first shapes it meets (the
+        # plugin's compiled decode step recompiles for new batch sizes until torch's recompile limit, 8, is hit).
+        for c in sorted(args.concurrency):
+            asyncio.run(measure_cell(server.url, server.model, c, min(args.prompts), 8, vocab, rng))
+        for p in sorted(args.prompts):
             asyncio.run(measure_cell(server.url, server.model, 2, p, 4, vocab, rng))
         print(f"{name}: server up, warm-up {time.perf_counter() - start:.1f} s; flags {' '.join(server_args)}",
               flush=True)

