@@ -48,7 +48,10 @@ async def measure_cell(url: str, model: str, concurrency: int, prompt_tokens: in
 
     out = []
     timeout = aiohttp.ClientTimeout(total=1800)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    # A new connection per request: uvicorn closes idle keep-alive connections after 5 s, and a pooled one reused
+    # just then fails on the client side ("Cannot write to closing transport") before the server sees the request.
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         for _ in range(rounds(concurrency)):
             payloads = [{"model": model, "prompt": [rng.randrange(3, vocab) for _ in range(prompt_tokens)],
                          "max_tokens": new_tokens, "temperature": 0.0, "ignore_eos": True, "return_token_ids": True}

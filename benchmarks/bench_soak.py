@@ -176,7 +176,10 @@ async def run_clients(url: str, specs: list[Spec], clients: int, on_done=None) -
                 on_done(done)
 
     timeout = aiohttp.ClientTimeout(total=900)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=clients)) as session:
+    # A new connection per request: uvicorn closes idle keep-alive connections after 5 s, and a pooled one reused
+    # just then fails on the client side ("Cannot write to closing transport") before the server sees the request.
+    connector = aiohttp.TCPConnector(limit=clients, force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         await asyncio.gather(*(client(session) for _ in range(clients)))
     return results
 
@@ -391,7 +394,8 @@ def soak(folder: str, *, requests: int, clients: int, seed: int, max_model_len: 
 
 def report(fig: dict) -> None:
     print(f"{fig['requests']} requests from {fig['clients']} clients in {fig['soak_s']:.1f} s "
-          f"({fig['output_tokens']} output tokens, {fig['output_tokens_per_s']:.1f}/s); server {' '.join(fig['server_args'])}")
+          f"({fig['output_tokens']} output tokens, {fig['output_tokens_per_s']:.1f}/s); server "
+          + " ".join(fig["server_args"]))
     for kind, row in fig["by_kind"].items():
         print(f"  {kind:<12} {row['count']:>5}  statuses {row['statuses']}")
     print(f"malformed requests, status by variant ({fig['refused_in_stream']} refused by an error event inside a "
