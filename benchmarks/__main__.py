@@ -30,6 +30,10 @@ SECTIONS = {
     "serving-compile": ("bench_serving_compile", "vLLM's compiled mode against eager at many concurrent requests"),
     "serving-speculative": ("bench_serving_speculative", "n-gram speculative decoding in vLLM against plain, copy task"),
     "serving-prefix": ("bench_serving_prefix", "vLLM prefix caching: a shared 1k-token prefix, multi-turn chat"),
+    "serving-latency": ("bench_serving_latency", "time to first token and between tokens at 1-64 concurrent requests, "
+                                                 "prompts 128-4k, Griffin against an equal-size Gemma (needs vLLM)"),
+    "soak": ("bench_soak", "the OpenAI server under 2,000 requests from 64 clients: no 5xx, 4xx for malformed, "
+                           "greedy equal to alone, flat RSS (needs vLLM)"),
 }
 
 
