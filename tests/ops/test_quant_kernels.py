@@ -200,6 +200,8 @@ def test_prompts_multiply_the_dequantized_weights_rounded_to_bfloat16(fmt, n, k,
     """More than MAX_ROWS bfloat16 rows take `linear_prompt` (weights widened tile by tile, torch's bfloat16
     product). Each weight is rounded once to bfloat16 (2^-9 relative), each output once (2^-9), the sums in float32:
     within (2^-8 + gamma(K)) (|x| |w|^T + |bias|) of the float64 product, tiles past PROMPT_TILE_ROWS included."""
+    if Q.quant_variant() is None:
+        pytest.skip("the quantized kernels are off here: prompts take torchao's own products")
     layer = quantized(fmt, n, k, group)
     if fmt == "int4":  # several prompt tiles and whole int4 blocks: N = 640
         layer = quantized(fmt, 2 * Q.PROMPT_TILE_ROWS + 128, k, group)
