@@ -12,7 +12,6 @@ hit, both equal to the reference package's tokens; the hit is real (the request'
 """
 
 import gc
-import os
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'h
                                           "docs/serving.md)")
 
 from reference_helpers import KERNEL_TOL, A, Case, R, reference_and_ours
-from test_vllm import LOGPROB_TOL, reference_greedy
+from test_vllm import LOGPROB_TOL, _engine_env, reference_greedy
 
 BLOCK = 32  # the plugin's KV block size (vllm_plugin/config.py, GRIFFIN_BLOCK_SIZE)
 NEW_TOKENS = 12
@@ -32,9 +31,7 @@ CASE = Case("griffin-window40", (R, R, A, R, A), width=64, mlp_width=96, num_hea
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(reference model, LLM with prefix caching as vLLM defaults it, dense state retention, vLLM's metrics)."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    _engine_env()
     ref, ours = reference_and_ours(CASE)
     folder = tmp_path_factory.mktemp("prefix")
     ours.save_pretrained(folder)

@@ -10,7 +10,6 @@ engine must really have accepted and rejected drafts (vLLM's spec-decode counter
 """
 
 import gc
-import os
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'h
                                           "docs/serving.md)")
 
 from reference_helpers import A, Case, R, reference_and_ours
-from test_vllm import LOGPROB_TOL, reference_greedy
+from test_vllm import LOGPROB_TOL, _engine_env, reference_greedy
 
 NEW_TOKENS = 24
 DRAFTS = 3
@@ -29,9 +28,7 @@ CASE = Case("griffin", (R, R, A, R, A), width=64, mlp_width=96, num_heads=2, win
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(reference model, LLM with n-gram speculation, 3 drafts a step, vLLM's metrics on)."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    _engine_env()
     ref, ours = reference_and_ours(CASE)
     folder = tmp_path_factory.mktemp("speculative")
     ours.save_pretrained(folder)
