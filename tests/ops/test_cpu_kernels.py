@@ -18,6 +18,7 @@ from hf_recurrentgemma.griffin import cpu_matvec_griffin as mv
 from hf_recurrentgemma.griffin import cpu_scan_griffin
 from hf_recurrentgemma.griffin.cpu_matvec_griffin import MAX_ROWS, gemv_kind, linear_cpu, linear_rows, matvec_variant
 from hf_recurrentgemma.griffin.kernel_build_griffin import CompiledKernel, compile_check, kernel_settings
+from hf_recurrentgemma.griffin.layers_griffin import BlockDiagonalLinear
 from hf_recurrentgemma.griffin.ops_griffin import rnn_scan_sequential
 
 # Not marked `kernels`: every test here sets the variant or switch it tests itself (force_variant, monkeypatch),
@@ -179,6 +180,24 @@ def test_compiled_linear_is_one_graph(monkeypatch):
     x = torch.randn(1, 2, 64).bfloat16()
     with torch.inference_mode():
         assert torch.equal(compiled(x), linear_cpu(x, w, b))
+
+
+def test_compiled_block_diagonal_gates_are_row_invariant_in_one_graph():
+    """The RG-LRU gates under torch.compile with dynamic shapes (vLLM's compiled decode step sees every batch size):
+    2..MAX_ROWS rows give each row's one-row product bit for bit, from one graph with no recompile per row count."""
+    torch.manual_seed(0)
+    gate = BlockDiagonalLinear(64, 4)
+    torch.nn.init.normal_(gate.weight, std=0.2)
+    torch.nn.init.normal_(gate.bias)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(gate, backend="aot_eager", fullgraph=True, dynamic=True)
+    with torch.inference_mode():
+        for rows in (2, 3, 7, MAX_ROWS):
+            x = torch.randn(rows, 64)
+            one_rows = torch.cat([gate(x[n : n + 1]) for n in range(rows)])
+            assert torch.equal(compiled(x), one_rows), rows
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
 # --- builds for other targets -------------------------------------------------------------------------------------------

@@ -324,6 +324,33 @@ def row_invariant_call(x: torch.Tensor) -> bool:
     return not torch.compiler.is_exporting() and x.device.type == "cpu" and 1 < _rows(x) <= MAX_ROWS
 
 
+@torch.library.custom_op(f"{_NS}::bmm_rows", mutates_args=(), device_types="cpu")
+def bmm_rows(blocks: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """blocks (H, N, i) times weight (H, i, j) -> (H, N, j), one row at a time: torch's bmm picks another kernel,
+    with another summation order, for 2..16 rows than for one, so each row goes through the one-row product a
+    decoding step runs. An opaque op, so that torch.compile neither unrolls the row loop nor makes a graph per row
+    count (vLLM's compiled decode step sees every batch size from 1 to its largest)."""
+    return torch.cat([torch.bmm(blocks[:, n : n + 1], weight) for n in range(blocks.shape[1])], dim=1)
+
+
+@bmm_rows.register_fake
+def _(blocks, weight):
+    return blocks.new_empty(blocks.shape[0], blocks.shape[1], weight.shape[2])
+
+
+def _bmm_rows_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _bmm_rows_backward(ctx, grad):
+    # A few-row call can carry gradients (a tiny training batch): the plain bmm's gradients.
+    blocks, weight = ctx.saved_tensors
+    return torch.bmm(grad, weight.transpose(1, 2)), torch.bmm(blocks.transpose(1, 2), grad)
+
+
+bmm_rows.register_autograd(_bmm_rows_backward, setup_context=_bmm_rows_setup)
+
+
 @torch.library.custom_op(f"{_NS}::matmul_rows", mutates_args=(), device_types="cpu")
 def _matmul_rows_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: str) -> torch.Tensor:
     """x (..., K) with at most MAX_ROWS rows, in the weight's dtype (bfloat16 or float32), times weight (N, K);

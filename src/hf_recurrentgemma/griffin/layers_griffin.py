@@ -23,7 +23,7 @@ from .cache_griffin import (
 )
 from .compat_griffin import ALL_ATTENTION_FUNCTIONS, init
 from .configuration_griffin import GriffinConfig
-from .cpu_matvec_griffin import linear_cpu, row_invariant_call
+from .cpu_matvec_griffin import bmm_rows, linear_cpu, row_invariant_call
 from .cpu_quant_griffin import is_quantized, linear_quantized
 from .ops_griffin import (
     causal_conv1d,
@@ -130,10 +130,9 @@ class BlockDiagonalLinear(nn.Module):
         # bit, and fewer copies than einsum makes.
         blocks = x.reshape(-1, self.num_blocks, x.shape[-1] // self.num_blocks).transpose(0, 1)  # (H, N, i)
         if row_invariant_call(x):
-            # A few rows (a speculative verification): torch's bmm picks another kernel, with another summation
-            # order, for 2..16 rows than for one, so each row goes through the one-row product a decoding step
-            # runs and the call equals that many decoding steps bit for bit (docs/speculative.md).
-            y = torch.cat([torch.bmm(blocks[:, n : n + 1], self.weight) for n in range(blocks.shape[1])], dim=1)
+            # A few rows (a speculative verification): each through the one-row product a decoding step runs, so
+            # the call equals that many decoding steps bit for bit (docs/speculative.md).
+            y = bmm_rows(blocks, self.weight)
         else:
             y = torch.bmm(blocks, self.weight)  # (H, N, j)
         y = y.transpose(0, 1) + self.bias  # (N, H, j)

@@ -341,8 +341,9 @@ def verify_steps(x, reset, valid, tails, h, conv, rg_lru) -> tuple[torch.Tensor,
 
 @functools.cache
 def compiled_decode_step():
-    """`decode_step` under torch.compile, made once per process, rounding where eager rounds (`INDUCTOR_NUMERICS`)."""
-    return torch.compile(decode_step, options=INDUCTOR_NUMERICS)
+    """`decode_step` under torch.compile, made once per process, rounding where eager rounds (`INDUCTOR_NUMERICS`),
+    dynamic in the number of requests: one graph for every decoding batch size (no recompile stalls mid-serving)."""
+    return torch.compile(decode_step, dynamic=True, options=INDUCTOR_NUMERICS)
 
 
 @eager_break_during_capture
