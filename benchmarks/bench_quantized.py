@@ -412,11 +412,12 @@ def big_section(args) -> dict:
     nbytes = model_bytes_per_token(model)
     rate = read_rate()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    result = {"format": args.big_format, "load_s": loaded, "peak_rss_gib_after_load": peak_load,
+    shape = f"width {model.config.hidden_size}, {model.config.num_hidden_layers} blocks"  # the folder's, not --preset
+    result = {"folder": folder, "shape": shape, "format": args.big_format, "load_s": loaded, "peak_rss_gib_after_load": peak_load,
               "peak_rss_gib": peak, "s_per_token": per_token, "tokens_per_s": 1 / per_token,
               "bytes_per_token": nbytes, "read_rate_gbs": rate / 1e9, "x_floor": per_token / (nbytes / rate),
               "load": load()}
-    print(f"{args.preset} {args.big_format}: loaded in {loaded:.0f} s, peak RSS {peak:.1f} GiB ({peak_load:.1f} after "
+    print(f"{folder} ({shape}) {args.big_format}: loaded in {loaded:.0f} s, peak RSS {peak:.1f} GiB ({peak_load:.1f} after "
           f"loading); {per_token:.2f} s/token ({1 / per_token:.2f} tokens/s), {nbytes / 1e9:.2f} GB/token, read "
           f"rate {rate / 1e9:.1f} GB/s: {result['x_floor']:.2f}x the floor; load {load():.2f}")
     return result
