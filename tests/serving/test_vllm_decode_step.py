@@ -5,7 +5,7 @@ stalls the server a few hundred ms at each new size and, past torch's recompile 
 import pytest
 import torch
 
-pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'hf-recurrentgemma[vllm]'; docs/serving.md)")
+pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]' in a clone of hf-recurrentgemma; docs/serving.md)")
 
 from hf_recurrentgemma.vllm_plugin.layers import _RGLRU, _Conv1d, compiled_decode_step, decode_step  # noqa: E402
 

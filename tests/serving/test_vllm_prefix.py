@@ -16,7 +16,7 @@ import gc
 import pytest
 import torch
 
-vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'hf-recurrentgemma[vllm]'; "
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]' in a clone of hf-recurrentgemma; "
                                           "docs/serving.md)")
 
 from reference_helpers import KERNEL_TOL, A, Case, R, reference_and_ours

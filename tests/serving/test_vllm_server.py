@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'hf-recurrentgemma[vllm]'; docs/serving.md)")
+pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]' in a clone of hf-recurrentgemma; docs/serving.md)")
 requests = pytest.importorskip("requests", reason="the server test's HTTP client is requests")
 
 from reference_helpers import A, R, Case, reference_and_ours, word_tokenizer  # noqa: E402

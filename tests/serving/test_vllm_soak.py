@@ -30,7 +30,7 @@ def test_plan_holds_every_kind_and_is_seeded():
 
 
 def test_soak_slice(tmp_path):
-    pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'hf-recurrentgemma[vllm]'; docs/serving.md)")
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]' in a clone of hf-recurrentgemma; docs/serving.md)")
     pytest.importorskip("aiohttp", reason="the soak's clients use aiohttp (a dependency of vLLM)")
     from benchmarks.bench_soak import soak
     from hf_recurrentgemma.shipped import MODEL, shipped_folder

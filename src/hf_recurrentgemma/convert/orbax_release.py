@@ -40,7 +40,7 @@ def import_orbax():
         import orbax.checkpoint as ocp
     except ImportError:
         raise ConversionError("reading Orbax checkpoints needs orbax-checkpoint: "
-                              "pip install 'hf-recurrentgemma[orbax]'") from None
+                              "pip install -e '.[orbax]' in a clone of hf-recurrentgemma") from None
     try:  # Orbax logs a warning per restored array through absl.
         from absl import logging as absl_logging
 

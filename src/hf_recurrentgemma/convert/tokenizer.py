@@ -41,7 +41,7 @@ def _load_sentencepiece(path: Path):
         import sentencepiece as spm
     except ImportError:
         raise ConversionError("converting tokenizer.model needs sentencepiece: "
-                              "pip install 'hf-recurrentgemma[tokenizer]'") from None
+                              "pip install -e '.[tokenizer]' in a clone of hf-recurrentgemma") from None
     if not path.is_file():
         raise ConversionError(f"{path}: no such tokenizer file")
     processor = spm.SentencePieceProcessor()

@@ -155,7 +155,7 @@ SCAN_BACKEND_REGISTRY = (
     # The C kernel's build module warns once by itself when no compiler works (kernel_build_griffin.py).
     ScanBackend("cpu_kernel", rnn_scan_cpu, _cpu_kernel_unavailable, auto_for="cpu"),
     ScanBackend("triton", rnn_scan_triton, triton_error, auto_for="cuda",
-                fix="pip install 'hf-recurrentgemma[gpu]' to fix"),
+                fix="pip install triton (or pip install -e '.[gpu]' in a clone of hf-recurrentgemma) to fix"),
 )
 SCAN_BACKENDS = {backend.name: backend.fn for backend in SCAN_BACKEND_REGISTRY}
 if tuple(SCAN_BACKENDS) != configuration_griffin.SCAN_BACKENDS:

@@ -12,7 +12,7 @@ registered as `torch.library` custom ops with their backward, like the CPU kerne
 Floating-point contraction is off (`enable_fp_fusion=False`): `a * h + x` is rounded twice, like the two tensor
 ops of the sequential reference in `ops_griffin.py`, so in float32 the results can match it bit for bit.
 
-Triton is optional (`pip install "hf-recurrentgemma[gpu]"`): without it this module still imports and
+Triton is optional (`pip install -e ".[gpu]" in a clone of hf-recurrentgemma`): without it this module still imports and
 `triton_error` says why the backend is unavailable. With `TRITON_INTERPRET=1` set before this module is first
 imported, Triton's interpreter runs the kernels on CPU tensors; that is how tests/ops/test_scan_triton.py checks them
 on machines without a GPU.
@@ -29,7 +29,7 @@ try:
     import triton.language as tl
 except ImportError as error:  # the package must import (and the other backends run) without triton
     triton = None
-    _IMPORT_ERROR = f"triton is not installed ({error}); install it with: pip install 'hf-recurrentgemma[gpu]'"
+    _IMPORT_ERROR = f"triton is not installed ({error}); install it with: pip install triton (or pip install -e '.[gpu]' in a clone of hf-recurrentgemma)"
 else:
     _IMPORT_ERROR = None
 
