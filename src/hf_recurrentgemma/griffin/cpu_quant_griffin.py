@@ -17,7 +17,9 @@ Why dequantization in registers with float32 FMA, not integer dot products over 
 keeps up with memory at one row (docs/performance.md), while quantizing activations would change the numerics
 (every product here is of the exact dequantized weight and the input). From a few rows on the float32 variants are
 bound by their multiply-adds; on AMX CPUs int8 with bfloat16 inputs takes the tiles instead (`bf16-tile`), whose
-cost hardly grows with the row count, so a verification costs about what one token costs.
+cost hardly grows with the row count, so a verification costs about what one token costs. int4 with bfloat16 inputs
+on AVX-512 BF16 CPUs without AMX takes `bf16-dot` (one `vdpbf16ps` per 32 weights and row, half the instructions of
+float32 FMA); on the AMX Xeon that instruction takes about four FMAs' time, so there int4 stays on `fp32-fma-512`.
 
 Arithmetic, the same in every variant, each row on its own (so k rows give k one-row results bit for bit):
     int8   acc[m, n] = sum_k x[m, k] q[n, k] in LANES float32 partial sums (k mod LANES), reduced in a fixed
@@ -25,14 +27,17 @@ Arithmetic, the same in every variant, each row on its own (so k rows give k one
            accumulated in float32), then y = scale (acc - zero sum_k x) + bias.
     int4   per group g: acc = sum_{k in g} x[m, k] q[n, k] in float32 (k in order), then
            y += scale acc + (zero - 8 scale) xsum[m, g], with xsum[m, g] = sum_{k in g} x[m, k] (k in order);
-           groups in order; then + bias. Algebraically the product of the dequantized weights.
+           groups in order; then + bias (`bf16-dot`: acc = sum over k pairs of x (q - 8), exact products, by
+           `vdpbf16ps`; then y += scale acc + zero xsum[m, g]). Algebraically the product of the dequantized
+           weights.
 Every variant accumulates in float32 and rounds once to x's dtype.
 
 Variants (built by `kernel_build_griffin.py`, which picks one at run time and reads the switches; the switch name
-is `gemv`, shared with the plain few-row kernels): `bf16-tile` (AMX; int8 with bfloat16 inputs only),
-`fp32-fma-512` (AVX-512F), `fp32-fma-256` (AVX2 + FMA), and `scalar` (portable C: tested everywhere, used only when
-forced, since torch's and torchao's own paths come first where no vector variant runs). The variant depends on the
-format, the input dtype and the CPU, never on the row count.
+is `gemv`, shared with the plain few-row kernels): `bf16-tile` (AMX; int8 with bfloat16 inputs only), `bf16-dot`
+(AVX-512 BF16; int4 with bfloat16 inputs only, where the CPU has no AMX: `dot_allowed`), `fp32-fma-512`
+(AVX-512F), `fp32-fma-256` (AVX2 + FMA), and `scalar` (portable C: tested everywhere, used only when forced, since
+torch's and torchao's own paths come first where no vector variant runs). The variant depends on the format, the
+input dtype and the CPU, never on the row count.
 """
 
 import ctypes
@@ -399,11 +404,13 @@ __attribute__((target("avx512f,avx512bf16,amx-tile,amx-bf16"))) void matmul_int8
 
 # int4 weights against bfloat16 inputs with AVX-512 BF16 (the `bf16-dot` variant, taken only for bfloat16 x; no
 # AMX needed): a 64-byte line of torch's pack holds one 64-row block at k and k + 1. Its bytes are interleaved
-# (k, k + 1) and widened to 16-bit words, and one `vpermw` per 32 words looks each nibble up in a table of the
-# bfloat16 values of q - 8 (exact), so each 32-bit lane holds one weight row's pair; `vdpbf16ps` then adds both
-# products of a row's pair with the input's (x_k, x_k+1) pair (products of bfloat16 x and q - 8 are exact in
-# float32) to the row's float32 sum: half the instructions of the float32 FMA per weight and row. The interleave
-# works within 128-bit lanes, so vector v holds rows I4DOT_ROW(v, lane). Per row and group g:
+# (k, k + 1) and widened to 16-bit words, and one `vpermw` (AVX-512BW, which every AVX-512 BF16 CPU has) per 32
+# words looks each nibble up in a table of the bfloat16 values of q - 8 (exact), so each 32-bit lane holds one
+# weight row's pair; `vdpbf16ps` then adds both products of a row's pair with the input's (x_k, x_k+1) pair
+# (products of bfloat16 x and q - 8 are exact in float32) to the row's float32 sum: half the instructions of the
+# float32 FMA per weight and row (on the AMX Xeon each takes about four FMAs' time, so `dot_allowed` keeps AMX CPUs
+# off it). The interleave works within 128-bit lanes, so vector v holds rows I4DOT_ROW(v, lane). Per row and
+# group g:
 #     acc = sum over the group's k pairs, in order, of (x_k (q_k - 8) + x_k+1 (q_k+1 - 8)) (vdpbf16ps rounding)
 #     tot = fma(scale, acc, tot); tot = fma(zero, xsum[g], tot); groups in order; then + bias.
 # The last block of R < 64 rows takes `i4_tail` on x widened to float32 (exact). Every row's arithmetic is the
