@@ -242,6 +242,21 @@ def test_k_tokens_equal_k_one_token_forwards_quantized_on_the_shipped_model(kern
     _assert_identical(chunks_against_steps(model, model.config.vocab_size, torch.bfloat16), f"shipped {fmt}")
 
 
+def test_k_tokens_equal_k_one_token_forwards_int4_through_bf16_dot(shipped, monkeypatch):
+    """int4 with the `bf16-dot` variant (what an AVX-512 BF16 CPU without AMX runs; forced by the capability cap
+    on a CPU with more, whatever the environment) keeps the chunks bit-identical to one-token forwards too."""
+    pytest.importorskip("torchao")
+    from hf_recurrentgemma.griffin import cpu_quant_griffin as Q
+
+    if "bf16-dot" not in Q.supported_variants("int4"):
+        pytest.skip("no AVX-512 BF16 on this CPU")
+    force_variant(monkeypatch, "bf16-dot")
+    model = _target(shipped, "int4")
+    x = torch.zeros(1, model.config.hidden_size, dtype=torch.bfloat16)
+    assert Q.variant_for(x, model.lm_head.weight) == "bf16-dot"
+    _assert_identical(chunks_against_steps(model, model.config.vocab_size, torch.bfloat16), "shipped int4 bf16-dot")
+
+
 # bfloat16, where speculation used to change the text (issue 22: 6/10 and 8/10 prompts equal), runs all 20 prompts
 # in the default run; int8 and int4 (about 1.5 s per 64-token generate() here, against 0.5 s in bfloat16) run 10
 # there, float32 (10/10 before) 5; all run 20 with `-m slow`, to keep the suite's time down (3 generate() calls x

@@ -16,8 +16,9 @@ from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4
 from hf_recurrentgemma.griffin import cpu_quant_griffin as Q  # noqa: E402
 
 pytestmark = [pytest.mark.kernels, pytest.mark.usefixtures("one_thread")]
-VARIANTS = Q.supported_variants()  # the float32 variants both formats have
-# (format, variant) pairs this CPU runs: int8 also has AMX `bf16-tile`, which takes bfloat16 inputs only.
+VARIANTS = [v for v in Q.supported_variants() if v in Q.VARIANTS]  # the float32 variants both formats have
+# (format, variant) pairs this CPU runs: int8 also has AMX `bf16-tile`, int4 AVX-512 BF16 `bf16-dot`, both for
+# bfloat16 inputs only.
 FORMAT_VARIANTS = [(fmt, v) for fmt in ("int8", "int4") for v in Q.supported_variants(fmt)]
 U = 2.0**-24  # float32 unit roundoff
 # (format, N, K, group): N = 112 puts a 48-row tail block after a full 64-row int4 block; int8's N = 202 and
@@ -39,27 +40,32 @@ def quantized(fmt: str, n: int, k: int, group: int | None, seed: int = 0) -> nn.
 
 def kernel_output(fmt: str, variant: str, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """The compiled variant's float32 result for x (M, K) (what `linear_rows` rounds to x's dtype)."""
-    function, w, tile = Q.QUANT_KERNEL.function(f"matmul_{fmt}", variant), layer.weight, variant == "bf16-tile"
+    function, w, tile = Q.QUANT_KERNEL.function(f"matmul_{fmt}", variant), layer.weight, variant in Q.BF16_INPUT
     if fmt == "int8":
         return Q.run_int8(function, x, w.qdata, w.scale, w.zero_point, layer.bias, bf16_input=tile)
     return Q.run_int4(function, x, w.qdata, w.scale_and_zero, w.block_size[1], layer.bias, bf16_input=tile)
 
 
 def input_dtypes(variant: str) -> tuple[torch.dtype, ...]:
-    return (torch.bfloat16,) if variant == "bf16-tile" else (torch.float32, torch.bfloat16)
+    return (torch.bfloat16,) if variant in Q.BF16_INPUT else (torch.float32, torch.bfloat16)
 
 
 def gamma(n: int) -> float:
     return n * U / (1 - n * U)
 
 
-def error_bound(fmt: str, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+def error_bound(fmt: str, x: torch.Tensor, layer: nn.Linear, variant: str = "scalar") -> torch.Tensor:
     """(M, N) bound on |kernel - float64 product| from the arithmetic in the module docstring. Every float32
     operation rounds once (FMA) or twice (scalar C multiplies and adds separately, -ffp-contract=off); a value
     formed by a chain of d such operations over terms t_i is within gamma(2 d) sum |t_i| of exact (Higham 3.1).
     int8: chain depth K (lanes, reduction tree and tail together; AMX tiles accumulate pair products, a chain no
-    deeper) + 3 (zero point, scale, bias); terms x q scale, zero x scale, bias. int4: depth G (the group's sum) + 2 per group + 2 (zero - 8 scale, bias); terms x q scale
-    and x (zero - 8 scale) per group, and the bias."""
+    deeper) + 3 (zero point, scale, bias); terms x q scale, zero x scale, bias. int4: depth G (the group's sum) + 2
+    per group + 2 (zero - 8 scale, bias); terms x q scale and x (zero - 8 scale) per group, and the bias.
+    int4 `bf16-dot`: x is bfloat16 and q - 8 is exact in bfloat16, so each product (at most 8 + 4 significant
+    bits) is exact in float32; `vdpbf16ps` adds a row's two products of a k pair to its sum one after the other
+    (Intel SDM: two rounded additions), so the group's sum is again a chain of G roundings, then fma(scale, acc)
+    and fma(zero, xsum) per group (the sum of x a chain of G); the same depth, with terms x (q - 8) scale and x zero.
+    (`vdpbf16ps` also flushes subnormals; the inputs here are normal and every partial sum is far from 2^-126.)"""
     xa = x.double().abs()
     bias = layer.bias.detach().double().abs()
     w = layer.weight
@@ -75,6 +81,8 @@ def error_bound(fmt: str, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     sz = w.scale_and_zero.double()  # (K/G, N, 2)
     scale = sz[..., 0].T.repeat_interleave(group, 1)  # (N, K)
     shifted = (sz[..., 1] - 8 * sz[..., 0]).T.repeat_interleave(group, 1)
+    if variant == "bf16-dot":
+        codes, shifted = (codes - 8).abs(), sz[..., 1].T.repeat_interleave(group, 1)
     magnitude = xa @ (codes * scale.abs()).T + xa @ shifted.abs().T + bias
     return gamma(2 * (group + 2 * (k // group) + 2)) * magnitude
 
@@ -93,7 +101,7 @@ def test_each_variant_within_the_derived_bound_of_the_float64_product(fmt, n, k,
     with torch.no_grad():
         y = kernel_output(fmt, variant, x.to(input_dtypes(variant)[0]), layer).double()
     exact = x.double() @ Q.dequantize(layer.weight).T + layer.bias.detach().double()
-    bound = error_bound(fmt, x, layer)
+    bound = error_bound(fmt, x, layer, variant)
     error = (y - exact).abs()
     worst = float((error / bound).max())
     assert bool((error <= bound).all()), f"{variant}: error up to {worst:.2f}x the bound, max {float(error.max()):.3g}"
@@ -110,7 +118,7 @@ def test_k_rows_equal_k_one_row_products_bit_for_bit(fmt, n, k, group, variant, 
         x = (torch.randn(Q.MAX_ROWS, k) * 2.0 ** torch.randint(-12, 13, (Q.MAX_ROWS, k))).to(dtype)
         with torch.no_grad():
             ones = torch.cat([Q.linear_rows(x[i:i + 1], layer.weight, layer.bias, variant) for i in range(len(x))])
-            for rows in (2, 5, Q.MAX_ROWS):
+            for rows in range(2, Q.MAX_ROWS + 1):  # every tile split (bf16-dot: 5 rows a tile)
                 assert torch.equal(Q.linear_rows(x[:rows], layer.weight, layer.bias, variant), ones[:rows]), \
                     f"{variant} {dtype}: {rows} rows differ from one-row products"
 
@@ -122,7 +130,7 @@ def rows_match_one_row(function, fmt: str, layer: nn.Linear, x: torch.Tensor, ti
             return Q.run_int8(function, rows, w.qdata, w.scale, w.zero_point, layer.bias, bf16_input=tile)
     else:
         def run(rows):
-            return Q.run_int4(function, rows, w.qdata, w.scale_and_zero, w.block_size[1], layer.bias)
+            return Q.run_int4(function, rows, w.qdata, w.scale_and_zero, w.block_size[1], layer.bias, bf16_input=tile)
     ones = torch.cat([run(x[i:i + 1]) for i in range(len(x))])
     return torch.equal(run(x), ones)
 
@@ -168,6 +176,47 @@ def test_a_row_dependent_order_in_the_amx_int8_kernel_fails_the_invariance_check
     x = (torch.randn(4, 256) * 2.0 ** torch.randint(-12, 13, (4, 256))).bfloat16()
     assert rows_match_one_row(Q.QUANT_KERNEL.function("matmul_int8", "bf16-tile"), "int8", layer, x, tile=True)
     assert not rows_match_one_row(kernel.function("matmul_int8", "bf16-tile"), "int8", layer, x, tile=True)
+
+
+DOT_LOOP = "for (int64_t k = g * G; k < (g + 1) * G; k += 2) {  /* ORDER: k pairs ascending within the group */"
+
+
+@pytest.mark.skipif("bf16-dot" not in Q.supported_variants("int4"), reason="no AVX-512 BF16 on this CPU")
+def test_a_row_dependent_order_in_the_bf16_dot_int4_kernel_fails_the_invariance_check(monkeypatch):
+    """The same for int4 `bf16-dot`: its k pairs walked backwards within each group when a tile holds several rows
+    are caught (7 rows: tiles of 5 and 2, a 48-row tail block in scalar C)."""
+    force_variant(monkeypatch, "bf16-dot")
+    assert Q.QUANT_KERNEL.source.count(DOT_LOOP) == 1
+    mutated = ("for (int64_t kk = g * G; kk < (g + 1) * G; kk += 2) { "
+               "int64_t k = mb > 1 ? (2 * g + 1) * G - 2 - kk : kk;")
+    kernel = Q.make_kernel(Q._source().replace(DOT_LOOP, mutated))
+    layer = quantized("int4", 112, 256, 32)
+    x = (torch.randn(7, 256) * 2.0 ** torch.randint(-12, 13, (7, 256))).bfloat16()
+    assert rows_match_one_row(Q.QUANT_KERNEL.function("matmul_int4", "bf16-dot"), "int4", layer, x, tile=True)
+    assert not rows_match_one_row(kernel.function("matmul_int4", "bf16-dot"), "int4", layer, x, tile=True)
+
+
+def test_int4_takes_bf16_dot_for_bfloat16_inputs_only_without_amx(monkeypatch):
+    """The variant depends on the format, the input dtype and the capability, never on the row count: `bf16-dot`
+    for int4 with bfloat16 inputs where the best capability allowed is exactly AVX-512 BF16 (no AMX; forced here
+    by the cap where the CPU has more), `fp32-fma-512` on AMX CPUs (measured faster there), never under an AVX2
+    cap or for float32 inputs."""
+    layer = quantized("int4", 64, 256, 64)
+    for rows in (1, 5, Q.MAX_ROWS):
+        x = torch.randn(rows, 256, dtype=torch.bfloat16)
+        if "bf16-dot" in Q.supported_variants("int4"):
+            force_variant(monkeypatch, "bf16-dot")
+            assert Q.variant_for(x, layer.weight) == "bf16-dot"
+            assert Q.variant_for(x.float(), layer.weight) == "fp32-fma-512"
+            with torch.no_grad():  # the dispatch reaches the kernel: equal to forcing it
+                assert torch.equal(Q.linear_quantized(x, layer.weight, layer.bias),
+                                   Q.linear_rows(x, layer.weight, layer.bias, "bf16-dot"))
+        if "bf16-tile" in Q.QUANT_KERNEL.supported():
+            force_variant(monkeypatch, "bf16-tile")
+            assert Q.variant_for(x, layer.weight) == "fp32-fma-512"
+        if "fp32-fma-256" in Q.supported_variants("int4"):
+            force_variant(monkeypatch, "fp32-fma-256")
+            assert Q.variant_for(x, layer.weight) == "fp32-fma-256"
 
 
 def test_dequantize_reads_the_int4_layout_as_torch_does():

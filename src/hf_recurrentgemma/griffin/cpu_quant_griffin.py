@@ -17,7 +17,9 @@ Why dequantization in registers with float32 FMA, not integer dot products over 
 keeps up with memory at one row (docs/performance.md), while quantizing activations would change the numerics
 (every product here is of the exact dequantized weight and the input). From a few rows on the float32 variants are
 bound by their multiply-adds; on AMX CPUs int8 with bfloat16 inputs takes the tiles instead (`bf16-tile`), whose
-cost hardly grows with the row count, so a verification costs about what one token costs.
+cost hardly grows with the row count, so a verification costs about what one token costs. int4 with bfloat16 inputs
+on AVX-512 BF16 CPUs without AMX takes `bf16-dot` (one `vdpbf16ps` per 32 weights and row, half the instructions of
+float32 FMA); on the AMX Xeon that instruction takes about four FMAs' time, so there int4 stays on `fp32-fma-512`.
 
 Arithmetic, the same in every variant, each row on its own (so k rows give k one-row results bit for bit):
     int8   acc[m, n] = sum_k x[m, k] q[n, k] in LANES float32 partial sums (k mod LANES), reduced in a fixed
@@ -25,14 +27,17 @@ Arithmetic, the same in every variant, each row on its own (so k rows give k one
            accumulated in float32), then y = scale (acc - zero sum_k x) + bias.
     int4   per group g: acc = sum_{k in g} x[m, k] q[n, k] in float32 (k in order), then
            y += scale acc + (zero - 8 scale) xsum[m, g], with xsum[m, g] = sum_{k in g} x[m, k] (k in order);
-           groups in order; then + bias. Algebraically the product of the dequantized weights.
+           groups in order; then + bias (`bf16-dot`: acc = sum over k pairs of x (q - 8), exact products, by
+           `vdpbf16ps`; then y += scale acc + zero xsum[m, g]). Algebraically the product of the dequantized
+           weights.
 Every variant accumulates in float32 and rounds once to x's dtype.
 
 Variants (built by `kernel_build_griffin.py`, which picks one at run time and reads the switches; the switch name
-is `gemv`, shared with the plain few-row kernels): `bf16-tile` (AMX; int8 with bfloat16 inputs only),
-`fp32-fma-512` (AVX-512F), `fp32-fma-256` (AVX2 + FMA), and `scalar` (portable C: tested everywhere, used only when
-forced, since torch's and torchao's own paths come first where no vector variant runs). The variant depends on the
-format, the input dtype and the CPU, never on the row count.
+is `gemv`, shared with the plain few-row kernels): `bf16-tile` (AMX; int8 with bfloat16 inputs only), `bf16-dot`
+(AVX-512 BF16; int4 with bfloat16 inputs only, where the CPU has no AMX: `dot_allowed`), `fp32-fma-512`
+(AVX-512F), `fp32-fma-256` (AVX2 + FMA), and `scalar` (portable C: tested everywhere, used only when forced, since
+torch's and torchao's own paths come first where no vector variant runs). The variant depends on the format, the
+input dtype and the CPU, never on the row count.
 """
 
 import ctypes
@@ -40,8 +45,8 @@ from string import Template
 
 import torch
 
-from .kernel_build_griffin import (MAX_ROWS, CompiledKernel, kernel_argtypes, kernel_enabled, kernel_settings,
-                                   op_namespace, target_attribute)
+from .kernel_build_griffin import (CAPABILITIES, MAX_ROWS, CompiledKernel, kernel_argtypes, kernel_enabled,
+                                   kernel_settings, op_namespace, target_attribute)
 
 VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")
 # int8 also has `bf16-tile` (AMX), for bfloat16 inputs only: the products of bfloat16 x and the codes are exact, so
@@ -49,6 +54,10 @@ VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")
 # tile by a `vpermw` table) was measured and left out: 5.2 ms for one row of a 2560 -> 15360 linear against 2.5 ms
 # for `fp32-fma-512`, and still slower at 5 rows (5.5 against 4.8 ms).
 INT8_VARIANTS = (*VARIANTS, "bf16-tile")
+# int4 also has `bf16-dot` (AVX-512 BF16, no AMX needed), for bfloat16 inputs only: codes looked up as bfloat16
+# q - 8, pair products summed by `vdpbf16ps` (docs/performance.md has its figures).
+INT4_VARIANTS = (*VARIANTS, "bf16-dot")
+BF16_INPUT = ("bf16-tile", "bf16-dot")  # the variants that read x as bfloat16
 INT4_BLOCK = 64  # output rows per block of torch's CPU int4 pack
 INT4_GROUPS = (32, 64, 128)  # the group sizes torchao's CPU int4 offers
 
@@ -123,9 +132,12 @@ __attribute__((target("avx2,fma"))) static inline float reduce_fp32_fma_256(__m2
     (z) = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u))); } while (0)
 #define I8_REGS 16
 #define I4_REGS 16
+/* the nibble's float value looked up by `vpermps` (which reads 4 index bits, so no mask for the low nibble): the
+   same values as converting, one instruction fewer per vector; measured 1-5% faster at 1-16 rows */
 __attribute__((target("avx512f"))) static inline __m512 i4_unpack_fp32_fma_512(const uint8_t *p, int h) {
     __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm512_cvtepi32_ps(h ? _mm512_srli_epi32(b, 4) : _mm512_and_si512(b, _mm512_set1_epi32(15)));
+    return _mm512_permutexvar_ps(h ? _mm512_srli_epi32(b, 4) : b,
+                                 _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
 }
 """),
 }
@@ -393,6 +405,119 @@ __attribute__((target("avx512f,avx512bf16,amx-tile,amx-bf16"))) void matmul_int8
 """
 
 
+# int4 weights against bfloat16 inputs with AVX-512 BF16 (the `bf16-dot` variant, taken only for bfloat16 x; no
+# AMX needed): a 64-byte line of torch's pack holds one 64-row block at k and k + 1. Its bytes are interleaved
+# (k, k + 1) and widened to 16-bit words, and one `vpermw` (AVX-512BW, which every AVX-512 BF16 CPU has) per 32
+# words looks each nibble up in a table of the bfloat16 values of q - 8 (exact), so each 32-bit lane holds one
+# weight row's pair; `vdpbf16ps` then adds both products of a row's pair with the input's (x_k, x_k+1) pair
+# (products of bfloat16 x and q - 8 are exact in float32) to the row's float32 sum: half the instructions of the
+# float32 FMA per weight and row (on the AMX Xeon each takes about four FMAs' time, so `dot_allowed` keeps AMX CPUs
+# off it). The interleave works within 128-bit lanes, so vector v holds rows I4DOT_ROW(v, lane). Per row and
+# group g:
+#     acc = sum over the group's k pairs, in order, of (x_k (q_k - 8) + x_k+1 (q_k+1 - 8)) (vdpbf16ps rounding)
+#     tot = fma(scale, acc, tot); tot = fma(zero, xsum[g], tot); groups in order; then + bias.
+# The last block of R < 64 rows takes `i4_tail` on x widened to float32 (exact). Every row's arithmetic is the
+# same whatever M and whichever rows share a tile.
+_I4_DOT = Template(r"""
+#define I4DOT_ROW(v, l) ((int[]){0, 32, 8, 40}[v] + ((l) & 7) + ((l) >> 3) * 16)
+#define I4DOT_MB $mb_rows  /* input rows per tile: 4 weight vectors x I4DOT_MB accumulators in registers */
+__attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) static inline void i4dot_tile(
+        const uint8_t *base, const uint16_t *sz, int64_t n_blk, int64_t N, int64_t K, int64_t G, int64_t g,
+        const uint16_t *x, const float *xsum, float *tot /* (mb, 4, 16) */, const int mb) {
+    /* word i: bfloat16 of (i mod 16) - 8; vpermw reads 5 index bits, so bit 4 (the other nibble's) is ignored */
+    const __m512i table = _mm512_set_epi16(
+        0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000, 0x3f80, 0x0000, -0x4080, -0x4000, -0x3fc0, -0x3f80,
+        -0x3f60, -0x3f40, -0x3f20, -0x3f00,  /* 7 ... 0, then -1 ... -8 (0xbf80 ... 0xc100 as signed shorts) */
+        0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000, 0x3f80, 0x0000, -0x4080, -0x4000, -0x3fc0, -0x3f80,
+        -0x3f60, -0x3f40, -0x3f20, -0x3f00);
+    const int64_t groups = K / G;
+    __m512 acc[4 * I4DOT_MB];  /* (mb, 4), flat: constant indices keep it in registers */
+    for (int i = 0; i < 4 * mb; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t k = g * G; k < (g + 1) * G; k += 2) {  /* ORDER: k pairs ascending within the group */
+        const uint8_t *p = base + k * 32;
+        __builtin_prefetch(p + $ahead, 0, 3);
+        const __m256i a = _mm256_loadu_si256((const __m256i *)p), b = _mm256_loadu_si256((const __m256i *)(p + 32));
+        const __m512i lo = _mm512_cvtepu8_epi16(_mm256_unpacklo_epi8(a, b));
+        const __m512i hi = _mm512_cvtepu8_epi16(_mm256_unpackhi_epi8(a, b));
+        __m512bh w[4];
+        w[0] = (__m512bh)_mm512_permutexvar_epi16(lo, table);
+        w[1] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(lo, 4), table);
+        w[2] = (__m512bh)_mm512_permutexvar_epi16(hi, table);
+        w[3] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(hi, 4), table);
+        _Pragma("GCC unroll 16") for (int m = 0; m < mb; m++) {
+            int32_t pair;
+            memcpy(&pair, x + m * K + k, 4);
+            const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
+            _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++)
+                acc[m * 4 + v] = _mm512_dpbf16_ps(acc[m * 4 + v], w[v], xv);
+        }
+    }
+    _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++) {
+        const uint16_t *p = sz + (g * N + n_blk + I4DOT_ROW(v, 0)) * 2;
+        const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p)),
+                                                _mm256_loadu_si256((const __m256i *)(p + 32)), 1);
+        const __m512 s = _mm512_castsi512_ps(_mm512_slli_epi32(both, 16));
+        const __m512 z = _mm512_castsi512_ps(_mm512_and_si512(both, _mm512_set1_epi32((int)0xffff0000u)));
+        for (int m = 0; m < mb; m++) {
+            float *t = tot + (m * 4 + v) * 16;
+            const __m512 u = _mm512_fmadd_ps(s, acc[m * 4 + v], _mm512_loadu_ps(t));
+            _mm512_storeu_ps(t, _mm512_fmadd_ps(z, _mm512_set1_ps(xsum[m * groups + g]), u));
+        }
+    }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void matmul_int4_bf16_dot(
+        const uint8_t *q, const uint16_t *sz, const uint16_t *x, const float *bias, float *y, int64_t M, int64_t N,
+        int64_t K, int64_t G, int threads) {
+    const int64_t groups = K / G, full = N / 64;
+    float *xsum = (float *)malloc(sizeof(float) * (M * groups + 1));
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t g = 0; g < groups; g++) {
+            float s = 0.0f;
+            for (int64_t k = g * G; k < (g + 1) * G; k++) s += bf16_to_f32(x[m * K + k]);
+            xsum[m * groups + g] = s;
+        }
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t blk = 0; blk < full; blk++) {
+        const uint8_t *base = q + blk * 64 * (K / 2);
+        float tot[$max_rows * 64];  /* (M, 4, 16) in lane order */
+        for (int64_t i = 0; i < M * 64; i++) tot[i] = 0.0f;
+        for (int64_t g = 0; g < groups; g++)
+            for (int64_t m0 = 0; m0 < M; m0 += I4DOT_MB) {
+                const uint16_t *xm = x + m0 * K;
+                const float *xs = xsum + m0 * groups;
+                float *t = tot + m0 * 64;
+                /* constant tile shapes, so the inlined tile keeps its accumulators in registers */
+                switch (M - m0 < I4DOT_MB ? M - m0 : I4DOT_MB) {
+$cases
+                }
+            }
+        for (int64_t m = 0; m < M; m++)
+            for (int v = 0; v < 4; v++)
+                for (int l = 0; l < 16; l++) {
+                    const int64_t n = blk * 64 + I4DOT_ROW(v, l);
+                    y[m * N + n] = tot[(m * 4 + v) * 16 + l] + (bias ? bias[n] : 0.0f);
+                }
+    }
+    if (full * 64 < N) {
+        float *x32 = (float *)malloc(sizeof(float) * M * K);
+        for (int64_t i = 0; i < M * K; i++) x32[i] = bf16_to_f32(x[i]);
+        i4_tail(q, sz, full * 64, x32, xsum, bias, y, M, N, K, G);
+        free(x32);
+    }
+    free(xsum);
+}
+#undef I4DOT_MB
+#undef I4DOT_ROW
+""")
+
+
+def _i4_dot_source(mb_rows: int = 5, ahead: int = 2048) -> str:
+    call = "i4dot_tile(base, sz, blk * 64, N, K, G, g, xm, xs, t, {mb})"
+    cases = "\n".join(f"                    case {mb}: {call.format(mb=mb)}; break;" for mb in range(1, mb_rows + 1))
+    return _I4_DOT.substitute(mb_rows=mb_rows, ahead=ahead, max_rows=MAX_ROWS, cases=cases)
+
+
 # Prompts (more rows than the few-row kernels take): rows n0..n1 of the dequantized weights, rounded to bfloat16
 # (nearest even), into a buffer that stays in L2, for torch's bfloat16 matrix product: int8 scale (q - zero) as
 # (n1 - n0, K); int4 (q - 8) scale + zero as (K, n1 - n0), the order its pack is read in (n0, n1 whole 64-row
@@ -452,7 +577,7 @@ def _variant_source(v: str) -> str:
 def _source() -> str:
     parts = [_I4_TAIL, _variant_source("scalar"), "#if defined(HF_RG_X86)"]
     parts += [_variant_source("fp32_fma_256"), _variant_source("fp32_fma_512"),
-              Template(_I8_AMX).substitute(max_rows=MAX_ROWS), "#endif"]
+              Template(_I8_AMX).substitute(max_rows=MAX_ROWS), _i4_dot_source(), "#endif"]
     return "\n".join(parts)
 
 
@@ -462,7 +587,7 @@ def make_kernel(source: str | None = None) -> CompiledKernel:
     return CompiledKernel("quant", _source() if source is None else source, {
         "matmul_int8": (INT8_VARIANTS, kernel_argtypes(6)),
         # q, scale_and_zero, x, bias, y; M, N, K, the group size; threads
-        "matmul_int4": (VARIANTS, [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int]),
+        "matmul_int4": (INT4_VARIANTS, [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int]),
         "widen_int8": (VARIANTS, [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3),  # q, scale, zero, out; n0, n1, K
         "widen_int4": (VARIANTS, [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5),  # q, sz, out; n0, n1, N, K, G
     })
@@ -474,7 +599,7 @@ QUANT_KERNEL = make_kernel()
 def supported_variants(fmt: str = "int4") -> list[str]:
     """The variants of `fmt`'s kernel this CPU and build can run, weakest first (whatever the switches say: tests
     force each); int8's `bf16-tile` takes bfloat16 inputs only."""
-    return [v for v in QUANT_KERNEL.supported() if v in (INT8_VARIANTS if fmt == "int8" else VARIANTS)]
+    return [v for v in QUANT_KERNEL.supported() if v in (INT8_VARIANTS if fmt == "int8" else INT4_VARIANTS)]
 
 
 _decided: dict[tuple, str | None] = {}
@@ -499,6 +624,20 @@ def tile_allowed() -> bool:
     key = (kernel_settings(), "bf16-tile")
     if key not in _decided:
         _decided[key] = kernel_enabled("gemv") and QUANT_KERNEL.best_variant(INT8_VARIANTS) == "bf16-tile"
+    return _decided[key]
+
+
+@torch.compiler.assume_constant_result
+def dot_allowed() -> bool:
+    """Whether int4 weights against bfloat16 inputs run the AVX-512 BF16 `bf16-dot` variant now: the best
+    capability allowed is exactly `bf16-dot`, i.e. AVX-512 BF16 without AMX (an AMD EPYC; or
+    HF_RECURRENTGEMMA_CPU_ISA=bf16-dot elsewhere). On the AMX Xeon `vdpbf16ps` retires about one per 4 float32
+    FMAs' time (half their multiply-adds per second), and `bf16-dot` measured no faster than `fp32-fma-512` at one
+    row and slower from two (docs/performance.md), so AMX CPUs keep `fp32-fma-512` for int4."""
+    key = (kernel_settings(), "bf16-dot")
+    if key not in _decided:
+        rank = QUANT_KERNEL.capability() if kernel_enabled("gemv") else None
+        _decided[key] = rank == CAPABILITIES.index("bf16-dot")
     return _decided[key]
 
 
@@ -555,11 +694,11 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _input_rows(x: torch.Tensor, bf16_input: bool) -> torch.Tensor:
-    """x (..., K) as the (M, K) rows a kernel reads: float32, or bfloat16 as it is for the `bf16-tile` variant."""
+    """x (..., K) as the (M, K) rows a kernel reads: float32, or bfloat16 as it is for the BF16_INPUT variants."""
     if not bf16_input:
         return _as_rows(x)
     if x.dtype != torch.bfloat16:
-        raise ValueError(f"the bf16-tile quantized kernels take bfloat16 inputs, got {x.dtype}")
+        raise ValueError(f"the {'/'.join(BF16_INPUT)} quantized kernels take bfloat16 inputs, got {x.dtype}")
     return x.reshape(-1, x.shape[-1]).contiguous()
 
 
@@ -596,7 +735,7 @@ def _matmul_int8_op(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, z
     """x (..., K) float, at most MAX_ROWS rows; qdata (N, K) int8, scale (N) or (N, 1), zero_point the same in
     int8 or None: y = x (scale (q - zero))^T + bias, (..., N) in x's dtype."""
     y = run_int8(QUANT_KERNEL.function("matmul_int8", variant), x, qdata, scale, zero_point, bias,
-                 bf16_input=variant == "bf16-tile")
+                 bf16_input=variant in BF16_INPUT)
     return y.to(x.dtype).view(*x.shape[:-1], qdata.shape[0])
 
 
@@ -611,7 +750,7 @@ def _matmul_int4_op(x: torch.Tensor, qdata: torch.Tensor, scale_and_zero: torch.
     """x (..., K) float, at most MAX_ROWS rows; qdata (N, K/2) uint8 in torch's CPU int4 pack, scale_and_zero
     (K/G, N, 2) bfloat16: y = x ((q - 8) scale + zero)^T + bias, (..., N) in x's dtype."""
     y = run_int4(QUANT_KERNEL.function("matmul_int4", variant), x, qdata, scale_and_zero, group_size, bias,
-                 bf16_input=variant == "bf16-tile")
+                 bf16_input=variant in BF16_INPUT)
     return y.to(x.dtype).view(*x.shape[:-1], qdata.shape[0])
 
 
@@ -642,11 +781,15 @@ def kernel_applies(x: torch.Tensor, weight) -> bool:
 
 
 def variant_for(x: torch.Tensor, weight) -> str | None:
-    """The variant `linear_quantized` runs for this input and weight: int8 with bfloat16 inputs on AMX takes
-    `bf16-tile`, everything else `quant_variant()`. Fixed per format and input dtype, never per row count, so a
-    verification of k rows runs what k one-row steps run."""
-    if x.dtype == torch.bfloat16 and quant_format(weight) == "int8" and tile_allowed():
-        return "bf16-tile"
+    """The variant `linear_quantized` runs for this input and weight: with bfloat16 inputs, int8 on AMX takes
+    `bf16-tile` and int4 with AVX-512 BF16 `bf16-dot`; everything else `quant_variant()`. Fixed per format and
+    input dtype, never per row count, so a verification of k rows runs what k one-row steps run."""
+    if x.dtype == torch.bfloat16:
+        fmt = quant_format(weight)
+        if fmt == "int8" and tile_allowed():
+            return "bf16-tile"
+        if fmt == "int4" and dot_allowed():
+            return "bf16-dot"
     return quant_variant()
 
 
