@@ -26,7 +26,8 @@ def one_thread():
 # The longest test files (minutes each, measured with --durations), handed out first. CI runs the suite on two
 # pytest-xdist workers a file at a time (`--dist loadfile`), in collection order: a long file collected last (the
 # docs' blocks, tests/tools) ran alone on one worker while the other core idled.
-LONGEST_FILES = ("tests/tools/test_docs.py", "tests/model/test_batch_invariance.py",
+LONGEST_FILES = ("tests/tools/test_docs.py", "tests/serving/test_vllm.py", "tests/serving/test_vllm_engines.py",
+                 "tests/model/test_batch_invariance.py",
                  "tests/commands/test_shipped_model.py", "tests/export/test_programs.py")
 
 
