@@ -122,6 +122,7 @@ def serve(folder: str, prompts: list[list[int]], new_tokens: int, dtype: str) ->
 # sliding-window layer W - 1 + max_num_batched_tokens tokens per request, so a small chunk keeps that near the window;
 # a small block wastes less of the window's last block and pads the state page less.
 RECOMMENDED = {"max_num_batched_tokens": 256}  # and the block size the plugin defaults to
+RUNS = ("griffin_default", "griffin_recommended", "transformer_default", "transformer_recommended")
 
 
 def capacity(folder: str, max_model_len: int, dtype: str, flags: dict) -> dict:
@@ -141,77 +142,138 @@ def capacity(folder: str, max_model_len: int, dtype: str, flags: dict) -> dict:
         llm.llm_engine.engine_core.shutdown()
 
 
-def running_at_once(folder: str, prompts, new_tokens: int, dtype: str, flags: dict, num_blocks: int) -> dict:
-    """Requests vLLM's scheduler keeps running at once (its `vllm:num_requests_running` gauge, read every 16 steps)
-    when all of `prompts` are offered together, each generating `new_tokens`, under a pool of `num_blocks` blocks;
-    and its preemption count. Reported: the peak, and the running count at the last reading before the first
-    request finishes (every request then holds its longest context)."""
-    from vllm import LLM, SamplingParams
+def running_at_once(folder: str, prompts, new_tokens: int, dtype: str, flags: dict, num_blocks: int,
+                    at_tokens: int) -> dict:
+    """Requests vLLM's scheduler runs at once with `at_tokens` or more tokens of context each, under a pool of
+    `num_blocks` KV blocks, when all of `prompts` are offered together, each generating
+    `new_tokens` greedily with end-of-sequence ignored (max_num_seqs: their number, at most the step budget).
 
+    Counted from the engine's own outputs: at each step, the requests that produced a token in that step and whose
+    computed context (prompt + generated - 1 tokens, the KV written) is >= `at_tokens`; vLLM's
+    `vllm:num_requests_running` gauge is read at those steps too. The run stops at the first finished request: the
+    requests that started together are then past `at_tokens`, and the later steps (waves of requests vLLM preempted
+    or never admitted) would not change the figure; or earlier, once every running request is past `at_tokens`.
+    `new_tokens` exceeds `at_tokens` by a margin so that requests admitted a few steps late reach it too. Eager mode: the count depends on the scheduler and the pool, not
+    on compilation. Returns the peak count at `at_tokens`, the gauge at that step, preemptions and steps."""
+    from vllm import LLM, SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    # vLLM refuses max_num_seqs > max_num_batched_tokens (its SchedulerConfig check): a 256-token step budget also
+    # caps the requests running at once at 256.
+    max_num_seqs = min(len(prompts), flags.get("max_num_batched_tokens", len(prompts)))
     llm = LLM(folder, dtype=dtype, max_model_len=PROMPT_TOKENS + new_tokens, skip_tokenizer_init=True, seed=0,
-              num_gpu_blocks_override=num_blocks, max_num_seqs=len(prompts), disable_log_stats=False, **flags)
+              enforce_eager=True, num_gpu_blocks_override=num_blocks, max_num_seqs=max_num_seqs,
+              disable_log_stats=False, **flags)
     engine = llm.llm_engine
+    cache = engine.vllm_config.cache_config
+    sched = engine.vllm_config.scheduler_config
     try:
-        params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
+        params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True, detokenize=False,
+                                output_kind=RequestOutputKind.DELTA)
+        tokens = {}
         for i, p in enumerate(prompts):
             engine.add_request(str(i), {"prompt_token_ids": p}, params)
-        peak, at_end, step, done = 0, 0, 0, False
+            tokens[str(i)] = len(p)
+        peak, gauge_at_peak, peak_running, step, first_at = 0, None, 0, 0, None
+        start = time.perf_counter()
         while engine.has_unfinished_requests():
-            finished = any(o.finished for o in engine.step())
+            outputs = engine.step()
             step += 1
-            if not done and (step % 16 == 0 or finished):
+            stepped = [o for o in outputs if o.outputs and o.outputs[0].token_ids]
+            for o in stepped:
+                tokens[o.request_id] += len(o.outputs[0].token_ids)
+            at_length = sum(tokens[o.request_id] - 1 >= at_tokens for o in stepped)
+            if at_length:
+                first_at = first_at or step
                 metrics = {m.name: m for m in llm.get_metrics()}
-                running = int(metrics["vllm:num_requests_running"].value)
-                peak = max(peak, running)
-                at_end = running
-            done = done or finished
+                gauge = int(metrics["vllm:num_requests_running"].value)
+                peak_running = max(peak_running, gauge)
+                if at_length > peak:
+                    peak, gauge_at_peak = at_length, gauge
+            # Settled when every running request is past `at_tokens` (requests admitted late, a few per step under
+            # a 256-token step budget, catch up within the margin), or at the first finished request.
+            if (at_length and at_length == gauge) or any(o.finished for o in outputs):
+                break
+        seconds = time.perf_counter() - start
         metrics = {m.name: m for m in llm.get_metrics()}
         preemptions = int(metrics["vllm:num_preemptions"].value) if "vllm:num_preemptions" in metrics else None
     finally:
         engine.engine_core.shutdown()
-    return {"flags": flags, "num_blocks": num_blocks, "offered": len(prompts), "peak_running": peak,
-            "running_at_end": at_end, "preemptions": preemptions, "steps": step}
+    return {"flags": flags, "num_blocks": num_blocks, "block_size": cache.block_size,
+            "max_num_batched_tokens": sched.max_num_batched_tokens,
+            "enable_prefix_caching": bool(cache.enable_prefix_caching), "offered": len(prompts),
+            "max_num_seqs": max_num_seqs,
+            "at_tokens": at_tokens, "running_at_tokens": peak, "gauge_running_at_peak": gauge_at_peak,
+            "gauge_running_max_at_tokens": peak_running, "preemptions": preemptions, "steps": step,
+            "first_step_at_tokens": first_at, "seconds": round(seconds, 1)}
+
+
+# Requests offered to the Transformer in the runtime measurement, as a multiple of what the pool holds by vLLM's
+# logged figure (its KV grows with length, so the logged figure is its real bound); Griffin is offered what its state
+# bytes allow in the pool's bytes (`griffin_bytes_per_sequence`), which no allocator can exceed.
+TRANSFORMER_OFFER = 2.0
+# Tokens generated past the counted length, so that requests admitted after the first steps reach it as well.
+RAMP_TOKENS = 256
+
+
+def budget_bytes() -> int:
+    """The KV budget the concurrency figures use: VLLM_CPU_KVCACHE_SPACE GiB (checked set by `main`)."""
+    return int(float(os.environ["VLLM_CPU_KVCACHE_SPACE"]) * 2**30)
 
 
 def concurrency_section(args, griffin_folder: str, gemma_folder: str, vocab: int) -> dict:
     """Issue 20: requests at once at 4k tokens under one KV budget, Griffin against the Transformer, with default
-    and recommended flags: vLLM's logged figure (VLLM_CPU_KVCACHE_SPACE budget), and with --runtime-fraction the
-    scheduler's running count under a pool of that fraction of the blocks (Griffin with recommended flags offered
-    its scaled logged figure plus 25%, the Transformer twice its own)."""
+    and recommended flags: vLLM's logged figure (VLLM_CPU_KVCACHE_SPACE budget), and with --runtime-fraction F the
+    requests running at once at `new_tokens` of context (`running_at_once`) under a pool of F of each model's blocks
+    (the same bytes for both): the Transformer offered TRANSFORMER_OFFER times its logged figure scaled to that pool,
+    Griffin what its state bytes allow in the pool's bytes. With --runtime-runs, only those (and the logged figures
+    they need)."""
     max_len = PROMPT_TOKENS + args.new_tokens
-    logged = {
-        "griffin_default": capacity(griffin_folder, max_len, args.dtype, {}),
-        "griffin_recommended": capacity(griffin_folder, max_len, args.dtype, RECOMMENDED),
-        "transformer_default": capacity(gemma_folder, max_len, args.dtype, {}),
-        "transformer_recommended": capacity(gemma_folder, max_len, args.dtype, RECOMMENDED),
-    }
+    names = args.runtime_runs if args.runtime_fraction else RUNS
+    logged = {name: capacity(griffin_folder if name.startswith("griffin") else gemma_folder, max_len, args.dtype,
+                             RECOMMENDED if name.endswith("recommended") else {})
+              for name in names}
     out = {"logged": logged}
-    base = logged["transformer_default"]["vllm_max_concurrency"]
+    base = logged.get("transformer_default", {}).get("vllm_max_concurrency")
     for name, row in logged.items():
         print(f"vLLM's max concurrency at {max_len} tokens, {name}: {row['vllm_max_concurrency']:.1f} "
               f"({row['num_blocks']} blocks of {row['block_size']}, max_num_batched_tokens "
-              f"{row['max_num_batched_tokens']}; {row['vllm_max_concurrency'] / base:.1f}x the Transformer's default)")
+              f"{row['max_num_batched_tokens']}"
+              + (f"; {row['vllm_max_concurrency'] / base:.1f}x the Transformer's default)" if base else ")"), flush=True)
     if args.runtime_fraction:
-        griffin_row, gemma_row = logged["griffin_recommended"], logged["transformer_default"]
         g = torch.Generator().manual_seed(args.seed + 1)
-        offered = int(1.25 * griffin_row["vllm_max_concurrency"] * args.runtime_fraction) + 1
-        many = [torch.randint(3, vocab, (PROMPT_TOKENS,), generator=g).tolist() for _ in range(offered)]
-        runtime = {
-            "griffin_recommended": running_at_once(
-                griffin_folder, many, args.new_tokens, args.dtype, RECOMMENDED,
-                max(1, int(griffin_row["num_blocks"] * args.runtime_fraction))),
-            "transformer_default": running_at_once(
-                gemma_folder, many[: int(2 * gemma_row["vllm_max_concurrency"] * args.runtime_fraction) + 2],
-                args.new_tokens, args.dtype, {}, max(1, int(gemma_row["num_blocks"] * args.runtime_fraction))),
-        }
-        for name, row in runtime.items():
-            print(f"running at once, {args.runtime_fraction:g} of the budget ({row['num_blocks']} blocks), {name}: "
-                  f"peak {row['peak_running']}, before the first finished {row['running_at_end']} of "
-                  f"{row['offered']} offered; preemptions {row['preemptions']}")
-        ratio = runtime["griffin_recommended"]["running_at_end"] / max(1, runtime["transformer_default"]["running_at_end"])
-        print(f"running at once at {max_len} tokens, Griffin (recommended) / Transformer (default): {ratio:.1f}x "
-              "(target >= 20x)")
-        out["runtime"], out["runtime_ratio"] = runtime, ratio
+        runtime = {}
+        for name in args.runtime_runs:
+            row = logged[name]
+            model = name.split("_")[0]
+            assert model in ("griffin", "transformer"), name
+            folder = griffin_folder if model == "griffin" else gemma_folder
+            if model == "griffin":
+                state = griffin_bytes_per_sequence(json.loads((Path(griffin_folder) / "config.json").read_text()),
+                                                   args.dtype)["total"]
+                offered = int(args.runtime_fraction * budget_bytes() / state) + 2
+            else:
+                offered = int(TRANSFORMER_OFFER * row["vllm_max_concurrency"] * args.runtime_fraction) + 2
+            prompts = [torch.randint(3, vocab, (PROMPT_TOKENS,), generator=g).tolist() for _ in range(offered)]
+            flags = RECOMMENDED if name.endswith("recommended") else {}
+            r = running_at_once(folder, prompts, args.new_tokens + RAMP_TOKENS, args.dtype, flags,
+                                max(1, round(row["num_blocks"] * args.runtime_fraction)), args.new_tokens)
+            r["logged_scaled"] = row["vllm_max_concurrency"] * args.runtime_fraction
+            runtime[name] = r
+            print(f"running at once at >= {args.new_tokens} tokens, {args.runtime_fraction:g} of the budget "
+                  f"({r['num_blocks']} blocks of {r['block_size']}, chunk {r['max_num_batched_tokens']}), {name}: "
+                  f"{r['running_at_tokens']} of {r['offered']} offered (gauge {r['gauge_running_at_peak']}; "
+                  f"logged figure scaled {r['logged_scaled']:.1f}); preemptions {r['preemptions']}, "
+                  f"{r['steps']} steps, {r['seconds']} s", flush=True)
+        ratios = {}
+        for flags in ("default", "recommended"):
+            gr, tr = runtime.get(f"griffin_{flags}"), runtime.get(f"transformer_{flags}")
+            if gr and tr:
+                ratios[flags] = gr["running_at_tokens"] / max(1, tr["running_at_tokens"])
+                print(f"running at once at {args.new_tokens} tokens, Griffin / Transformer, {flags} flags: "
+                      f"{ratios[flags]:.1f}x (target >= 20x with the recommended flags)")
+        out["runtime"], out["runtime_ratios"] = runtime, ratios
+        out["runtime_fraction"] = args.runtime_fraction
     return out
 
 
@@ -227,6 +289,8 @@ def main(argv=None) -> int:
                         help="only the concurrency section (vLLM's logged figures; with --runtime-fraction, measured)")
     parser.add_argument("--runtime-fraction", type=float, default=0.0,
                         help="also measure requests running at once under this fraction of the KV budget")
+    parser.add_argument("--runtime-runs", nargs="+", choices=RUNS, default=list(RUNS),
+                        help="which runtime measurements --runtime-fraction makes (default: all four)")
     args = parser.parse_args(argv)
     if args.model is None:
         from hf_recurrentgemma.demo import prepare

@@ -24,10 +24,7 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -75,12 +72,6 @@ def shared_prefix(folder: str, vocab: int, args) -> dict:
         llm.llm_engine.engine_core.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _hits_total(url: str) -> float:
     import requests
 
@@ -90,38 +81,18 @@ def _hits_total(url: str) -> float:
 
 
 def chat(folder: str, args, tmp: Path) -> dict:
-    """The conversation's turns against a server started for it (its log in `tmp`)."""
+    """The conversation's turns against a server started for it (`serving_harness.vllm_server`, its log in `tmp`)."""
+    import requests
+
+    from benchmarks.serving_harness import vllm_server
     from hf_recurrentgemma.convert.tokenizer import GEMMA_CHAT_TEMPLATE
 
     template = tmp / "gemma.jinja"
     template.write_text(GEMMA_CHAT_TEMPLATE)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(tmp / "server.log", "w") as log:
-        return _chat_turns(folder, template, port, url, log, args)
-
-
-def _chat_turns(folder: str, template: Path, port: int, url: str, log, args) -> dict:
-    import requests
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--dtype", "float32",
-         "--max-model-len", "2048", "--chat-template", str(template), "--enable-prompt-tokens-details",
-         "--prefix-cache-retention-interval", "32", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with status {proc.returncode}; log: {log.name}")
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server was not ready after 600 s; log: {log.name}")
-            time.sleep(1)
+    server_args = ["--dtype", "float32", "--max-model-len", "2048", "--chat-template", str(template),
+                   "--enable-prompt-tokens-details", "--prefix-cache-retention-interval", "32"]
+    with vllm_server(folder, tmp / "server.log", server_args, start_timeout_s=600) as server:
+        url = server.url
         messages, turns = [], []
         for text in CHAT[: args.turns]:
             messages.append({"role": "user", "content": text})
@@ -139,12 +110,6 @@ def _chat_turns(folder: str, template: Path, port: int, url: str, log, args) -> 
                           "hits_counter_delta": _hits_total(url) - before, "seconds": seconds})
             messages.append({"role": "assistant", "content": body["choices"][0]["message"]["content"]})
         return {"reply_tokens": args.reply_tokens, "turns": turns}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def main(argv=None) -> int:

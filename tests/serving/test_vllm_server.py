@@ -3,11 +3,6 @@ with a real HTTP client: /v1/completions (plain and streamed) and /v1/chat/compl
 greedy text equal to the reference's continuation. One server for the module (start: 30-60 s)."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -18,16 +13,11 @@ requests = pytest.importorskip("requests", reason="the server test's HTTP client
 from reference_helpers import A, R, Case, reference_and_ours, word_tokenizer  # noqa: E402
 from test_vllm import reference_greedy  # noqa: E402
 
+from benchmarks.serving_harness import vllm_server  # noqa: E402
 from hf_recurrentgemma.convert.tokenizer import GEMMA_CHAT_TEMPLATE, TURN_TOKENS  # noqa: E402
 
 NEW_TOKENS = 8
 START_TIMEOUT_S = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,38 +32,13 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("served")
     ours.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    port = _free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-           "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "0-1"),
-           "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")}
-    log = open(tmp_path_factory.mktemp("log") / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), "--dtype", "float32",
-         "--enforce-eager", "--max-model-len", "256", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("log") / "server.log"
+    args = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "256"]
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with status {proc.returncode}; log: {log.name}")
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server was not ready after {START_TIMEOUT_S} s; log: {log.name}")
-            time.sleep(1)
-        yield url, str(folder), tokenizer, ref
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        with vllm_server(str(folder), log, args, start_timeout_s=START_TIMEOUT_S) as started:
+            yield started.url, str(folder), tokenizer, ref
+    except RuntimeError as e:  # the server exited or was not ready in time (the error names the log)
+        pytest.fail(str(e))
 
 
 def _expected_ids(ref, prompt_ids: list[int]) -> list[int]:
