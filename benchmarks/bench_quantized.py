@@ -109,7 +109,6 @@ def linear_section(args) -> dict:
     results = {"read_rate_gbs": rate / 1e9, "shapes": {}}
     generator = torch.Generator().manual_seed(0)
     for n, k in LINEAR_SHAPES:
-        paths: dict[str, tuple[list, Callable]] = {}
         fns = {
             "torch bf16 F.linear": ("bf16", lambda x, l: torch.nn.functional.linear(x, l.weight)),
             "ours bf16": ("bf16", lambda x, l: linear_cpu(x, l.weight)),

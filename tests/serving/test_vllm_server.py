@@ -5,7 +5,6 @@ greedy text equal to the reference's continuation. One server for the module (st
 import json
 
 import pytest
-import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]' in a clone of hf-recurrentgemma; docs/serving.md)")
 requests = pytest.importorskip("requests", reason="the server test's HTTP client is requests")

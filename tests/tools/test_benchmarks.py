@@ -3,7 +3,6 @@ writes its JSON and plots. Speed figures are not checked (this is not a timed te
 
 import importlib
 import json
-import sys
 
 import pytest
 import torch

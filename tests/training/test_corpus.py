@@ -6,7 +6,6 @@ was written by R itself (`tools:::makeLazyLoadDB`) from the first 40 lines of ea
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
