@@ -16,6 +16,7 @@ tokens on the shipped model in bfloat16, int8, int4 and float32 (20 prompts x 64
 
 import copy
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -261,6 +262,9 @@ def test_k_tokens_equal_k_one_token_forwards_int4_through_bf16_dot(shipped, monk
 # in the default run; int8 and int4 (about 1.5 s per 64-token generate() here, against 0.5 s in bfloat16) run 10
 # there, float32 (10/10 before) 5; all run 20 with `-m slow`, to keep the suite's time down (3 generate() calls x
 # 64 tokens per prompt).
+CAPPED_PROMPTS = 5  # prompts per dtype where HF_RECURRENTGEMMA_CPU_ISA caps the kernels (default run)
+
+
 @pytest.mark.parametrize("dtype, prompts", [
     pytest.param(torch.bfloat16, PROMPTS, id="bfloat16-20-prompts"),
     pytest.param("int8", PROMPTS[:10], id="int8-10-prompts"),
@@ -270,12 +274,16 @@ def test_k_tokens_equal_k_one_token_forwards_int4_through_bf16_dot(shipped, monk
     pytest.param(torch.float32, PROMPTS[:5], id="float32-5-prompts"),
     pytest.param(torch.float32, PROMPTS, id="float32-20-prompts", marks=pytest.mark.slow),
 ])
-def test_greedy_speculation_equals_plain_greedy_on_the_shipped_model(kernels_on, shipped, dtype, prompts):
+def test_greedy_speculation_equals_plain_greedy_on_the_shipped_model(kernels_on, shipped, dtype, prompts, request):
     """64 tokens per prompt with the kernels as the environment sets them (CI: the best variant, and AVX2
     forced): the shipped draft (Transformers' default draft length, capped at MAX_DRAFT_TOKENS) and prompt lookup
     (10 tokens) give plain greedy's tokens, every one, in float32, bfloat16, int8 and int4 (the draft in bfloat16
     beside a quantized target). With the kernels off, torch's products are not row-invariant and the text can
     differ (measured rate in docs/speculative.md)."""
+    if os.environ.get("HF_RECURRENTGEMMA_CPU_ISA") and not request.node.get_closest_marker("slow"):
+        # CI's AVX2-capped pass: the chunk tests above hold the capped variants bit for bit on this model, so the
+        # consequence is checked on fewer prompts there (all 20 under -m slow, and the default counts uncapped).
+        prompts = prompts[:CAPPED_PROMPTS]
     model = _target(shipped, dtype)
     draft = shipped["draft"].to(torch.bfloat16 if isinstance(dtype, str) else dtype)
     draft.generation_config.num_assistant_tokens = 20  # Transformers' default, capped by the target
