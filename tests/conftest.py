@@ -22,19 +22,3 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
-
-# The longest test files (minutes each, measured with --durations), handed out first. CI runs the suite on two
-# pytest-xdist workers a file at a time (`--dist loadfile --no-loadscope-reorder`: in collection order, rather than
-# xdist's default of the files with most tests first), so that no long file starts last and runs alone on one
-# worker while the other core idles.
-LONGEST_FILES = ("tests/tools/test_docs.py", "tests/serving/test_vllm.py", "tests/serving/test_vllm_engines.py",
-                 "tests/model/test_batch_invariance.py",
-                 "tests/commands/test_shipped_model.py", "tests/export/test_programs.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item) -> int:
-        path = item.nodeid.split("::")[0]
-        return LONGEST_FILES.index(path) if path in LONGEST_FILES else len(LONGEST_FILES)
-
-    items.sort(key=rank)  # stable: every other file keeps its order
