@@ -13,14 +13,6 @@ CHANNELS, HEADS, CONV_WIDTH = 64, 4, 4
 BATCH_SIZES = (1, 2, 3, 5, 9, 16, 17, 24)  # one request, the row-invariant sizes, and past them
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_compiled_decode_step_is_one_graph_for_every_batch_size(one_thread):
     torch.manual_seed(0)
     conv, rg_lru = _Conv1d(CONV_WIDTH, CHANNELS), _RGLRU(CHANNELS, HEADS)
