@@ -18,7 +18,7 @@ from hf_recurrentgemma.griffin import cpu_quant_griffin as Q  # noqa: E402
 pytestmark = [pytest.mark.kernels, pytest.mark.usefixtures("one_thread")]
 VARIANTS = [v for v in Q.supported_variants() if v in Q.VARIANTS]  # the float32 variants both formats have
 # (format, variant) pairs this CPU runs: int8 also has AMX `bf16-tile`, int4 AVX-512 BF16 `bf16-dot`, both for
-# bfloat16 inputs only.
+# bfloat16 inputs only; both have AMX-INT8 `int8-tile` (any float inputs, fixed-point digits summed exactly).
 FORMAT_VARIANTS = [(fmt, v) for fmt in ("int8", "int4") for v in Q.supported_variants(fmt)]
 U = 2.0**-24  # float32 unit roundoff
 # (format, N, K, group): N = 112 puts a 48-row tail block after a full 64-row int4 block; int8's N = 202 and
@@ -54,6 +54,38 @@ def gamma(n: int) -> float:
     return n * U / (1 - n * U)
 
 
+def fixed_point_step(x: torch.Tensor, block: int) -> torch.Tensor:
+    """(M, K) bound on |x - its fixed-point value| in `int8-tile`: per row and block of `block` k, x 2^e rounded to
+    an integer with e = 21 - floor(log2 max |x|), so half of 2^-e = 2^(floor(log2 max |x|) - 22)."""
+    top = x.float().abs().view(x.shape[0], -1, block).amax(-1)  # (M, K / block)
+    _, exponent = torch.frexp(top)  # top = mantissa 2^exponent, mantissa in [0.5, 1): floor(log2 top) = exponent - 1
+    step = torch.where(top > 0, torch.ldexp(torch.ones_like(top, dtype=torch.float64), exponent - 23), 0.0)
+    return step.repeat_interleave(block, 1)
+
+
+def tile_error_bound(fmt: str, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """(M, N) bound for `int8-tile` (cpu_quant_digits_griffin.py): the sums of the fixed-point x are exact, so the
+    error is x's fixed-point rounding (`fixed_point_step` d per element, times the weight's magnitude) plus float32
+    roundings: int8 one of S 2^-e, then scale and bias (3); int4 per group one for each of its two sums and two
+    FMAs into the total, then the bias (2 groups + 3). Terms with |x| + d."""
+    w = layer.weight
+    bias = layer.bias.detach().double().abs()
+    n, k = w.shape
+    if fmt == "int8":
+        zero = w.zero_point.double().reshape(-1, 1)
+        weights = (w.qdata.double() - zero).abs() * w.scale.double().reshape(-1, 1).abs()  # (N, K)
+        step, depth = fixed_point_step(x, k), 3
+    else:
+        group = w.block_size[1]
+        sz = w.scale_and_zero.double()  # (K/G, N, 2)
+        codes = Q.unpack_int4(w.qdata, n, k).double()
+        weights = ((codes - 8).abs() * sz[..., 0].T.abs().repeat_interleave(group, 1)
+                   + sz[..., 1].T.abs().repeat_interleave(group, 1))
+        step, depth = fixed_point_step(x, group), 2 * (k // group) + 3
+    magnitude = (x.double().abs() + step) @ weights.T + bias
+    return step @ weights.T + gamma(depth + 1) * magnitude
+
+
 def error_bound(fmt: str, x: torch.Tensor, layer: nn.Linear, variant: str = "scalar") -> torch.Tensor:
     """(M, N) bound on |kernel - float64 product| from the arithmetic in the module docstring. Every float32
     operation rounds once (FMA) or twice (scalar C multiplies and adds separately, -ffp-contract=off); a value
@@ -66,6 +98,8 @@ def error_bound(fmt: str, x: torch.Tensor, layer: nn.Linear, variant: str = "sca
     (Intel SDM: two rounded additions), so the group's sum is again a chain of G roundings, then fma(scale, acc)
     and fma(zero, xsum) per group (the sum of x a chain of G); the same depth, with terms x (q - 8) scale and x zero.
     (`vdpbf16ps` also flushes subnormals; the inputs here are normal and every partial sum is far from 2^-126.)"""
+    if variant == "int8-tile":
+        return tile_error_bound(fmt, x, layer)
     xa = x.double().abs()
     bias = layer.bias.detach().double().abs()
     w = layer.weight
@@ -217,6 +251,67 @@ def test_int4_takes_bf16_dot_for_bfloat16_inputs_only_without_amx(monkeypatch):
         if "fp32-fma-256" in Q.supported_variants("int4"):
             force_variant(monkeypatch, "fp32-fma-256")
             assert Q.variant_for(x, layer.weight) == "fp32-fma-256"
+
+
+INT_TILE = pytest.mark.skipif("int8-tile" not in Q.supported_variants("int8"), reason="no AMX-INT8 on this CPU")
+
+
+@INT_TILE
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_amx_int8_cpus_take_int8_tile_for_every_input_dtype_and_row_count(fmt, monkeypatch):
+    """Where the CPU has AMX-INT8 both formats run `int8-tile` for float32 and bfloat16 inputs and every row count;
+    capped at `bf16-tile` they run what they ran before it existed."""
+    layer = quantized(fmt, 64, 256, 64 if fmt == "int4" else None)
+    force_variant(monkeypatch, "int8-tile")
+    for rows in (1, 5, Q.MAX_ROWS):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(rows, 256, dtype=dtype)
+            assert Q.variant_for(x, layer.weight) == "int8-tile"
+            with torch.no_grad():  # the dispatch reaches the kernel: equal to forcing it
+                assert torch.equal(Q.linear_quantized(x, layer.weight, layer.bias),
+                                   Q.linear_rows(x, layer.weight, layer.bias, "int8-tile"))
+    force_variant(monkeypatch, "bf16-tile")
+    x = torch.randn(1, 256, dtype=torch.bfloat16)
+    assert Q.variant_for(x, layer.weight) == ("bf16-tile" if fmt == "int8" else "fp32-fma-512")
+
+
+@INT_TILE
+@pytest.mark.parametrize("fmt,n,k,group", [CASES[0], CASES[2]], ids=[IDS[0], IDS[2]])
+def test_int8_tile_gives_nan_for_a_row_with_an_infinity_or_nan_and_leaves_other_rows(fmt, n, k, group):
+    """A non-finite input cannot be written in fixed point: its row's outputs are all NaN, the other rows equal
+    their one-row results (tail rows and tail blocks included)."""
+    layer = quantized(fmt, n, k, group)
+    x = torch.randn(3, k)
+    x[1, 7] = float("inf")
+    x[2, 0] = float("nan")
+    function = Q.QUANT_KERNEL.function(f"matmul_{fmt}", "int8-tile")
+    y = kernel_output(fmt, "int8-tile", x, layer)
+    assert bool(y[1:].isnan().all())
+    assert torch.equal(y[:1], kernel_output(fmt, "int8-tile", x[:1], layer))
+    assert rows_match_one_row(function, fmt, layer, x[:1].repeat(2, 1))
+
+
+@INT_TILE
+@pytest.mark.parametrize("fmt,n,k,group", [CASES[0], CASES[2]], ids=[IDS[0], IDS[2]])
+def test_a_fixed_point_exponent_shared_across_rows_fails_the_invariance_check(fmt, n, k, group, monkeypatch):
+    """`int8-tile`'s sums are exact, so its row invariance rests on each row's own fixed-point exponent: a copy
+    whose rows share the first row's block maximum (as a per-tensor activation scale would) is caught."""
+    force_variant(monkeypatch, "int8-tile")
+    original = "const int e = top == 0 ? 0 : 21 - ((int)(top >> 23) - 127);"
+    shared = ("static uint32_t first = 0; if (x == first_row) first = top; else if (first > top) top = first; "
+              + original)
+    source = Q._source()
+    assert source.count(original) == 1
+    mutated = source.replace(original, shared).replace(
+        "static int to_fixed(", "static const float *first_row; static int to_fixed(").replace(
+        "    for (int64_t m = 0; m < M; m++) {\n        finite[m] = ", "    first_row = x;\n    for (int64_t m = 0; m < M; m++) {\n        finite[m] = ")
+    assert mutated.count("first_row = x;") == 2
+    kernel = Q.make_kernel(mutated)
+    layer = quantized(fmt, n, k, group)
+    x = torch.randn(4, k) * torch.tensor([[64.0], [1.0], [1.0], [1.0]])  # row 0 the largest
+    name = f"matmul_{fmt}"
+    assert rows_match_one_row(Q.QUANT_KERNEL.function(name, "int8-tile"), fmt, layer, x)
+    assert not rows_match_one_row(kernel.function(name, "int8-tile"), fmt, layer, x)
 
 
 def test_dequantize_reads_the_int4_layout_as_torch_does():

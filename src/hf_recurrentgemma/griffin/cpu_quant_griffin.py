@@ -45,6 +45,7 @@ from string import Template
 
 import torch
 
+from .cpu_quant_digits_griffin import digits_source
 from .kernel_build_griffin import (CAPABILITIES, MAX_ROWS, CompiledKernel, kernel_argtypes, kernel_enabled,
                                    kernel_settings, op_namespace, target_attribute)
 
@@ -53,10 +54,13 @@ VARIANTS = ("scalar", "fp32-fma-256", "fp32-fma-512")
 # only the accumulation differs from the float32 variants. An int4 one (codes turned into bfloat16 pairs for the B
 # tile by a `vpermw` table) was measured and left out: 5.2 ms for one row of a 2560 -> 15360 linear against 2.5 ms
 # for `fp32-fma-512`, and still slower at 5 rows (5.5 against 4.8 ms).
-INT8_VARIANTS = (*VARIANTS, "bf16-tile")
+INT8_VARIANTS = (*VARIANTS, "bf16-tile", "int8-tile")
 # int4 also has `bf16-dot` (AVX-512 BF16, no AMX needed), for bfloat16 inputs only: codes looked up as bfloat16
 # q - 8, pair products summed by `vdpbf16ps` (docs/performance.md has its figures).
-INT4_VARIANTS = (*VARIANTS, "bf16-dot")
+INT4_VARIANTS = (*VARIANTS, "bf16-dot", "int8-tile")
+# Both formats also have `int8-tile` (AMX-INT8; float32 or bfloat16 inputs): the codes in int8 tiles against the
+# inputs as fixed-point digits, summed exactly (cpu_quant_digits_griffin.py); where the CPU has it, it is the
+# variant for every input dtype.
 BF16_INPUT = ("bf16-tile", "bf16-dot")  # the variants that read x as bfloat16
 INT4_BLOCK = 64  # output rows per block of torch's CPU int4 pack
 INT4_GROUPS = (32, 64, 128)  # the group sizes torchao's CPU int4 offers
@@ -577,7 +581,8 @@ def _variant_source(v: str) -> str:
 def _source() -> str:
     parts = [_I4_TAIL, _variant_source("scalar"), "#if defined(HF_RG_X86)"]
     parts += [_variant_source("fp32_fma_256"), _variant_source("fp32_fma_512"),
-              Template(_I8_AMX).substitute(max_rows=MAX_ROWS), _i4_dot_source(), "#endif"]
+              Template(_I8_AMX).substitute(max_rows=MAX_ROWS), _i4_dot_source(),
+              digits_source(MAX_ROWS, target_attribute("int8-tile")), "#endif"]
     return "\n".join(parts)
 
 
@@ -780,10 +785,26 @@ def kernel_applies(x: torch.Tensor, weight) -> bool:
     return quant_format(weight) is not None and x.shape[-1] == weight.shape[1] and quant_variant() is not None
 
 
+INT_TILE_MAX_K = 2**17 - 1  # int8-tile's int32 tile sums hold K products of at most 128 x 128 without overflow
+
+
+@torch.compiler.assume_constant_result
+def int_tile_allowed() -> bool:
+    """Whether both formats run the AMX-INT8 `int8-tile` variant now (any float input dtype): the CPU has AMX-INT8
+    and AVX-512 VBMI (and the kernel its tile permission) and HF_RECURRENTGEMMA_CPU_ISA does not cap it."""
+    key = (kernel_settings(), "int8-tile")
+    if key not in _decided:
+        _decided[key] = kernel_enabled("gemv") and QUANT_KERNEL.best_variant(INT8_VARIANTS) == "int8-tile"
+    return _decided[key]
+
+
 def variant_for(x: torch.Tensor, weight) -> str | None:
-    """The variant `linear_quantized` runs for this input and weight: with bfloat16 inputs, int8 on AMX takes
-    `bf16-tile` and int4 with AVX-512 BF16 `bf16-dot`; everything else `quant_variant()`. Fixed per format and
-    input dtype, never per row count, so a verification of k rows runs what k one-row steps run."""
+    """The variant `linear_quantized` runs for this input and weight: on AMX-INT8 CPUs `int8-tile` for both
+    formats and every input dtype; else, with bfloat16 inputs, int8 on AMX takes `bf16-tile` and int4 with AVX-512
+    BF16 `bf16-dot`; everything else `quant_variant()`. Fixed per format, input dtype and CPU, never per row count,
+    so a verification of k rows runs what k one-row steps run."""
+    if int_tile_allowed() and weight.shape[1] <= INT_TILE_MAX_K:
+        return "int8-tile"
     if x.dtype == torch.bfloat16:
         fmt = quant_format(weight)
         if fmt == "int8" and tile_allowed():

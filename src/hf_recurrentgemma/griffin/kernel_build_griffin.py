@@ -11,6 +11,8 @@ per-function `__attribute__((target(...)))`, and the copy to run is chosen at ru
     bf16-dot      bfloat16 pair dot products accumulated in float32 (x86 AVX-512 BF16)
     bf16-tile     bfloat16 tile matrix products accumulated in float32 (x86 AMX-BF16; Linux grants the tile
                   state to the process on first use)
+    int8-tile     int8 tile matrix products summed exactly in int32 (x86 AMX-INT8 and AVX-512 VBMI, on top of
+                  bf16-tile's features; the weight-only int8 and int4 kernels only)
 
 Environment switches, read at every call (not frozen at import), so tests and users can switch in-process:
 
@@ -49,11 +51,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 # Capability names, weakest first; a variant's index is its rank.
-CAPABILITIES = ("scalar", "fp32-fma-256", "fp32-fma-512", "bf16-dot", "bf16-tile")
+CAPABILITIES = ("scalar", "fp32-fma-256", "fp32-fma-512", "bf16-dot", "bf16-tile", "int8-tile")
 # The compiler target of each capability, for the `__attribute__((target(...)))` of the functions built for it:
 # the one table every kernel module takes its variants' attributes from (`target_attribute`).
 TARGETS = {"scalar": None, "fp32-fma-256": "avx2,fma", "fp32-fma-512": "avx512f",
-           "bf16-dot": "avx512f,avx512bf16", "bf16-tile": "avx512f,avx512bf16,amx-tile,amx-bf16"}
+           "bf16-dot": "avx512f,avx512bf16", "bf16-tile": "avx512f,avx512bf16,amx-tile,amx-bf16",
+           "int8-tile": "avx512f,avx512bw,avx512dq,avx512vbmi,fma,amx-tile,amx-int8"}
 # Rows (tokens) the few-row matrix kernels take in one call: one decoding step up to a 15-token draft plus its
 # bonus token. Every row is accumulated in the same order whatever the row count (docs/speculative.md), so a call
 # of up to MAX_ROWS rows equals that many one-row calls; longer inputs go to the prompt paths.
@@ -100,7 +103,8 @@ static int find_capability(void) {
 #if defined(__linux__)
     /* AMX tiles need the kernel's permission for their 8 KiB register state (ARCH_REQ_XCOMP_PERM, XTILEDATA). */
     if (__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("amx-bf16") &&
-        __builtin_cpu_supports("amx-tile") && syscall(SYS_arch_prctl, 0x1023, 18) == 0) return 4;
+        __builtin_cpu_supports("amx-tile") && syscall(SYS_arch_prctl, 0x1023, 18) == 0)
+        return __builtin_cpu_supports("amx-int8") && __builtin_cpu_supports("avx512vbmi") ? 5 : 4;
 #endif
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16")) return 3;
     if (__builtin_cpu_supports("avx512f")) return 2;
