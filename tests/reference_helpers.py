@@ -150,8 +150,8 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = LOGI
 # The files a folder of ours holds: its config, weights and model code, nothing else (no loader code).
 MODEL_CODE = {"configuration_griffin.py", "modeling_griffin.py", "layers_griffin.py", "cache_griffin.py",
               "ops_griffin.py", "kernel_build_griffin.py", "cpu_scan_griffin.py", "cpu_matvec_griffin.py",
-              "cpu_quant_griffin.py", "cpu_widen_griffin.py", "scan_triton_griffin.py", "scan_autograd_griffin.py",
-              "validation_griffin.py", "load_checks_griffin.py", "compat_griffin.py"}
+              "cpu_quant_griffin.py", "cpu_quant_digits_griffin.py", "cpu_widen_griffin.py", "scan_triton_griffin.py",
+              "scan_autograd_griffin.py", "validation_griffin.py", "load_checks_griffin.py", "compat_griffin.py"}
 SAVED_FILES = {"config.json", "generation_config.json", "model.safetensors"} | MODEL_CODE
 
 

@@ -64,10 +64,12 @@ def fixed_point_step(x: torch.Tensor, block: int) -> torch.Tensor:
 
 
 def tile_error_bound(fmt: str, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """(M, N) bound for `int8-tile` (cpu_quant_digits_griffin.py): the sums of the fixed-point x are exact, so the
-    error is x's fixed-point rounding (`fixed_point_step` d per element, times the weight's magnitude) plus float32
-    roundings: int8 one of S 2^-e, then scale and bias (3); int4 per group one for each of its two sums and two
-    FMAs into the total, then the bias (2 groups + 3). Terms with |x| + d."""
+    """(M, N) bound for `int8-tile` (cpu_quant_digits_griffin.py): the tile sums of the fixed-point x are exact, so
+    the error is x's fixed-point rounding (`fixed_point_step` d per element, times the weight's magnitude) plus
+    float32 roundings, terms with |x| + d: int8 one of S 2^-e, then scale and bias (3); int4 per group the
+    rounding of t = c0 + 256 c1 - lo (|t| < 2^16 sum |q - 8| units of 2^-e, so within 2^-7 d sum |q - 8|: the
+    2^-6 margin on the d term), the FMA forming S, the FMA into the total, a2 and its FMA, then the bias
+    (2 groups + 6)."""
     w = layer.weight
     bias = layer.bias.detach().double().abs()
     n, k = w.shape
@@ -81,9 +83,9 @@ def tile_error_bound(fmt: str, x: torch.Tensor, layer: nn.Linear) -> torch.Tenso
         codes = Q.unpack_int4(w.qdata, n, k).double()
         weights = ((codes - 8).abs() * sz[..., 0].T.abs().repeat_interleave(group, 1)
                    + sz[..., 1].T.abs().repeat_interleave(group, 1))
-        step, depth = fixed_point_step(x, group), 2 * (k // group) + 3
+        step, depth = fixed_point_step(x, group), 2 * (k // group) + 6
     magnitude = (x.double().abs() + step) @ weights.T + bias
-    return step @ weights.T + gamma(depth + 1) * magnitude
+    return (1 + 2.0**-6) * (step @ weights.T) + gamma(depth + 1) * magnitude
 
 
 def error_bound(fmt: str, x: torch.Tensor, layer: nn.Linear, variant: str = "scalar") -> torch.Tensor:

@@ -17,8 +17,10 @@ matter, and k rows give k one-row results bit for bit):
     digits, v = d0 + 256 d1 + 65536 d2 with d0, d1 in [-128, 127] and |d2| <= 65 (balanced base 256).
     int8   S[m, n] = sum_k v[m, k] q[n, k] - zero[n] sum_k v[m, k]   (exact: int32 tile sums, combined in int64)
            y = scale[n] fl(S 2^-e) + bias[n]            (fl: one rounding to float32; then two roundings)
-    int4   per group g:  a1 = fl((sum_{k in g} v q - 8 sum_{k in g} v) 2^-e),  a2 = fl(sum_{k in g} v 2^-e)
-           tot = fma(scale[g, n], a1, tot); tot = fma(zero[g, n], a2, tot); groups in order; y = tot + bias[n].
+    int4   per group g, from the digit sums c_l = sum_{k in g} d_l q and w_l = sum_{k in g} d_l (all int32):
+           t = c0 + 256 c1 - 8 (w0 + 256 w1), u = c2 - 8 w2 (exact), S = fma(u, 65536, fl(t)) (= sum v (q - 8) within
+           two roundings), a2 = fl(sum_{k in g} v 2^-e);
+           tot = fma(scale[g, n], S 2^-e, tot); tot = fma(zero[g, n], a2, tot); groups in order; y = tot + bias[n].
 
 So the only approximation beyond float32's roundings is x rounded to 23 significant bits relative to its block's
 largest magnitude (|x 2^e - v| <= 1/2): a bfloat16 x is kept exactly wherever it is within 2^14 of that magnitude,
@@ -112,14 +114,24 @@ $attr void matmul_int8_int8_tile(const int8_t *q, const float *scale, const int8
             config.rows[4 + t] = 16; config.colsb[4 + t] = (uint16_t)(cols * 4);  /* B: 16 k quads x cols x 4 */
         }
         config.rows[3] = 16; config.colsb[3] = 64;  /* A: 16 weight rows x 64 codes */
+        if (tiles == 1) {  /* a second A (7) and B (5) */
+            config.rows[7] = 16; config.colsb[7] = 64;
+            config.rows[5] = 16; config.colsb[5] = (uint16_t)(C * 4);
+        }
         _tile_loadconfig(&config);
         int32_t sums[16 * DIGIT_ROWS_MAX];
         #pragma omp for schedule(static)
         for (int64_t n0 = 0; n0 < N16; n0 += 16) {
             _tile_zero(0); if (tiles > 1) _tile_zero(1); if (tiles > 2) _tile_zero(2);
-            for (int64_t k = 0; k < K64; k += 64) {
-                /* the same k of the next 16 rows: 16 row streams, which the prefetchers alone serve slowly */
-                for (int r = 0; r < 16; r++) __builtin_prefetch(q + (n0 + 16 + r) * K + k, 0, 3);
+            int64_t k = 0;
+            if (tiles == 1)  /* M <= 5: two A and two B tiles in turn, so the next codes load while the tiles
+                                multiply (tile registers are not renamed: one A tile makes every load wait) */
+                for (; k + 128 <= K64; k += 128) {
+                    const int8_t *b = digits + (k / 4) * C * 4;
+                    _tile_loadd(3, q + n0 * K + k, K); _tile_loadd(4, b, C * 4); _tile_dpbssd(0, 3, 4);
+                    _tile_loadd(7, q + n0 * K + k + 64, K); _tile_loadd(5, b + 16 * C * 4, C * 4); _tile_dpbssd(0, 7, 5);
+                }
+            for (; k < K64; k += 64) {
                 _tile_loadd(3, q + n0 * K + k, K);
                 const int8_t *b = digits + (k / 4) * C * 4;
                 _tile_loadd(4, b, C * 4); _tile_dpbssd(0, 3, 4);
@@ -152,29 +164,29 @@ $attr void matmul_int8_int8_tile(const int8_t *q, const float *scale, const int8
 }
 
 /* ---- int4: A = digits (3M, 64 k), B = one 16-row slice of a 64-row block (k quads, 16, 4), C = 3M x 16 ---- */
-$attr static inline void int4_group_out(const int32_t *c, const int64_t M, const int64_t m, const int64_t vs,
-                                        const double unit, const uint16_t *sz, float *tot) {
-    /* 16 rows: a1 = fl((S - 8 sum v) 2^-e), a2 = fl(sum v 2^-e); tot = fma(scale, a1, tot); fma(zero, a2, tot) */
+/* Per input row and int4 group: what turns the tile sums c_l = sum_k d_l q into the group's two terms.
+   lo = 8 (w0 + 256 w1), hi = 8 w2 with w_l = sum_k d_l (so 8 sum v = lo + 65536 hi, all int32 without overflow);
+   unit = 2^-e; a2 = fl(sum v 2^-e). */
+struct group_terms { int32_t lo, hi; float unit, a2; };
+
+/* 16 rows of one group: t = c0 + 256 c1 - lo and u = c2 - hi (exact int32), S = fma(u, 65536, fl(t)) = fl(sum v
+   (q - 8)), a1 = S 2^-e; tot = fma(scale, a1, tot); tot = fma(zero, a2, tot). */
+$attr static inline void int4_group_out(const int32_t *c, const int64_t M, const int64_t m,
+                                        const struct group_terms *gt, const __m512 s, const __m512 z, float *tot) {
     const __m512i c0 = _mm512_loadu_si512(c + m * 16), c1 = _mm512_loadu_si512(c + (M + m) * 16);
     const __m512i c2 = _mm512_loadu_si512(c + (2 * M + m) * 16);
-    const __m512d shift = _mm512_set1_pd((double)(-8 * vs)), u = _mm512_set1_pd(unit);
-    __m256 half[2];
-    for (int h = 0; h < 2; h++) {
-        const __m512d d0 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(c0, h));
-        const __m512d d1 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(c1, h));
-        const __m512d d2 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(c2, h));
-        /* every partial sum is an integer below 2^53: exact in double, in any order */
-        const __m512d s = _mm512_add_pd(_mm512_add_pd(_mm512_mul_pd(d2, _mm512_set1_pd(65536.0)),
-                                                      _mm512_mul_pd(d1, _mm512_set1_pd(256.0))),
-                                        _mm512_add_pd(d0, shift));
-        half[h] = _mm512_cvtpd_ps(_mm512_mul_pd(s, u));
-    }
-    const __m512 a1 = _mm512_insertf32x8(_mm512_castps256_ps512(half[0]), half[1], 1);
-    const __m512 a2 = _mm512_set1_ps((float)((double)vs * unit));
+    const __m512i t = _mm512_sub_epi32(_mm512_add_epi32(c0, _mm512_slli_epi32(c1, 8)), _mm512_set1_epi32(gt->lo));
+    const __m512i u = _mm512_sub_epi32(c2, _mm512_set1_epi32(gt->hi));
+    const __m512 sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u), _mm512_set1_ps(65536.0f), _mm512_cvtepi32_ps(t));
+    const __m512 a1 = _mm512_mul_ps(sum, _mm512_set1_ps(gt->unit));
+    _mm512_storeu_ps(tot, _mm512_fmadd_ps(z, _mm512_set1_ps(gt->a2), _mm512_fmadd_ps(s, a1, _mm512_loadu_ps(tot))));
+}
+
+/* scale and zero of 16 rows from their (scale, zero) bfloat16 pairs */
+$attr static inline void int4_scales(const uint16_t *sz, __m512 *s, __m512 *z) {
     const __m512i both = _mm512_loadu_si512(sz);
-    const __m512 s = _mm512_castsi512_ps(_mm512_slli_epi32(both, 16));
-    const __m512 z = _mm512_castsi512_ps(_mm512_and_si512(both, _mm512_set1_epi32((int)0xffff0000u)));
-    _mm512_storeu_ps(tot, _mm512_fmadd_ps(z, a2, _mm512_fmadd_ps(s, a1, _mm512_loadu_ps(tot))));
+    *s = _mm512_castsi512_ps(_mm512_slli_epi32(both, 16));
+    *z = _mm512_castsi512_ps(_mm512_and_si512(both, _mm512_set1_epi32((int)0xffff0000u)));
 }
 
 /* One group's codes of a 64-row block (G k x 32 bytes) into B tiles: buf[slice][k quad][16 rows x 4 k]; slices
@@ -201,16 +213,27 @@ $attr void matmul_int4_int8_tile(const uint8_t *q, const uint16_t *sz, const flo
     const int64_t groups = K / G, full = N / 64, R = 3 * M, tiles = (R + 15) / 16, chunk = G < 64 ? G : 64;
     int32_t *v = (int32_t *)malloc(sizeof(int32_t) * (M * K + 1));
     int8_t *digits = (int8_t *)aligned_alloc(64, (size_t)(R * K + 64) / 64 * 64 + 64);  /* (3M, K) */
-    int64_t *vsum = (int64_t *)malloc(sizeof(int64_t) * (M * groups + 1));
-    double *unit = (double *)malloc(sizeof(double) * (M * groups + 1));
+    struct group_terms *terms = (struct group_terms *)malloc(sizeof(struct group_terms) * (M * groups + 1));
     int finite[$max_rows];
     for (int64_t m = 0; m < M; m++) {
         finite[m] = 1;
-        for (int64_t g = 0; g < groups; g++)
-            finite[m] &= to_fixed(x + m * K + g * G, G, v + m * K + g * G, vsum + m * groups + g, unit + m * groups + g);
+        for (int64_t g = 0; g < groups; g++) {
+            int64_t vs; double unit;
+            finite[m] &= to_fixed(x + m * K + g * G, G, v + m * K + g * G, &vs, &unit);
+            struct group_terms *gt = terms + m * groups + g;
+            gt->unit = (float)unit;  /* 2^-e, at least 2^-148: exact in float32 */
+            gt->a2 = (float)((double)vs * unit);
+        }
         for (int64_t k = 0; k < K; k++)
             to_digits(finite[m] ? v[m * K + k] : 0, digits + m * K + k, digits + (M + m) * K + k,
                       digits + (2 * M + m) * K + k);
+        for (int64_t g = 0; g < groups; g++) {
+            int32_t w[3] = {0, 0, 0};
+            for (int64_t k = g * G; k < (g + 1) * G; k++)
+                for (int l = 0; l < 3; l++) w[l] += digits[(l * M + m) * K + k];
+            terms[m * groups + g].lo = 8 * (w[0] + 256 * w[1]);
+            terms[m * groups + g].hi = 8 * w[2];
+        }
     }
     #pragma omp parallel num_threads(threads)
     {
@@ -245,10 +268,10 @@ $attr void matmul_int4_int8_tile(const uint8_t *q, const uint16_t *sz, const flo
                     _tile_stored(0, c, 64);
                     if (tiles > 1) _tile_stored(1, c + 16 * 16, 64);
                     if (tiles > 2) _tile_stored(2, c + 32 * 16, 64);
-                    const int64_t n = blk * 64 + slice * 16;
+                    __m512 scale, zero;
+                    int4_scales(sz + (g * N + blk * 64 + slice * 16) * 2, &scale, &zero);
                     for (int64_t m = 0; m < M; m++)
-                        int4_group_out(c, M, m, vsum[m * groups + g], unit[m * groups + g], sz + (g * N + n) * 2,
-                                       tot + m * 64 + slice * 16);
+                        int4_group_out(c, M, m, terms + m * groups + g, scale, zero, tot + m * 64 + slice * 16);
                 }
             }
             for (int64_t m = 0; m < M; m++)
@@ -268,21 +291,23 @@ $attr void matmul_int4_int8_tile(const uint8_t *q, const uint16_t *sz, const flo
             for (int64_t r = 0; r < rows; r++) {
                 float tot = 0.0f;
                 for (int64_t g = 0; g < groups; g++) {
-                    int64_t s = 0;
-                    for (int64_t k = g * G; k < (g + 1) * G; k++)
-                        s += (int64_t)v[m * K + k] * ((base[k * (rows / 2) + r / 2] >> (4 * (r & 1))) & 15);
-                    const int64_t vs = vsum[m * groups + g];
-                    const double u = unit[m * groups + g];
+                    int32_t cl[3] = {0, 0, 0};  /* the tile sums c_l, in scalar code */
+                    for (int64_t k = g * G; k < (g + 1) * G; k++) {
+                        const int32_t code = (base[k * (rows / 2) + r / 2] >> (4 * (r & 1))) & 15;
+                        for (int l = 0; l < 3; l++) cl[l] += digits[(l * M + m) * K + k] * code;
+                    }
+                    const struct group_terms *gt = terms + m * groups + g;
+                    const float sum = __builtin_fmaf((float)(cl[2] - gt->hi), 65536.0f,
+                                                     (float)(cl[0] + 256 * cl[1] - gt->lo));
                     const uint16_t *p = sz + (g * N + n_start + r) * 2;
-                    tot = __builtin_fmaf(bf16_to_f32(p[0]), (float)((double)(s - 8 * vs) * u), tot);
-                    tot = __builtin_fmaf(bf16_to_f32(p[1]), (float)((double)vs * u), tot);
+                    tot = __builtin_fmaf(bf16_to_f32(p[0]), sum * gt->unit, tot);
+                    tot = __builtin_fmaf(bf16_to_f32(p[1]), gt->a2, tot);
                 }
                 const int64_t n = n_start + r;
                 y[m * N + n] = finite[m] ? tot + (bias ? bias[n] : 0.0f) : __builtin_nanf("");
             }
     }
-    free(unit);
-    free(vsum);
+    free(terms);
     free(digits);
     free(v);
 }
