@@ -186,27 +186,14 @@ __attribute__((target("avx512f,avx512bf16"))) void matmul_bf16_bf16_dot(
 # rows x 32 k (read straight from W), B the inputs packed as (K/2, M, 2) pairs, C 16 x M float32 sums. Rows past
 # the last multiple of 16 go through the bf16-dot tiles; a K tail (K % 32) is added in scalar code.
 _BF16_TILE = r"""
-struct tile_config { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; };
-
 __attribute__((target("avx512f,avx512bf16,amx-tile,amx-bf16"))) void matmul_bf16_bf16_tile(
         const uint16_t *w, const uint16_t *x, const float *bias, float *y, int64_t M, int64_t N, int64_t K,
         int threads) {
     int64_t K32 = K / 32 * 32, N16 = N / 16 * 16;
-    uint16_t *packed = (uint16_t *)malloc(sizeof(uint16_t) * (K32 + 2) * M);
-    for (int64_t p = 0; p < K32 / 2; p++)
-        for (int64_t m = 0; m < M; m++) {
-            packed[(p * M + m) * 2] = x[m * K + 2 * p];
-            packed[(p * M + m) * 2 + 1] = x[m * K + 2 * p + 1];
-        }
+    uint16_t *packed = amx_pack_pairs(x, M, K, K32);
     #pragma omp parallel num_threads(threads)
     {
-        struct tile_config config;
-        memset(&config, 0, sizeof(config));
-        config.palette = 1;
-        config.rows[0] = 16; config.colsb[0] = (uint16_t)(M * 4);  /* C: 16 weight rows x M sums */
-        config.rows[1] = 16; config.colsb[1] = 64;                 /* A: 16 weight rows x 32 bfloat16 */
-        config.rows[2] = 16; config.colsb[2] = (uint16_t)(M * 4);  /* B: 16 k pairs x M inputs x 2 */
-        _tile_loadconfig(&config);
+        amx_bf16_config(M);  /* C 16 x M sums, A 16 weight rows x 32, B 16 k pairs x M x 2 */
         float sums[16 * 16];
         #pragma omp for schedule(static)
         for (int64_t n0 = 0; n0 < N16; n0 += 16) {

@@ -73,8 +73,6 @@ static inline void to_digits(int32_t v, int8_t *d0, int8_t *d1, int8_t *d2) {
     *d0 = (int8_t)a; *d1 = (int8_t)b; *d2 = (int8_t)((r - b) / 256);
 }
 
-struct int_tile_config { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; };
-
 /* The exact sum of three digit tiles' int32 sums: c0 + 256 c1 + 65536 c2. */
 static inline int64_t digit_sum(int32_t c0, int32_t c1, int32_t c2) {
     return (int64_t)c0 + 256 * (int64_t)c1 + 65536 * (int64_t)c2;
@@ -105,9 +103,8 @@ $attr void matmul_int8_int8_tile(const int8_t *q, const float *scale, const int8
     }
     #pragma omp parallel num_threads(threads)
     {
-        struct int_tile_config config;
-        memset(&config, 0, sizeof(config));
-        config.palette = 1;
+        struct amx_tile_config config;
+        amx_config_init(&config);
         for (int t = 0; t < tiles; t++) {
             const int cols = (int)(C - 16 * t < 16 ? C - 16 * t : 16);
             config.rows[t] = 16; config.colsb[t] = (uint16_t)(cols * 4);          /* C: 16 weight rows x cols */
@@ -237,9 +234,8 @@ $attr void matmul_int4_int8_tile(const uint8_t *q, const uint16_t *sz, const flo
     }
     #pragma omp parallel num_threads(threads)
     {
-        struct int_tile_config config;
-        memset(&config, 0, sizeof(config));
-        config.palette = 1;
+        struct amx_tile_config config;
+        amx_config_init(&config);
         for (int t = 0; t < tiles; t++) {
             const int rows = (int)(R - 16 * t < 16 ? R - 16 * t : 16);
             config.rows[t] = (uint8_t)rows; config.colsb[t] = 64;                      /* C: rows x 16 int32 */

@@ -340,18 +340,11 @@ static void i4_tail(const uint8_t *q, const uint16_t *sz, int64_t n_start, const
 # variants, y = scale (acc - zero sum_k x) + bias. Rows past the last multiple of 16 and a K tail (K % 32) are
 # summed in scalar code in k order; every row's arithmetic is the same whatever M.
 _I8_AMX = r"""
-struct quant_tile_config { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; };
-
 __attribute__((target("avx512f,avx512bf16,amx-tile,amx-bf16"))) void matmul_int8_bf16_tile(
         const int8_t *q, const float *scale, const int8_t *zero, const uint16_t *x, const float *bias, float *y,
         int64_t M, int64_t N, int64_t K, int threads) {
     const int64_t K32 = K / 32 * 32, N16 = N / 16 * 16;
-    uint16_t *packed = (uint16_t *)malloc(sizeof(uint16_t) * (K32 + 2) * M);
-    for (int64_t p = 0; p < K32 / 2; p++)
-        for (int64_t m = 0; m < M; m++) {
-            packed[(p * M + m) * 2] = x[m * K + 2 * p];
-            packed[(p * M + m) * 2 + 1] = x[m * K + 2 * p + 1];
-        }
+    uint16_t *packed = amx_pack_pairs(x, M, K, K32);
     float x_sum[$max_rows];
     for (int64_t m = 0; m < M; m++) {
         x_sum[m] = 0.0f;
@@ -359,13 +352,7 @@ __attribute__((target("avx512f,avx512bf16,amx-tile,amx-bf16"))) void matmul_int8
     }
     #pragma omp parallel num_threads(threads)
     {
-        struct quant_tile_config config;
-        memset(&config, 0, sizeof(config));
-        config.palette = 1;
-        config.rows[0] = 16; config.colsb[0] = (uint16_t)(M * 4);  /* C: 16 weight rows x M sums */
-        config.rows[1] = 16; config.colsb[1] = 64;                 /* A: 16 weight rows x 32 bfloat16 */
-        config.rows[2] = 16; config.colsb[2] = (uint16_t)(M * 4);  /* B: 16 k pairs x M inputs x 2 */
-        _tile_loadconfig(&config);
+        amx_bf16_config(M);  /* C 16 x M sums, A 16 weight rows x 32, B 16 k pairs x M x 2 */
         uint16_t wide[16 * 32] __attribute__((aligned(64)));
         float sums[16 * 16];
         #pragma omp for schedule(static)

@@ -90,6 +90,36 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+#if defined(HF_RG_X86)
+/* AMX, shared by every tile kernel: the LDTILECFG memory layout (palette 1), zeroed with palette 1 set by
+   `amx_config_init`; `amx_pack_pairs` lays bfloat16 inputs x (M, K) out as a B tile of k pairs,
+   out[(p M + m) 2 + i] = x[m, 2 p + i] for 2 p < K32 (the caller frees it); `amx_bf16_config` loads the bfloat16
+   tile products' shapes: C (tile 0) 16 weight rows x M float32 sums, A (1) 16 weight rows x 32 bfloat16, B (2)
+   16 k pairs x M inputs x 2. */
+struct amx_tile_config { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; };
+static inline void amx_config_init(struct amx_tile_config *config) {
+    memset(config, 0, sizeof(*config));
+    config->palette = 1;
+}
+static uint16_t *amx_pack_pairs(const uint16_t *x, int64_t M, int64_t K, int64_t K32) {
+    uint16_t *packed = (uint16_t *)malloc(sizeof(uint16_t) * (K32 + 2) * M);
+    for (int64_t p = 0; p < K32 / 2; p++)
+        for (int64_t m = 0; m < M; m++) {
+            packed[(p * M + m) * 2] = x[m * K + 2 * p];
+            packed[(p * M + m) * 2 + 1] = x[m * K + 2 * p + 1];
+        }
+    return packed;
+}
+__attribute__((target("amx-tile"))) static inline void amx_bf16_config(int64_t M) {
+    struct amx_tile_config config;
+    amx_config_init(&config);
+    config.rows[0] = 16; config.colsb[0] = (uint16_t)(M * 4);
+    config.rows[1] = 16; config.colsb[1] = 64;
+    config.rows[2] = 16; config.colsb[2] = (uint16_t)(M * 4);
+    _tile_loadconfig(&config);
+}
+#endif
+
 /* Rank (index in CAPABILITIES) of the best variant this CPU runs and this build contains; found once. */
 static int find_capability(void);
 int hfrg_capability(void) {
