@@ -18,7 +18,7 @@ floor_install=$!
 # Two workers, a test file each at a time (a file's fixtures are built once): most tests run one thread of Python
 # or a subprocess, so one process left a core idle (10.5 min against 6.9 min on 2 cores). xdist's default order
 # (files with most tests first) measured faster here than the longest files first (9.3 against 11.6 min).
-.venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
+.venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=20
 
 failed=0
 run_mode() {  # name, environment assignment: the `kernels` tests under that setting, output to $logs/name.log

@@ -19,4 +19,4 @@ fi
 [[ "$mode" == "--install-only" ]] && exit 0
 .venv-floor/bin/python -c 'import transformers, vllm; print("floor: transformers", transformers.__version__, "| vllm", vllm.__version__)'
 # Two workers, a file each at a time: a vLLM test file spends most of its time starting an engine on one core.
-.venv-floor/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "${core_tests[@]}" "${vllm_tests[@]}"
+.venv-floor/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=20 "${core_tests[@]}" "${vllm_tests[@]}"
