@@ -5,9 +5,9 @@ Why: the float32 variants spend three or more vector instructions on every 16 we
 multiply-add) and so run at the speed of their instructions, not of memory (one core of the AMX Xeon: about 17
 billion int8 and 21 billion int4 weights a second with the weights in L2, against the 13-15 GB/s a core reads).
 With the codes as int8 tile operands nothing is widened to float: int8 codes go to the tile straight from memory,
-int4 codes take three byte operations per 64 (`vpermt2b` gathers four k of 16 rows, then two nibble masks), and one
-`tdpbssd`/`tdpbsud` does 16 x 64 x up to 16 multiply-adds whatever the row count, so a 16-row verification costs
-about what one row costs.
+int4 codes take eight byte operations per 256 (two `vpermt2b` gather four k of 16 rows, then nibble masks and
+shifts), and one `tdpbssd`/`tdpbsud` does 16 x 64 x up to 16 multiply-adds whatever the row count, so 5 rows cost
+1.07x (int8) and 1.16x (int4) one row on a 2560 -> 15360 linear (docs/performance.md).
 
 Arithmetic (the same whatever the row count; integer sums are exact, so the order of the tile products does not
 matter, and k rows give k one-row results bit for bit):
@@ -28,7 +28,7 @@ and a float32 x loses at most half a unit in the 22nd bit below it. tests/ops/te
 bound from this. A row holding an infinity or NaN gives NaN in every output of that row.
 
 Tiles (AMX palette 1): int8 A = 16 weight rows x 64 codes read from the weights in place, B = the digits as
-(16 k quads, 3M (digit, row) columns, 4), C = 16 x 3M int32 (three C tiles of 16 columns for M > 5). int4 A = the
+(16 k quads, 3M (digit, row) columns, 4), C = 16 x 3M int32 (up to three C tiles of 16 columns, from M = 6). int4 A = the
 digits as (3M (digit, row) rows, 64 k), B = 16 weight rows' codes of one 64-row block as (16 k quads, 16, 4),
 unpacked once per group into an L1 buffer, C = 3M x 16 int32. Rows past the last whole tile, a K tail (int8) and
 an int4 block of fewer than 64 rows take scalar code on the same integers.
