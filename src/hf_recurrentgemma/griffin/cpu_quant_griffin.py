@@ -20,8 +20,12 @@ bound by their multiply-adds; on AMX CPUs int8 with bfloat16 inputs takes the ti
 cost hardly grows with the row count, so a verification costs about what one token costs. int4 with bfloat16 inputs
 on AVX-512 BF16 CPUs without AMX takes `bf16-dot` (one `vdpbf16ps` per 32 weights and row, half the instructions of
 float32 FMA); on the AMX Xeon that instruction takes about four FMAs' time, so there int4 stays on `fp32-fma-512`.
+On AMX-INT8 CPUs both formats take `int8-tile` for every input dtype instead (cpu_quant_digits_griffin.py): the
+inputs as fixed-point integer digits (23 bits per block), multiplied by the codes in int8 tiles and summed
+exactly, which is faster than widening the codes at one row and about as flat as `bf16-tile` over the row count;
+its arithmetic is in that module's docstring.
 
-Arithmetic, the same in every variant, each row on its own (so k rows give k one-row results bit for bit):
+Arithmetic of the other variants, each row on its own (so k rows give k one-row results bit for bit):
     int8   acc[m, n] = sum_k x[m, k] q[n, k] in LANES float32 partial sums (k mod LANES), reduced in a fixed
            order (`bf16-tile`: AMX tile products over 32 k at a time, the exact products of bfloat16 x and q
            accumulated in float32), then y = scale (acc - zero sum_k x) + bias.
@@ -33,7 +37,8 @@ Arithmetic, the same in every variant, each row on its own (so k rows give k one
 Every variant accumulates in float32 and rounds once to x's dtype.
 
 Variants (built by `kernel_build_griffin.py`, which picks one at run time and reads the switches; the switch name
-is `gemv`, shared with the plain few-row kernels): `bf16-tile` (AMX; int8 with bfloat16 inputs only), `bf16-dot`
+is `gemv`, shared with the plain few-row kernels): `int8-tile` (AMX-INT8; both formats, every input dtype),
+`bf16-tile` (AMX; int8 with bfloat16 inputs only, where the CPU has no AMX-INT8 or it is capped), `bf16-dot`
 (AVX-512 BF16; int4 with bfloat16 inputs only, where the CPU has no AMX: `dot_allowed`), `fp32-fma-512`
 (AVX-512F), `fp32-fma-256` (AVX2 + FMA), and `scalar` (portable C: tested everywhere, used only when forced, since
 torch's and torchao's own paths come first where no vector variant runs). The variant depends on the format, the
