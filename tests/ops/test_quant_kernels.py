@@ -54,6 +54,15 @@ def gamma(n: int) -> float:
     return n * U / (1 - n * U)
 
 
+def int4_per_k(w) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An int4 weight's codes, scales and zeros, each (N, K) float64 (scale and zero repeated over their group)."""
+    n, k = w.shape
+    group = w.block_size[1]
+    sz = w.scale_and_zero.double()  # (K/G, N, 2)
+    scale, zero = (sz[..., i].T.repeat_interleave(group, 1) for i in (0, 1))
+    return Q.unpack_int4(w.qdata, n, k).double(), scale, zero
+
+
 def fixed_point_step(x: torch.Tensor, block: int) -> torch.Tensor:
     """(M, K) bound on |x - its fixed-point value| in `int8-tile`: per row and block of `block` k, x 2^e rounded to
     an integer with e = 21 - floor(log2 max |x|), so half of 2^-e = 2^(floor(log2 max |x|) - 22)."""
@@ -79,10 +88,8 @@ def tile_error_bound(fmt: str, x: torch.Tensor, layer: nn.Linear) -> torch.Tenso
         step, depth = fixed_point_step(x, k), 3
     else:
         group = w.block_size[1]
-        sz = w.scale_and_zero.double()  # (K/G, N, 2)
-        codes = Q.unpack_int4(w.qdata, n, k).double()
-        weights = ((codes - 8).abs() * sz[..., 0].T.abs().repeat_interleave(group, 1)
-                   + sz[..., 1].T.abs().repeat_interleave(group, 1))
+        codes, scale, zero = int4_per_k(w)
+        weights = (codes - 8).abs() * scale.abs() + zero.abs()
         step, depth = fixed_point_step(x, group), 2 * (k // group) + 6
     magnitude = (x.double().abs() + step) @ weights.T + bias
     return (1 + 2.0**-6) * (step @ weights.T) + gamma(depth + 1) * magnitude
@@ -113,12 +120,10 @@ def error_bound(fmt: str, x: torch.Tensor, layer: nn.Linear, variant: str = "sca
         return gamma(2 * (k + 3)) * magnitude
     n, k = w.shape
     group = w.block_size[1]
-    codes = Q.unpack_int4(w.qdata, n, k).double()  # (N, K)
-    sz = w.scale_and_zero.double()  # (K/G, N, 2)
-    scale = sz[..., 0].T.repeat_interleave(group, 1)  # (N, K)
-    shifted = (sz[..., 1] - 8 * sz[..., 0]).T.repeat_interleave(group, 1)
+    codes, scale, zero = int4_per_k(w)
+    shifted = zero - 8 * scale
     if variant == "bf16-dot":
-        codes, shifted = (codes - 8).abs(), sz[..., 1].T.repeat_interleave(group, 1)
+        codes, shifted = (codes - 8).abs(), zero
     magnitude = xa @ (codes * scale.abs()).T + xa @ shifted.abs().T + bias
     return gamma(2 * (group + 2 * (k // group) + 2)) * magnitude
 

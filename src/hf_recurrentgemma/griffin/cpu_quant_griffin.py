@@ -615,12 +615,13 @@ def quant_variant() -> str | None:
 
 
 @torch.compiler.assume_constant_result
-def tile_allowed() -> bool:
-    """Whether int8 weights against bfloat16 inputs run the AMX `bf16-tile` variant now: the CPU has AMX (and the
-    kernel its permission) and HF_RECURRENTGEMMA_CPU_ISA does not cap it."""
-    key = (kernel_settings(), "bf16-tile")
+def best_int8_variant() -> str | None:
+    """The best of int8's variants allowed now (None with `gemv` off): "int8-tile" where the CPU has AMX-INT8 and
+    AVX-512 VBMI, "bf16-tile" where it has AMX-BF16 only or HF_RECURRENTGEMMA_CPU_ISA caps it there (and the kernel
+    has its tile permission), else a float32 one. `variant_for` reads both AMX answers from it."""
+    key = (kernel_settings(), "int8")
     if key not in _decided:
-        _decided[key] = kernel_enabled("gemv") and QUANT_KERNEL.best_variant(INT8_VARIANTS) == "bf16-tile"
+        _decided[key] = QUANT_KERNEL.best_variant(INT8_VARIANTS) if kernel_enabled("gemv") else None
     return _decided[key]
 
 
@@ -780,26 +781,17 @@ def kernel_applies(x: torch.Tensor, weight) -> bool:
 INT_TILE_MAX_K = 2**17 - 1  # int8-tile's int32 tile sums hold K products of at most 128 x 128 without overflow
 
 
-@torch.compiler.assume_constant_result
-def int_tile_allowed() -> bool:
-    """Whether both formats run the AMX-INT8 `int8-tile` variant now (any float input dtype): the CPU has AMX-INT8
-    and AVX-512 VBMI (and the kernel its tile permission) and HF_RECURRENTGEMMA_CPU_ISA does not cap it."""
-    key = (kernel_settings(), "int8-tile")
-    if key not in _decided:
-        _decided[key] = kernel_enabled("gemv") and QUANT_KERNEL.best_variant(INT8_VARIANTS) == "int8-tile"
-    return _decided[key]
-
-
 def variant_for(x: torch.Tensor, weight) -> str | None:
     """The variant `linear_quantized` runs for this input and weight: on AMX-INT8 CPUs `int8-tile` for both
     formats and every input dtype; else, with bfloat16 inputs, int8 on AMX takes `bf16-tile` and int4 with AVX-512
     BF16 `bf16-dot`; everything else `quant_variant()`. Fixed per format, input dtype and CPU, never per row count,
     so a verification of k rows runs what k one-row steps run."""
-    if int_tile_allowed() and weight.shape[1] <= INT_TILE_MAX_K:
+    amx = best_int8_variant()
+    if amx == "int8-tile" and weight.shape[1] <= INT_TILE_MAX_K:  # both formats: int4 has it wherever int8 does
         return "int8-tile"
     if x.dtype == torch.bfloat16:
         fmt = quant_format(weight)
-        if fmt == "int8" and tile_allowed():
+        if fmt == "int8" and amx == "bf16-tile":
             return "bf16-tile"
         if fmt == "int4" and dot_allowed():
             return "bf16-dot"
