@@ -11,7 +11,8 @@ Two sections, one run, medians of `--repeats` runs taken in turn (a, b, c, a, b,
   changed, so the continuation rewrites it) and on the demo's free-text prompt. Figures: tokens/s, the speed-up
   over plain greedy, the acceptance rate (accepted / proposed draft tokens), and whether the output is token for
   token plain greedy's.
-- **big**: the recurrentgemma-2b shape with random weights in bfloat16. Random weights make any real draft
+- **big**: the recurrentgemma-2b shape with random weights in bfloat16 (`--big-weights int8|int4`: weight-only
+  int8 or int4, torchao's formats, quantized as `quantize_model` does; issue 22). Random weights make any real draft
   useless, so acceptance is set by construction: an oracle candidate generator proposes plain greedy's own
   continuation, each token replaced by a wrong one with probability 1 - q. Figures: the oracle with q = 1 and k = 4
   against plain greedy, and the speed-up against the measured acceptance rate for k = 2..8, beside the cost of a
@@ -230,6 +231,13 @@ def forward_cost(model, prompt: torch.Tensor, tokens: list[int], ks: list[int], 
 def big_section(args) -> dict:
     config = big_config(args.big_layers, args.big_shape)
     model = random_griffin(config, torch.bfloat16)
+    quantized = 0
+    if args.big_weights != "bf16":
+        from hf_recurrentgemma.quantization import quantize_model
+        from hf_recurrentgemma.griffin.cpu_quant_griffin import is_quantized
+
+        quantize_model(model, args.big_weights, args.big_group_size)
+        quantized = sum(is_quantized(getattr(m, "weight", None)) for m in model.modules())
     torch.manual_seed(1)
     prompt = torch.randint(4, config.vocab_size, (1, args.big_prompt))
     n = args.big_new_tokens
@@ -247,6 +255,8 @@ def big_section(args) -> dict:
             return call, counter
 
         results = {"layers": args.big_layers, "shape": args.big_shape, "dtype": "bfloat16",
+                   "weights": args.big_weights, "quantized_layers": quantized,
+                   "group_size": args.big_group_size if args.big_weights == "int4" else None,
                    "prompt_tokens": args.big_prompt, "new_tokens": n,
                    "weight_gib": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30}
         # Headline: plain greedy against the all-accepted oracle, k = 4.
@@ -287,7 +297,7 @@ def big_section(args) -> dict:
 
 
 def print_big(results: dict) -> None:
-    print(f"\n{results['shape']} shape, {results['layers']} layers, bfloat16, random weights "
+    print(f"\n{results['shape']} shape, {results['layers']} layers, bfloat16, {results['weights']} random weights "
           f"({results['weight_gib']:.2f} GiB), {results['new_tokens']} new tokens after {results['prompt_tokens']}")
     p, o = results["plain"], results["oracle_k4"]
     print(f"  plain greedy {p['tokens_per_s']:.2f} tokens/s; oracle k=4 (all accepted) {o['tokens_per_s']:.2f} "
@@ -408,6 +418,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--draft-threshold", type=float, default=0.4, help="assistant_confidence_threshold")
     parser.add_argument("--tasks", default="copy,free,demo-sampled", help="tasks of the shipped section")
     parser.add_argument("--big-shape", choices=["2b", "tiny"], default="2b")
+    parser.add_argument("--big-weights", choices=["bf16", "int8", "int4"], default="bf16",
+                        help="big: the target's weights (int8/int4: weight-only, torchao's formats)")
+    parser.add_argument("--big-group-size", type=int, default=128, help="big: int4's group size (32, 64, 128)")
     parser.add_argument("--big-layers", type=int, default=26, help="depth at the 2B shape (26 is recurrentgemma-2b)")
     parser.add_argument("--big-prompt", type=int, default=8)
     parser.add_argument("--big-new-tokens", type=int, default=32)

@@ -77,6 +77,22 @@ def test_bench_speculative_runs_both_sections(bench_speculative, tmp_path, capsy
         assert (tmp_path / "img" / name).read_bytes()[:4] == b"\x89PNG", name
 
 
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_bench_speculative_oracle_with_a_quantized_target(bench_speculative, tmp_path, weights):
+    """`--big-weights`: the oracle sweep on a tiny stand-in quantized to int8 or int4 (issue 22's speculation with
+    a quantized target): its linear layers are torchao's (int4 in groups of 32: the stand-in is 64 wide), and the
+    all-accepted oracle still gives plain greedy."""
+    pytest.importorskip("torchao")
+    out = tmp_path / "speculative.json"
+    bench_speculative.main(["--repeats", "1", "--skip-shipped", "--big-shape", "tiny", "--big-layers", "3",
+                            "--big-weights", weights, "--big-group-size", "32", "--big-new-tokens", "8", "--ks", "2", "--rates", "1.0",
+                            "--avx2-pass", "off", "--json", str(out), "--img-dir", str(tmp_path / "img")])
+    big = json.loads(out.read_text())["big"]
+    assert big["weights"] == weights and big["quantized_layers"] > 0
+    assert big["oracle_k4"]["identical_to_plain"] and big["oracle_k4"]["acceptance_rate"] == 1.0
+    assert all(r["identical_to_plain"] for r in big["sweep"])
+
+
 def test_runner_lists_every_section_and_refuses_unknown_ones(capsys):
     """`python -m benchmarks` is the one runner: each section is a module of the package with `main(argv)`."""
     import ast
